@@ -1,0 +1,35 @@
+"""The two callbacks of the WARP loop: the EMA anchor update and the merge of an iteration's runs."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from warp_lightning import rl
+
+
+class EMAAnchor(L.Callback):
+    """theta_ema <- (1 - mu) * theta_ema + mu * theta_m after every optimizer step.
+
+    The anchor never gets gradients; with `anchor: sft` this callback is not installed and the anchor
+    stays at theta_init (the fixed-anchor baseline).
+    """
+
+    def __init__(self, mu: float):
+        self.mu = mu
+
+    def on_fit_start(self, trainer, module):
+        self._anchor = [p for p in module.anchor.parameters()]
+        self._policy = [p.detach() for p in module.policy.parameters()]
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        rl.ema_update_(self._anchor, self._policy, self.mu)
+
+
+class MergeRuns(L.Callback):
+    """At the end of each run, hand theta_m to the `WarpState`; after the M-th, it merges (SLERP/linear + LITI)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def on_fit_end(self, trainer, module):
+        self.state.finish_run(module.policy.state_dict())

@@ -1,0 +1,95 @@
+"""One WARP run as a LightningModule: on-policy RLOO against an anchor (WARP.md, inner loop)."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from warp_lightning import rl
+from warp_lightning.policy import completion_logprobs, sample
+
+
+class RLOOModule(L.LightningModule):
+    """theta_m (`policy`, trained) and theta_ema (`anchor`, moved only by the `EMAAnchor` callback).
+
+    One batch of P prompts is one RL step: k samples per prompt, reward, KL to the anchor folded into
+    the reward, leave-one-out advantages, one gradient step on -mean(A * log pi_theta(y|x)).
+    """
+
+    def __init__(self, policy, anchor, reward_model, tokenizer, warp, sample_seed: int,
+                 init_policy=None, tags: dict | None = None):
+        super().__init__()
+        self.policy, self.anchor, self.init_policy = policy, anchor, init_policy
+        self.anchor.requires_grad_(False).eval()
+        if init_policy is not None:
+            init_policy.requires_grad_(False).eval()
+        self.reward_model, self.tokenizer, self.warp = reward_model, tokenizer, warp
+        self.generator = torch.Generator().manual_seed(sample_seed)
+        self.tags = tags or {}
+
+    def train(self, mode: bool = True):
+        # Dropout stays off: sampling and scoring must see the same distribution, and the anchor
+        # is a frozen reference.
+        super().train(mode)
+        self.policy.eval()
+        self.anchor.eval()
+        return self
+
+    def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+        k = self.warp.samples_per_prompt
+        return sample(self.policy, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0),
+                      self.warp.max_new_tokens, self.warp.temperature, eos_token_id=self.tokenizer.eos_token_id,
+                      pad_token_id=self.tokenizer.pad_token_id, generator=self.generator)
+
+    def decode(self, rollout) -> list[str]:
+        return decode_texts(self.tokenizer, rollout)
+
+    def training_step(self, batch, batch_idx):
+        w = self.warp
+        rollout = self.rollout(*batch)
+        reward = self.reward_model(self.decode(rollout)).to(torch.float32)
+        if reward.shape != (rollout.input_ids.shape[0],):
+            raise ValueError(f"reward model returned shape {tuple(reward.shape)}, expected "
+                             f"({rollout.input_ids.shape[0]},): one score per completion")
+        mask = rollout.completion_mask.float()
+        token_lp, entropy, _ = completion_logprobs(self.policy, rollout, with_entropy=True)
+        logprob = rl.sequence_logprob(token_lp, mask)
+        with torch.no_grad():
+            anchor_lp = rl.sequence_logprob(completion_logprobs(self.anchor, rollout)[0], mask)
+        kl = rl.sampled_kl(logprob.detach(), anchor_lp)
+        advantages = rl.rloo_advantages(rl.kl_penalized_reward(reward, kl, w.kl_coef), w.samples_per_prompt)
+        loss = rl.rloo_loss(advantages, logprob)
+
+        lengths = mask.sum(-1)
+        stats = {
+            "reward_mean": reward.mean(), "reward_std": reward.std(), "kl_anchor": kl.mean(),
+            "completion_length": lengths.mean(), "entropy": (entropy.sum() / mask.sum()),
+            "loss": loss.detach(), "advantage_std": advantages.std(),
+        }
+        if self.init_policy is not None:
+            with torch.no_grad():
+                init_lp = rl.sequence_logprob(completion_logprobs(self.init_policy, rollout)[0], mask)
+            stats["kl_init"] = rl.sampled_kl(logprob.detach(), init_lp).mean()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at iteration {self.tags.get('iteration')} run "
+                                     f"{self.tags.get('run')} step {self.global_step}: {stats}")
+        stats["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        self.log_dict({**stats, **{k: float(v) for k, v in self.tags.items()}}, batch_size=reward.shape[0])
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        self.log("grad_norm", torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    def configure_optimizers(self):
+        w = self.warp
+        opt = torch.optim.Adam(self.policy.parameters(), lr=w.lr, betas=(0.9, 0.999), eps=1e-8)
+        warm = max(1, w.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def decode_texts(tokenizer, rollout) -> list[str]:
+    """Prompt + completion as text (what the reward model reads), padding and EOS dropped."""
+    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+            for ids, mask in zip(rollout.input_ids, rollout.attention_mask, strict=True)]

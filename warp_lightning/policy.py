@@ -1,0 +1,159 @@
+"""Causal LM policies: loading, left-padded batches, fast sampling and completion log-probs.
+
+GPT-2 has absolute positions: with left padding every forward must take `position_ids` from the
+attention mask (cumsum - 1), the way `generate()` does, or scoring log-probs drift from the sampling
+distribution (WARP.md, pitfalls). Both `sample` and `completion_logprobs` below do so.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from warp_lightning.rl import entropy_from_logprobs
+
+log = logging.getLogger(__name__)
+
+
+def load_tokenizer(name_or_path: str | Path):
+    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_causal_lm(name_or_path: str | Path, dtype: torch.dtype = torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=dtype)
+    model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
+    return model
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (input_ids, attention_mask)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling: one uniform per row, cumsum + searchsorted.
+
+    Same distribution as torch.multinomial, ~25x cheaper on CPU (WARP.md, pitfalls).
+    """
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+
+
+@dataclass
+class Rollout:
+    """Prompts (left-padded) followed by sampled completions (right-padded after EOS)."""
+
+    input_ids: torch.Tensor  # [B, Lp + Lc]
+    attention_mask: torch.Tensor  # [B, Lp + Lc]
+    prompt_len: int  # Lp: completions start at this column for every row
+    completion_mask: torch.Tensor  # [B, Lc], 1 up to and including EOS
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.prompt_len :]
+
+
+@torch.no_grad()
+def sample(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    generator: torch.Generator | None = None,
+    stop_at_eos: bool = True,
+) -> Rollout:
+    """Sample completions with a KV cache into preallocated buffers; stop rows at EOS."""
+    batch, prompt_len = input_ids.shape
+    device = input_ids.device
+    out_ids = torch.full((batch, prompt_len + max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    out_ids[:, :prompt_len] = input_ids
+    mask = torch.zeros_like(out_ids)
+    mask[:, :prompt_len] = attention_mask
+    completion_mask = torch.zeros((batch, max_new_tokens), dtype=torch.long, device=device)
+    alive = torch.ones(batch, dtype=torch.bool, device=device)
+
+    cache = DynamicCache()
+    step_ids, step_mask = input_ids, attention_mask
+    positions = position_ids_from_mask(attention_mask)
+    n_new = 0
+    for t in range(max_new_tokens):
+        out = model(
+            input_ids=step_ids,
+            attention_mask=mask[:, : prompt_len + t],
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        token = sample_tokens(out.logits[:, -1], temperature, generator)
+        token = torch.where(alive, token, torch.full_like(token, pad_token_id))
+        col = prompt_len + t
+        out_ids[:, col] = token
+        mask[:, col] = alive.long()  # tokens after EOS are padding: masked out everywhere
+        completion_mask[:, t] = alive.long()
+        n_new = t + 1
+        if stop_at_eos and eos_token_id is not None:
+            alive &= token != eos_token_id
+            if not alive.any():
+                break
+        step_ids = token[:, None]
+        positions = positions[:, -1:] + 1
+    keep = prompt_len + n_new
+    del step_mask
+    return Rollout(out_ids[:, :keep], mask[:, :keep], prompt_len, completion_mask[:, :n_new])
+
+
+def completion_logprobs(
+    model, rollout: Rollout, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Per-token log pi(y_t | x, y_<t) of the completion tokens, in float32.
+
+    The LM head runs only at completion positions that count (mask = 1): at these sizes the
+    vocabulary projection is most of the arithmetic. Returns (token_logprobs [B, Lc],
+    token_entropy [B, Lc] or None, full log-probs [N_valid, V] for callers needing the distribution).
+    """
+    hidden = model.base_model(
+        input_ids=rollout.input_ids,
+        attention_mask=rollout.attention_mask,
+        position_ids=position_ids_from_mask(rollout.attention_mask),
+    ).last_hidden_state
+    lp = rollout.prompt_len
+    # hidden state at column j predicts the token at column j + 1
+    h = hidden[:, lp - 1 : -1]
+    keep = rollout.completion_mask.bool()
+    logits = model.get_output_embeddings()(h[keep]).float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    targets = rollout.completion_ids[keep]
+    token_lp = torch.zeros(keep.shape, dtype=torch.float32, device=logits.device)
+    token_lp[keep] = logprobs.gather(-1, targets[:, None]).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        entropy = torch.zeros(keep.shape, dtype=torch.float32, device=logits.device)
+        entropy[keep] = entropy_from_logprobs(logprobs.detach())
+    return token_lp, entropy, logprobs

@@ -1,0 +1,195 @@
+"""Reward models: the Bradley-Terry training stage and the `RewardModel` used at RL time.
+
+Offline, the MiniLM encoder of ASSETS.md learns from Rotten Tomatoes pairs; with `+experiment=imdb`,
+`distilbert-base-cased` learns from IMDB pairs (the classic recipe). Both: chosen = a positive text,
+rejected = a negative one, loss -log sigmoid(r(chosen) - r(rejected)).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from warp_lightning import UserError
+
+log = logging.getLogger(__name__)
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(r(chosen) - r(rejected)), averaged over pairs."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def resolve_pretrained(name: str, cache: str | Path | None = None) -> str:
+    """An asset name of ASSETS.md (fetched on first use), a local folder, or a hub name."""
+    from warp_lightning import assets
+
+    if name in assets.ASSETS:
+        return str(assets.fetch(name, cache=Path(cache) if cache else None))
+    return name
+
+
+class RewardModel:
+    """Scores decoded texts with its own tokenizer; one float per text (optionally a sigmoid)."""
+
+    def __init__(self, model, tokenizer, sigmoid: bool = True, max_length: int = 128, batch_size: int = 64):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.sigmoid, self.max_length, self.batch_size = sigmoid, max_length, batch_size
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, device: str | torch.device = "cpu", **kwargs) -> RewardModel:
+        if not Path(str(name_or_path)).exists() and str(name_or_path).startswith(("/", ".", "~")):
+            raise UserError(f"reward_model.name_or_path: {name_or_path} does not exist; train it with "
+                            "`python -m warp_lightning reward` or point to a folder")
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path))
+        return cls(model.to(device).requires_grad_(False), tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        scores = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start : start + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            logits = self.model(**batch).logits.float()
+            if logits.ndim != 2 or logits.shape[-1] != 1:
+                raise UserError(f"reward model must output one score per text (num_labels=1), got logits "
+                                f"of shape {tuple(logits.shape)}")
+            scores.append(logits[:, 0])
+        out = torch.cat(scores).cpu()
+        return torch.sigmoid(out) if self.sigmoid else out
+
+
+class RewardModule(L.LightningModule):
+    """Bradley-Terry fine-tuning of a scalar-head sequence classifier."""
+
+    def __init__(self, model, tokenizer, lr: float, max_length: int, warmup_steps: int, total_steps: int):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.lr, self.max_length = lr, max_length
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
+
+    def collate(self, rows: list[dict]) -> dict:
+        texts = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def _pair_scores(self, batch):
+        scores = self.model(**batch).logits[:, 0].float()
+        return scores.chunk(2)
+
+    def training_step(self, batch, _):
+        chosen, rejected = self._pair_scores(batch)
+        loss = bradley_terry_loss(chosen, rejected)
+        self.log_dict({"train/loss": loss, "train/pair_accuracy": (chosen > rejected).float().mean()},
+                      prog_bar=True, batch_size=chosen.shape[0])
+        return loss
+
+    def validation_step(self, batch, _):
+        chosen, rejected = self._pair_scores(batch)
+        self.log_dict({"val/loss": bradley_terry_loss(chosen, rejected),
+                       "val/pair_accuracy": (chosen > rejected).float().mean()}, batch_size=chosen.shape[0])
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.01)
+        warm, total = max(1, self.warmup_steps), max(1, self.total_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@torch.no_grad()
+def center_scores(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128) -> float:
+    """Shift the scalar head's bias so balanced texts score 0 on average.
+
+    Bradley-Terry only sees score differences, so the offset is arbitrary; centring makes the sign of
+    the score a classifier and the sigmoid of a balanced sample about 0.5.
+    """
+    head = next(m for m in reversed(list(model.modules()))
+                if isinstance(m, torch.nn.Linear) and m.out_features == 1)
+    offset = RewardModel(model, tokenizer, False, max_length, batch_size)(texts).mean().item()
+    head.bias -= offset
+    return offset
+
+
+def sign_accuracy(scorer: RewardModel, texts: list[str], labels: list[int]) -> float:
+    scores = scorer(texts)
+    return ((scores > 0).long() == torch.tensor(labels)).float().mean().item()
+
+
+def run(cfg) -> dict:
+    """`python -m warp_lightning reward`: train, calibrate, evaluate and save the reward model."""
+    from warp_lightning.cli import cfg_output_dir
+    from warp_lightning.data import load_texts, preference_pairs
+    from warp_lightning.io import save_hf_folder
+    from warp_lightning.loggers import build_logger
+
+    rcfg, tcfg = cfg.reward_model, cfg.reward_training
+    started = time.time()
+    L.seed_everything(tcfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    base = resolve_pretrained(rcfg.base, cfg.paths.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    train_texts = load_texts(rcfg.train_data, "train", cache=cfg.paths.cache_dir)
+    val_texts = load_texts(rcfg.train_data, "test", cache=cfg.paths.cache_dir)
+    if tcfg.max_train_texts:
+        train_texts = train_texts.shuffle(seed=tcfg.seed).select(range(min(len(train_texts), tcfg.max_train_texts)))
+    if tcfg.max_val_texts:
+        val_texts = val_texts.shuffle(seed=tcfg.seed).select(range(min(len(val_texts), tcfg.max_val_texts)))
+    train_pairs = preference_pairs(train_texts, seed=tcfg.seed)
+    val_pairs = preference_pairs(val_texts, seed=tcfg.seed)
+    steps_per_epoch = -(-len(train_pairs) // tcfg.batch_size)
+    total = tcfg.max_steps if tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
+    module = RewardModule(model, tokenizer, tcfg.lr, tcfg.max_length, tcfg.warmup_steps, total)
+    train_dl = DataLoader(train_pairs, batch_size=tcfg.batch_size, shuffle=True, collate_fn=module.collate,
+                          generator=torch.Generator().manual_seed(tcfg.seed))
+    val_dl = DataLoader(val_pairs, batch_size=2 * tcfg.batch_size, collate_fn=module.collate)
+    out_dir = Path(cfg_output_dir())
+    trainer = L.Trainer(max_steps=total, max_epochs=tcfg.epochs, accelerator=cfg.trainer.accelerator,
+                        devices=1, precision=tcfg.precision, logger=build_logger(cfg.logger, out_dir, "reward"),
+                        enable_checkpointing=False, enable_progress_bar=cfg.trainer.enable_progress_bar,
+                        log_every_n_steps=10, num_sanity_val_steps=0, val_check_interval=None,
+                        check_val_every_n_epoch=1, gradient_clip_val=1.0, deterministic=True)
+    trainer.fit(module, train_dl, val_dl)
+    model = module.model.float().eval()
+
+    offset = center_scores(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
+    scorer = RewardModel(model, tokenizer, sigmoid=False, max_length=tcfg.max_length)
+    metrics = {"val_pair_accuracy": _pair_accuracy(scorer, val_pairs, tcfg.max_length)}
+    for name in tcfg.eval_sets:
+        texts = load_texts(name, None, cache=cfg.paths.cache_dir)
+        if tcfg.max_eval_texts:
+            texts = texts.shuffle(seed=0).select(range(min(len(texts), tcfg.max_eval_texts)))
+        scorer.max_length = tcfg.eval_max_length
+        metrics[f"{name}_accuracy"] = sign_accuracy(scorer, list(texts["text"]), list(texts["label"]))
+    metrics.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs), steps=int(trainer.global_step),
+                   bias_offset=offset, seconds=round(time.time() - started, 1), saved_to=str(cfg.save_to))
+
+    def save(tmp: Path):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    save_hf_folder(cfg.save_to, save)
+    log.info("reward model saved to %s: %s", cfg.save_to, metrics)
+    return metrics
+
+
+def _pair_accuracy(scorer: RewardModel, pairs, max_length: int) -> float:
+    scorer.max_length = max_length
+    chosen, rejected = scorer(list(pairs["chosen"])), scorer(list(pairs["rejected"]))
+    return (chosen > rejected).float().mean().item()

@@ -1,0 +1,219 @@
+"""`python -m warp_lightning train`: the WARP loop of WARP.md.
+
+    for i in 1..I:
+        for m in 1..M:   theta_m, theta_ema <- theta_init; T RLOO steps (RLOOModule + EMAAnchor)
+        theta_slerp <- slerp(theta_init, {theta_m}, lambda); theta_init <- liti(theta_init, theta_slerp, eta)
+
+Every set of weights lives in `WarpState` (theta_sft, theta_init, theta_slerp, the finished theta_m)
+or in the run's `RLOOModule` (theta_m = `policy`, theta_ema = `anchor`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from warp_lightning import merging
+
+log = logging.getLogger(__name__)
+
+
+def derive_seed(seed: int, iteration: int, run: int) -> int:
+    """Run m of iteration i gets its own seed, a stable function of (seed, i, m)."""
+    digest = hashlib.sha256(f"warp-{seed}-{iteration}-{run}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+@dataclass
+class WarpState:
+    """Where the weights of WARP live and who changes them.
+
+    theta_sft   the starting policy; never changes.
+    theta_init  where every run of the current iteration starts; changed only by `finish_run` (LITI)
+                when the M-th run of an iteration ends.
+    theta_slerp the merge of the iteration's runs; set only by `finish_run`.
+    runs        theta_m of the runs finished in the current iteration (handed over by `MergeRuns`).
+    theta_m and theta_ema themselves live in `RLOOModule.policy` / `.anchor` while a run trains.
+    """
+
+    theta_sft: dict[str, torch.Tensor]
+    runs_per_iteration: int
+    merge: str = "slerp"
+    slerp_lambda: float | None = 0.5
+    liti_eta: float = 0.5
+    theta_init: dict[str, torch.Tensor] = None
+    theta_slerp: dict[str, torch.Tensor] | None = None
+    runs: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    iteration: int = 1
+    merge_stats: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.theta_init is None:
+            self.theta_init = clone_state(self.theta_sft)
+
+    def finish_run(self, theta_m: dict[str, torch.Tensor]) -> None:
+        self.runs.append(clone_state(theta_m))
+        if len(self.runs) == self.runs_per_iteration:
+            self._merge_and_interpolate()
+
+    def _merge_and_interpolate(self) -> None:
+        # lambda applies to two runs (WARP.md); M != 2 uses the recursive 1/m scheme
+        lam = self.slerp_lambda if len(self.runs) == 2 else None
+        merge_fn = merging.slerp if self.merge == "slerp" else merging.linear
+        self.theta_slerp = merge_fn(self.theta_init, self.runs, lam)
+        self.merge_stats.append({"iteration": self.iteration,
+                                 **merging.merge_stats(self.theta_init, self.runs, self.theta_slerp)})
+        self.theta_init = merging.liti(self.theta_init, self.theta_slerp, self.liti_eta)
+        self.runs = []
+        self.iteration += 1
+
+
+class PromptBatches(torch.utils.data.Dataset):
+    """T batches of P prompts in a seeded order (whole passes over the prompts, reshuffled per pass)."""
+
+    def __init__(self, prompts: list[list[int]], steps: int, per_step: int, seed: int, pad_id: int):
+        g = torch.Generator().manual_seed(seed)
+        need, order = steps * per_step, []
+        while len(order) < need:
+            order += torch.randperm(len(prompts), generator=g).tolist()
+        self.prompts, self.order, self.per_step, self.pad_id = prompts, order[:need], per_step, pad_id
+
+    def __len__(self) -> int:
+        return len(self.order) // self.per_step
+
+    def __getitem__(self, t: int):
+        from warp_lightning.policy import left_pad
+
+        rows = self.order[t * self.per_step : (t + 1) * self.per_step]
+        return left_pad([self.prompts[r] for r in rows], self.pad_id)
+
+
+def _first(batch):
+    return batch[0]
+
+
+def ensure_model(kind: str, model_cfg, overrides: list[str] | None = None) -> None:
+    """Build a missing offline model with the project's own command (`sft`, `reward`, `smollm2`)."""
+    import subprocess
+    import sys
+
+    from warp_lightning import UserError
+
+    path = Path(str(model_cfg.name_or_path))
+    if path.exists() or not model_cfg.get("build"):
+        return
+    if model_cfg.build == "smollm2":
+        from warp_lightning.smollm2 import build_smollm2
+
+        build_smollm2(path)
+        return
+    log.info("%s not found at %s: building it with `python -m warp_lightning %s` (first use only)",
+             kind, path, model_cfg.build)
+    cmd = [sys.executable, "-m", "warp_lightning", model_cfg.build, *(overrides or [])]
+    if subprocess.run(cmd).returncode != 0 or not path.exists():
+        raise UserError(f"{kind}.name_or_path: building {path} with `{' '.join(cmd[1:])}` failed; run it "
+                        "yourself to see why")
+
+
+def build_trainer(cfg, out_dir: Path, run_name: str, callbacks: list, max_steps: int) -> L.Trainer:
+    from warp_lightning.loggers import build_logger
+
+    return L.Trainer(max_steps=max_steps, max_epochs=1, accelerator=cfg.trainer.accelerator,
+                     devices=cfg.trainer.devices, precision=cfg.trainer.precision,
+                     logger=build_logger(cfg.logger, out_dir, run_name, group=cfg.experiment_name),
+                     callbacks=callbacks, enable_checkpointing=False,
+                     enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
+                     log_every_n_steps=1, gradient_clip_val=cfg.warp.grad_clip or None,
+                     num_sanity_val_steps=0, limit_val_batches=0)
+
+
+def run(cfg) -> dict:
+    from warp_lightning.callbacks import EMAAnchor, MergeRuns
+    from warp_lightning.cli import cfg_output_dir
+    from warp_lightning.data import prompt_splits
+    from warp_lightning.evaluate import quick_eval, save_policy
+    from warp_lightning.loggers import finish_logger
+    from warp_lightning.module import RLOOModule
+    from warp_lightning.policy import load_causal_lm, load_tokenizer
+    from warp_lightning.reward import RewardModel
+    from warp_lightning.validate import validate_train_config
+
+    started = time.time()
+    validate_train_config(cfg)
+    w = cfg.warp
+    out_dir = Path(cfg_output_dir())
+    torch.manual_seed(w.seed)
+    ensure_model("policy", cfg.policy)
+    ensure_model("reward_model", cfg.reward_model)
+
+    tokenizer = load_tokenizer(cfg.policy.name_or_path)
+    policy = load_causal_lm(cfg.policy.name_or_path)
+    reward_model = RewardModel.from_pretrained(cfg.reward_model.name_or_path, sigmoid=cfg.reward_model.sigmoid,
+                                               max_length=cfg.reward_model.max_length,
+                                               batch_size=cfg.reward_model.batch_size)
+    train_prompts, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
+                                                cfg.data.max_prompt_tokens, w.seed, cache=cfg.paths.cache_dir)
+    train_ids = list(train_prompts["input_ids"])
+    state = WarpState(clone_state(policy.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta)
+    manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": [], "merges": state.merge_stats,
+                "train_prompts": len(train_ids), "test_prompts": len(test_prompts)}
+
+    for i in range(1, w.iterations + 1):
+        for m in range(1, w.runs + 1):
+            seed = derive_seed(w.seed, i, m)
+            torch.manual_seed(seed)
+            run_policy = copy.deepcopy(policy)
+            run_policy.load_state_dict(state.theta_init)
+            anchor = copy.deepcopy(run_policy)
+            init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.log_kl_to_init else None)
+            module = RLOOModule(run_policy, anchor, reward_model, tokenizer, w, sample_seed=seed + 1,
+                                init_policy=init_policy, tags={"iteration": i, "run": m})
+            callbacks = [MergeRuns(state)] + ([EMAAnchor(w.ema_rate)] if w.anchor == "ema" else [])
+            trainer = build_trainer(cfg, out_dir, f"i{i}_m{m}", callbacks, w.steps)
+            data = DataLoader(PromptBatches(train_ids, w.steps, w.prompts_per_step, seed, tokenizer.pad_token_id),
+                              batch_size=1, collate_fn=_first)
+            run_started = time.time()
+            trainer.fit(module, data)
+            final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            manifest["runs"].append({"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step),
+                                     "seconds": round(time.time() - run_started, 1), "final": final})
+            finish_logger(trainer.logger)
+            log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
+                     trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
+                     final.get("kl_anchor", float("nan")))
+        # MergeRuns has merged the M runs: theta_slerp and the new theta_init are in `state`
+        save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
+        save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
+        log.info("iteration %d merged: %s", i, state.merge_stats[-1])
+    save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")
+
+    evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, policy, tokenizer, reward_model,
+                            test_prompts, cfg.eval)
+    metrics = {
+        "final_reward_mean": evaluation["final"]["reward_mean"],
+        "sft_reward_mean": evaluation["sft"]["reward_mean"],
+        "reward_gain": evaluation["final"]["reward_mean"] - evaluation["sft"]["reward_mean"],
+        "final_kl_to_sft": evaluation["final"]["kl_to_sft"],
+        "final_completion_length": evaluation["final"]["completion_length"],
+        "seconds": round(time.time() - started, 1),
+        "rl_steps": w.iterations * w.runs * w.steps,
+    }
+    manifest["evaluation"] = evaluation
+    manifest["metrics"] = metrics
+    from warp_lightning.io import atomic_write_json
+
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return metrics
