@@ -1,0 +1,116 @@
+"""The RL arithmetic against hand computations and properties."""
+
+import math
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from warp_lightning import rl
+from warp_lightning.policy import completion_logprobs, left_pad, sample, sample_tokens
+
+
+def test_rloo_advantages_hand_computation():
+    # two prompts, k = 3
+    r = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    a = rl.rloo_advantages(r, 3)
+    expected = [1 - (2 + 6) / 2, 2 - (1 + 6) / 2, 6 - (1 + 2) / 2, 0 - 1.5, 0 - 1.5, 3 - 0.0]
+    assert a.tolist() == pytest.approx(expected)
+    # advantages of one prompt sum to zero (k/(k-1) * centred rewards)
+    assert a.view(2, 3).sum(-1).abs().max() < 1e-6
+
+
+def test_rloo_needs_two_samples():
+    with pytest.raises(ValueError, match="k >= 2"):
+        rl.rloo_advantages(torch.zeros(4), 1)
+
+
+def test_kl_penalized_reward_and_zero_kl_for_equal_models():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).eval()
+    anchor = GPT2LMHeadModel(model.config).eval()
+    anchor.load_state_dict(model.state_dict())
+    ids, mask = left_pad([[1, 2, 3], [4, 5]], pad_id=0)
+    rollout = sample(model, ids, mask, 6, eos_token_id=None, generator=torch.Generator().manual_seed(0))
+    m = rollout.completion_mask.float()
+    lp = rl.sequence_logprob(completion_logprobs(model, rollout)[0], m)
+    la = rl.sequence_logprob(completion_logprobs(anchor, rollout)[0], m)
+    kl = rl.sampled_kl(lp, la)
+    assert torch.equal(kl, torch.zeros_like(kl))
+    reward = torch.tensor([0.3, 0.7])
+    assert torch.equal(rl.kl_penalized_reward(reward, kl, 0.1), reward)
+    shaped = rl.kl_penalized_reward(reward, torch.tensor([2.0, -1.0]), 0.1)
+    assert shaped.tolist() == pytest.approx([0.1, 0.8])
+    assert not shaped.requires_grad
+
+
+def test_ema_update_formula():
+    anchor = [torch.tensor([0.0, 10.0]), torch.tensor([[1.0]])]
+    policy = [torch.tensor([1.0, 0.0]), torch.tensor([[3.0]])]
+    rl.ema_update_(anchor, policy, 0.01)
+    assert anchor[0].tolist() == pytest.approx([0.01, 9.9])
+    assert anchor[1].item() == pytest.approx(0.99 * 1 + 0.01 * 3)
+    assert policy[0].tolist() == [1.0, 0.0]  # the policy is untouched
+
+
+def test_rloo_loss_gradient_equals_reinforce_with_baseline_by_hand():
+    """Toy categorical policy pi = softmax(theta) over 3 actions, one prompt, k = 3 samples."""
+    theta = torch.tensor([0.2, -0.5, 1.0], requires_grad=True)
+    actions = torch.tensor([0, 2, 2])
+    rewards = torch.tensor([1.0, 0.0, 4.0])
+    logprob = torch.log_softmax(theta, -1)[actions]
+    loss = rl.rloo_loss(rl.rloo_advantages(rewards, 3), logprob)
+    loss.backward()
+
+    p = torch.softmax(theta.detach(), -1)
+    grad = torch.zeros(3)
+    for a, r, others in [(0, 1.0, [0.0, 4.0]), (2, 0.0, [1.0, 4.0]), (2, 4.0, [1.0, 0.0])]:
+        baseline = sum(others) / 2
+        score = -p.clone()  # d log pi(a) / d theta = onehot(a) - p
+        score[a] += 1
+        grad += (r - baseline) * score
+    assert torch.allclose(theta.grad, -grad / 3, atol=1e-6)
+
+
+def test_inverse_cdf_sampling_matches_the_distribution():
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.7]])).repeat(20000, 1)
+    draws = sample_tokens(logits, 1.0, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=3).float() / len(draws)
+    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.01)
+
+
+def test_scoring_logprobs_equal_sampling_logprobs_with_left_padding():
+    """WARP.md pitfall: position ids from the mask in every forward, so padded rows score as sampled."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=64)).eval()
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15]], pad_id=0)
+    rollout = sample(model, ids, mask, 10, eos_token_id=3, pad_token_id=0,
+                     generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scored, _, _ = completion_logprobs(model, rollout)
+    # reference: each row alone, unpadded, one token at a time with no cache
+    for row in range(3):
+        prompt = ids[row][mask[row].bool()].tolist()
+        completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()].tolist()
+        seq = prompt + completion
+        with torch.no_grad():
+            logits = model(torch.tensor([seq])).logits[0]
+        ref = torch.log_softmax(logits[len(prompt) - 1 : -1], -1).gather(-1, torch.tensor(completion)[:, None])
+        assert torch.allclose(scored[row, : len(completion)], ref[:, 0], atol=1e-5)
+        assert math.isclose(scored[row, len(completion) :].abs().sum().item(), 0.0)
+
+
+def test_sampling_stops_at_eos_and_masks_after():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=4, n_positions=64)).eval()
+    ids, mask = left_pad([[1, 2]] * 8, pad_id=0)
+    rollout = sample(model, ids, mask, 30, eos_token_id=3, pad_token_id=0,
+                     generator=torch.Generator().manual_seed(0))
+    for row in range(8):
+        c, m = rollout.completion_ids[row], rollout.completion_mask[row]
+        n = int(m.sum())
+        assert m[:n].all() and not m[n:].any()  # mask is a prefix
+        eos = (c[:n] == 3).nonzero()
+        if n < c.shape[0]:
+            assert eos.numel() == 1 and eos.item() == n - 1  # the EOS is the last counted token
+        assert (c[n:] == 0).all()
