@@ -52,7 +52,7 @@ class RLOOModule(L.LightningModule):
             raise ValueError(f"reward model returned shape {tuple(reward.shape)}, expected "
                              f"({rollout.input_ids.shape[0]},): one score per completion")
         mask = rollout.completion_mask.float()
-        token_lp, entropy, _ = completion_logprobs(self.policy, rollout, with_entropy=True)
+        token_lp, entropy, _ = completion_logprobs(self.policy, rollout, entropy_stride=8)
         logprob = rl.sequence_logprob(token_lp, mask)
         with torch.no_grad():
             anchor_lp = rl.sequence_logprob(completion_logprobs(self.anchor, rollout)[0], mask)
@@ -63,10 +63,12 @@ class RLOOModule(L.LightningModule):
         lengths = mask.sum(-1)
         stats = {
             "reward_mean": reward.mean(), "reward_std": reward.std(), "kl_anchor": kl.mean(),
-            "completion_length": lengths.mean(), "entropy": (entropy.sum() / mask.sum()),
+            "completion_length": lengths.mean(), "entropy": entropy,
             "loss": loss.detach(), "advantage_std": advantages.std(),
         }
-        if self.init_policy is not None:
+        if self.init_policy is self.anchor:  # fixed anchor: theta_init is the anchor
+            stats["kl_init"] = stats["kl_anchor"]
+        elif self.init_policy is not None and w.kl_to_init_every and batch_idx % w.kl_to_init_every == 0:
             with torch.no_grad():
                 init_lp = rl.sequence_logprob(completion_logprobs(self.init_policy, rollout)[0], mask)
             stats["kl_init"] = rl.sampled_kl(logprob.detach(), init_lp).mean()

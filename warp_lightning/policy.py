@@ -130,13 +130,14 @@ def sample(
 
 
 def completion_logprobs(
-    model, rollout: Rollout, with_entropy: bool = False
+    model, rollout: Rollout, entropy_stride: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Per-token log pi(y_t | x, y_<t) of the completion tokens, in float32.
 
     The LM head runs only at completion positions that count (mask = 1): at these sizes the
-    vocabulary projection is most of the arithmetic. Returns (token_logprobs [B, Lc],
-    token_entropy [B, Lc] or None, full log-probs [N_valid, V] for callers needing the distribution).
+    vocabulary projection is most of the arithmetic. Returns (token_logprobs [B, Lc], the mean
+    full-vocabulary entropy over every `entropy_stride`-th counted token (None if 0; a subsample,
+    since it is for logging), full log-probs [N_valid, V] for callers needing the distribution).
     """
     hidden = model.base_model(
         input_ids=rollout.input_ids,
@@ -153,7 +154,6 @@ def completion_logprobs(
     token_lp = torch.zeros(keep.shape, dtype=torch.float32, device=logits.device)
     token_lp[keep] = logprobs.gather(-1, targets[:, None]).squeeze(-1)
     entropy = None
-    if with_entropy:
-        entropy = torch.zeros(keep.shape, dtype=torch.float32, device=logits.device)
-        entropy[keep] = entropy_from_logprobs(logprobs.detach())
+    if entropy_stride:
+        entropy = entropy_from_logprobs(logprobs.detach()[::entropy_stride]).mean()
     return token_lp, entropy, logprobs

@@ -178,7 +178,7 @@ def run(cfg) -> dict:
             run_policy = copy.deepcopy(policy)
             run_policy.load_state_dict(state.theta_init)
             anchor = copy.deepcopy(run_policy)
-            init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.log_kl_to_init else None)
+            init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.kl_to_init_every else None)
             module = RLOOModule(run_policy, anchor, reward_model, tokenizer, w, sample_seed=seed + 1,
                                 init_policy=init_policy, tags={"iteration": i, "run": m})
             callbacks = [MergeRuns(state)] + ([EMAAnchor(w.ema_rate)] if w.anchor == "ema" else [])
