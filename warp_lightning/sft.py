@@ -104,7 +104,7 @@ def run(cfg) -> dict:
 
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=s.context, n_embd=s.n_embd, n_layer=s.n_layer,
                         n_head=s.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.eos_token_id, activation_function="gelu_new",
+                        pad_token_id=tokenizer.eos_token_id, activation_function="gelu_pytorch_tanh",
                         resid_pdrop=s.dropout, embd_pdrop=s.dropout, attn_pdrop=s.dropout)
     model = GPT2LMHeadModel(config)
     module = CausalLMModule(model, s.lr, s.warmup_steps, s.max_steps)

@@ -34,7 +34,15 @@ def derive_seed(seed: int, iteration: int, run: int) -> int:
 
 
 def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in state.items()}
+    """A detached copy that keeps tied weights tied (GPT-2's wte and lm_head stay one tensor)."""
+    copies: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for key, t in state.items():
+        alias = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() == 0 or alias not in copies:
+            copies[alias] = t.detach().clone()
+        out[key] = copies[alias]
+    return out
 
 
 @dataclass

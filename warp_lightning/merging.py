@@ -1,0 +1,187 @@
+"""Weight merging of WARP.md ("SLERP of task vectors", LITI), as pure functions over state dicts.
+
+Every function takes state dicts (`dict[str, torch.Tensor]`) and returns a NEW dict; inputs are never
+mutated and the output never aliases them. Floating tensors are computed in float32 (float64 stays float64)
+and returned in their own dtype; non-floating tensors (int buffers) are copied from `theta_init`. Keys of
+`theta_init` that share one storage (GPT-2's `transformer.wte.weight` and `lm_head.weight`) are one
+parameter: it is merged once and the output keys share the merged tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _check(theta_init: StateDict, thetas: Sequence[StateDict]) -> None:
+    if not thetas:
+        raise ValueError("need at least one model to merge")
+    for m, theta in enumerate(thetas, start=1):
+        for key in sorted(theta_init.keys() ^ theta.keys()):
+            where = "theta_init" if key in theta_init else f"model {m}"
+            raise ValueError(f"key {key!r} is only in {where}: all state dicts must have the same keys")
+        for key, t in theta_init.items():
+            if theta[key].shape != t.shape:
+                raise ValueError(
+                    f"shape mismatch for key {key!r}: {tuple(t.shape)} in theta_init, "
+                    f"{tuple(theta[key].shape)} in model {m}"
+                )
+
+
+def _check_lam(thetas: Sequence[StateDict], lam: float | None) -> None:
+    if lam is not None and len(thetas) != 2:
+        raise ValueError(f"lam is the coefficient between exactly 2 models, got {len(thetas)}; use lam=None")
+
+
+def _canonical_keys(sd: StateDict) -> dict[str, str]:
+    """Each floating key -> the first key sharing its storage (itself unless tied); tied weights are one parameter."""
+    first: dict[tuple, str] = {}
+    canonical = {}
+    for key, t in sd.items():
+        if not t.is_floating_point():
+            continue
+        if t.numel() == 0:  # empty tensors may all report data_ptr 0: never tie them
+            canonical[key] = key
+            continue
+        storage = (
+            t.device,
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            tuple(t.shape),
+            t.stride(),
+            t.dtype,
+        )
+        canonical[key] = first.setdefault(storage, key)
+    return canonical
+
+
+def _merge(
+    theta_init: StateDict,
+    thetas: Sequence[StateDict],
+    per_tensor: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor],
+) -> StateDict:
+    """out[k] = per_tensor(theta_init[k], [theta_1[k], ..., theta_M[k]]) for each floating parameter, once."""
+    _check(theta_init, thetas)
+    canonical = _canonical_keys(theta_init)
+    out: StateDict = {}
+    with torch.no_grad():
+        for key, t in theta_init.items():
+            if key not in canonical:  # integer buffers (counters, masks) have no task vector: keep theta_init
+                out[key] = t.clone()
+            elif canonical[key] != key:  # tied: the canonical key came earlier and is already merged
+                out[key] = out[canonical[key]]
+            else:
+                dtype = _compute_dtype(t)
+                merged = per_tensor(t.to(dtype), [theta[key].to(dtype) for theta in thetas])
+                out[key] = merged.to(t.dtype, copy=True)
+    return out
+
+
+def _angle(delta_1: torch.Tensor, delta_2: torch.Tensor) -> float | None:
+    """Omega = angle(delta_1, delta_2) in radians, or None when a task vector is ~0 (no direction)."""
+    n_1, n_2 = delta_1.norm(), delta_2.norm()
+    tiny = torch.finfo(delta_1.dtype).tiny
+    if n_1 <= tiny or n_2 <= tiny:
+        return None
+    u_1, u_2 = delta_1.flatten() / n_1, delta_2.flatten() / n_2
+    # 2*atan2(|u1-u2|, |u1+u2|) (Kahan) instead of acos(u1.u2), which loses all precision near 0 and pi:
+    # exactly where the collinear fallback has to be decided.
+    return 2.0 * math.atan2((u_1 - u_2).norm().item(), (u_1 + u_2).norm().item())
+
+
+def _slerp_task_vectors(delta_1: torch.Tensor, delta_2: torch.Tensor, lam: float, eps: float) -> torch.Tensor:
+    """sin((1-lam)*Omega)/sin(Omega) * delta_1 + sin(lam*Omega)/sin(Omega) * delta_2 (WARP.md)."""
+    omega = _angle(delta_1, delta_2)
+    if omega is None or abs(math.sin(omega)) < eps:
+        # near-collinear or zero task vectors: SLERP is 0/0, and linear interpolation is its limit
+        return (1 - lam) * delta_1 + lam * delta_2
+    sin_omega = math.sin(omega)
+    return math.sin((1 - lam) * omega) / sin_omega * delta_1 + math.sin(lam * omega) / sin_omega * delta_2
+
+
+def task_vector(theta_init: StateDict, theta: StateDict) -> StateDict:
+    """delta = theta - theta_init, per floating tensor (non-floating tensors copied from theta_init)."""
+    return _merge(theta_init, [theta], lambda init, ts: ts[0] - init)
+
+
+def slerp(
+    theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None, *, eps: float = 1e-6
+) -> StateDict:
+    """SLERP of the task vectors delta_m = theta_m - theta_init, tensor by tensor (each its own Omega).
+
+    With 2 models and `lam`: theta_init + sin((1-lam)*Omega)/sin(Omega) * delta_1 + sin(lam*Omega)/sin(Omega) * delta_2.
+    With lam=None, any M >= 1: slerp_1 = theta_1, slerp_m = slerp(theta_init, [slerp_{m-1}, theta_m], 1/m).
+    Falls back to linear interpolation when |sin(Omega)| < eps or a task vector is ~0.
+    """
+    _check_lam(thetas, lam)
+
+    def per_tensor(init: torch.Tensor, ts: list[torch.Tensor]) -> torch.Tensor:
+        if lam is not None:
+            return init + _slerp_task_vectors(ts[0] - init, ts[1] - init, lam, eps)
+        merged = ts[0]
+        for m, theta_m in enumerate(ts[1:], start=2):
+            merged = init + _slerp_task_vectors(merged - init, theta_m - init, 1 / m, eps)
+        return merged
+
+    return _merge(theta_init, thetas, per_tensor)
+
+
+def linear(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None) -> StateDict:
+    """The linear-merge baseline: theta_init + (1-lam)*delta_1 + lam*delta_2, or (lam=None) the uniform average."""
+    _check_lam(thetas, lam)
+
+    def per_tensor(init: torch.Tensor, ts: list[torch.Tensor]) -> torch.Tensor:
+        if lam is None:
+            return sum(ts) / len(ts)
+        return init + (1 - lam) * (ts[0] - init) + lam * (ts[1] - init)
+
+    return _merge(theta_init, thetas, per_tensor)
+
+
+def liti(theta_init: StateDict, theta_merged: StateDict, eta: float) -> StateDict:
+    """LITI, interpolation towards initialisation: (1 - eta) * theta_init + eta * theta_merged."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    return _merge(theta_init, [theta_merged], lambda init, ts: (1 - eta) * init + eta * ts[0])
+
+
+def merge_stats(
+    theta_init: StateDict, thetas: Sequence[StateDict], theta_merged: StateDict
+) -> dict[str, float]:
+    """Logging statistics; tied tensors are counted once.
+
+    `angle_deg_mean/min/max`: per-tensor angle between delta_1 and delta_2 in degrees, over tensors where both
+    are nonzero (absent when M < 2 or no such tensor). `task_vector_norm_{m}` (m = 1..M) and
+    `merged_task_vector_norm`: global L2 norms over all floating tensors.
+    """
+    _check(theta_init, [*thetas, theta_merged])
+    angles: list[float] = []
+    squared_norms = [0.0] * (len(thetas) + 1)
+    with torch.no_grad():
+        for key, canonical in _canonical_keys(theta_init).items():
+            if canonical != key:
+                continue
+            dtype = _compute_dtype(theta_init[key])
+            init = theta_init[key].to(dtype)
+            deltas = [theta[key].to(dtype) - init for theta in [*thetas, theta_merged]]
+            for i, delta in enumerate(deltas):
+                squared_norms[i] += delta.norm().item() ** 2
+            if len(thetas) >= 2 and (omega := _angle(deltas[0], deltas[1])) is not None:
+                angles.append(math.degrees(omega))
+    stats = {f"task_vector_norm_{m}": math.sqrt(s) for m, s in enumerate(squared_norms[:-1], start=1)}
+    stats["merged_task_vector_norm"] = math.sqrt(squared_norms[-1])
+    if angles:
+        stats |= {
+            "angle_deg_mean": sum(angles) / len(angles),
+            "angle_deg_min": min(angles),
+            "angle_deg_max": max(angles),
+        }
+    return stats
