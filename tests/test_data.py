@@ -1,0 +1,141 @@
+"""Text sets, splits, de-duplication, prompts and preference pairs on the real offline data."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from datasets import Dataset
+
+from warp_lightning import UserError
+from warp_lightning.data import (
+    load_texts,
+    make_prompts,
+    normalize_text,
+    preference_pairs,
+    prompt_splits,
+    read_polarity_csv,
+)
+
+
+@pytest.mark.parametrize(("name", "total", "test"), [("reviews", 1500, 300), ("sentences", 4000, 800)])
+def test_pang_lee_sizes_and_labels(asset_cache, name, total, test):
+    full = load_texts(name, cache=asset_cache)
+    assert len(full) == total and sum(full["label"]) == total // 2
+    assert set(full["label"]) == {0, 1}
+    assert all(t == t.strip() and t for t in full["text"])
+    test_set = load_texts(name, "test", cache=asset_cache)
+    assert len(test_set) == test and sum(test_set["label"]) == test // 2  # stratified
+
+
+@pytest.mark.parametrize("name", ["reviews", "sentences", "rt_snippets"])
+def test_splits_deterministic_and_disjoint(asset_cache, name):
+    train, test = load_texts(name, "train", cache=asset_cache), load_texts(name, "test", cache=asset_cache)
+    assert train.to_dict() == load_texts(name, "train", cache=asset_cache).to_dict()
+    assert test.to_dict() == load_texts(name, "test", cache=asset_cache).to_dict()
+    assert not {normalize_text(t) for t in train["text"]} & {normalize_text(t) for t in test["text"]}
+    assert len(train) + len(test) == len(load_texts(name, cache=asset_cache))
+
+
+def test_rt_snippets_clean_and_deduplicated(asset_cache):
+    rt = load_texts("rt_snippets", cache=asset_cache)
+    # 7,403 fresh + 5,405 rotten, minus the ~4,000 also in `sentences` and repeats; no plot synopses
+    assert 8000 < len(rt) < 12808
+    assert set(rt["label"]) == {0, 1}
+    keys = [normalize_text(t) for t in rt["text"]]
+    assert len(set(keys)) == len(keys)
+    sentences = {normalize_text(t) for t in load_texts("sentences", cache=asset_cache)["text"]}
+    assert not sentences & set(keys)
+    assert not any("&amp;" in t for t in rt["text"])
+    # plot synopses are long third-person summaries; none survive (the longest snippet is short)
+    assert max(len(t) for t in rt["text"]) < 400
+
+
+def test_normalize_text_matches_tokenised_sentences():
+    assert normalize_text("While it's alarmingly current.") == normalize_text("while it's alarmingly current . \n")
+    assert normalize_text("Lovely &amp; Amazing") == normalize_text("lovely & amazing")
+
+
+def test_unknown_set_and_split(asset_cache):
+    with pytest.raises(UserError, match="unknown text set"):
+        load_texts("nope")
+    with pytest.raises(ValueError, match="split"):
+        load_texts("reviews", "validation", cache=asset_cache)
+
+
+def test_bad_rows_in_polarity_csv(tmp_path, caplog):
+    raw = ('\ufeff"1","a fine film , with\nseveral lines . "\n'
+           '"-1","   "\n'
+           '"-1",""\n'
+           '"0","unknown label"\n'
+           '"1"\n'
+           '"-1","bad bytes here"\n').encode()
+    raw = raw.replace(b"bad bytes", b"bad \xff\xfe bytes")
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(raw)
+    with caplog.at_level(logging.WARNING, logger="warp_lightning.data"):
+        texts, labels = read_polarity_csv(path)
+    assert texts == ["a fine film , with\nseveral lines .", "bad \ufffd\ufffd bytes here"]
+    assert labels == [1, 0]
+    assert "4 rows skipped" in caplog.text and "undecodable" in caplog.text
+
+
+def test_prompt_lengths_and_determinism(asset_cache, gpt2_tokenizer):
+    texts = load_texts("reviews", "test", cache=asset_cache)
+    a = make_prompts(texts, gpt2_tokenizer, 5, 20, seed=0)
+    assert len(a) == len(texts)
+    lengths = [len(ids) for ids in a["input_ids"]]
+    assert min(lengths) >= 5 and max(lengths) <= 20 and len(set(lengths)) > 10
+    assert a.to_dict() == make_prompts(texts, gpt2_tokenizer, 5, 20, seed=0).to_dict()
+    assert a["input_ids"] != make_prompts(texts, gpt2_tokenizer, 5, 20, seed=1)["input_ids"]
+    for row in a.select(range(20)):
+        source = texts[row["source_index"]]
+        full = gpt2_tokenizer(source["text"], add_special_tokens=False)["input_ids"]
+        assert row["input_ids"] == full[: len(row["input_ids"])]  # a true prefix of the whole review
+        assert row["prompt"] == gpt2_tokenizer.decode(row["input_ids"])
+        assert source["text"].startswith(row["prompt"])
+        assert row["label"] == source["label"]
+
+
+def test_make_prompts_argument_checks(gpt2_tokenizer):
+    tiny = Dataset.from_dict({"text": ["one two three"], "label": [1]})
+    with pytest.raises(ValueError, match="min_tokens"):
+        make_prompts(tiny, gpt2_tokenizer, 0, 5)
+    with pytest.raises(ValueError, match="exceed"):
+        make_prompts(tiny, gpt2_tokenizer, 6, 5)
+
+
+def test_make_prompts_skips_empty_and_short_texts(gpt2_tokenizer, caplog):
+    long = "this film is a long and winding road that never quite arrives anywhere at all " * 20
+    tiny = Dataset.from_dict({"text": ["", "   \n\t", "too short", long, "exactly five tokens here ok", "x" * 5000],
+                              "label": [0, 1, 0, 1, 0, 1]})
+    with caplog.at_level(logging.WARNING, logger="warp_lightning.data"):
+        prompts = make_prompts(tiny, gpt2_tokenizer, 5, 8, seed=3)
+    assert prompts["source_index"] == [3, 4, 5]
+    assert "3 of 6 texts skipped (2 empty, 1 with fewer than 5 tokens)" in caplog.text
+    assert all(5 <= len(ids) <= 8 for ids in prompts["input_ids"])
+    assert prompts["label"] == [1, 0, 1]
+
+
+def test_train_and_test_prompts_come_from_disjoint_reviews(asset_cache, gpt2_tokenizer):
+    train, test = prompt_splits("reviews", gpt2_tokenizer, 5, 20, seed=0, cache=asset_cache)
+    train_texts = load_texts("reviews", "train", cache=asset_cache)["text"]
+    test_texts = load_texts("reviews", "test", cache=asset_cache)["text"]
+    assert len(train) == 1200 and len(test) == 300
+    used_train = {train_texts[i] for i in train["source_index"]}
+    used_test = {test_texts[i] for i in test["source_index"]}
+    assert not used_train & used_test
+
+
+def test_preference_pairs(asset_cache):
+    texts = load_texts("sentences", "train", cache=asset_cache)
+    label = dict(zip(texts["text"], texts["label"], strict=True))
+    pairs = preference_pairs(texts, seed=0)
+    assert len(pairs) == min(texts["label"].count(1), texts["label"].count(0)) == 1600
+    assert all(label[c] == 1 for c in pairs["chosen"]) and all(label[r] == 0 for r in pairs["rejected"])
+    assert pairs.to_dict() == preference_pairs(texts, seed=0).to_dict()
+    assert pairs["chosen"] != preference_pairs(texts, seed=1)["chosen"]
+    unbalanced = Dataset.from_dict({"text": ["a", "b", "c"], "label": [1, 1, 0]})
+    assert len(preference_pairs(unbalanced)) == 1
+    with pytest.raises(ValueError, match="both labels"):
+        preference_pairs(Dataset.from_dict({"text": ["a"], "label": [1]}))

@@ -1,0 +1,339 @@
+"""Text datasets (`text`, `label` columns), prompts cut from them, and preference pairs.
+
+Offline sets come from the assets of ASSETS.md (`warp_lightning.assets`):
+
+- `reviews`: Pang & Lee polarity v2.0, 1,500 full movie reviews (750 positive, 750 negative).
+- `sentences`: Pang & Lee sentence polarity v1.0, 4,000 snippets (2,000 / 2,000).
+- `rt_snippets`: Rotten Tomatoes critic snippets, fresh -> 1, rotten -> 0, plot synopses dropped, HTML
+  entities unescaped, de-duplicated within itself and against `sentences` (most of `sentences` is in it).
+
+`imdb` is the hub's `stanfordnlp/imdb` (online only). Splits are deterministic and stratified by label:
+80/20 for `reviews` and `sentences`, 90/10 for `rt_snippets`; `split=None` gives every row.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import functools
+import html
+import io
+import logging
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from warp_lightning import UserError
+
+log = logging.getLogger(__name__)
+
+TEXT_SETS = ("reviews", "sentences", "rt_snippets", "imdb")
+SPLITS = ("train", "test")
+SPLIT_SEED = 20240607
+TEST_FRACTION = {"reviews": 0.2, "sentences": 0.2, "rt_snippets": 0.1}
+POLARITY_LABELS = {"1": 1, "-1": 0}
+RT_LABELS = {"fresh": 1, "rotten": 0}
+
+
+def _features():
+    from datasets import Features, Value
+
+    return Features({"text": Value("string"), "label": Value("int64")})
+
+
+def normalize_text(text: str) -> str:
+    """A key that ignores case, spacing, punctuation, accents and HTML entities (for de-duplication).
+
+    Pang & Lee's sentences are lower-cased and tokenised ("it's alarmingly current . ") while the Rotten
+    Tomatoes snippets are not ("it's alarmingly current."): only letters and digits are compared.
+    """
+    decomposed = unicodedata.normalize("NFKD", html.unescape(text).casefold())
+    key = "".join(ch for ch in decomposed if ch.isalnum() and not unicodedata.combining(ch))
+    return key or " ".join(text.casefold().split())
+
+
+def _decode(raw: bytes, what: str) -> str:
+    text = raw.decode("utf-8-sig", errors="replace")
+    if "\ufffd" in text:
+        log.warning("%s: %d undecodable bytes replaced by U+FFFD", what, text.count("\ufffd"))
+    return text
+
+
+def _csv_rows(text: str, what: str) -> list[list[str]]:
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise UserError(f"{what} is not a readable CSV file ({err}); delete its asset folder and fetch it "
+                        "again") from err
+
+
+def read_polarity_csv(path: str | Path) -> tuple[list[str], list[int]]:
+    """Rows `"1"|"-1",text` of Pang & Lee (UTF-8 BOM, quoted multi-line fields) -> texts, labels 1/0.
+
+    Rows with an empty text, an unknown label or a wrong number of fields are skipped and counted.
+    """
+    path = Path(path)
+    texts, labels = [], []
+    skipped = {"empty text": 0, "unknown label": 0, "malformed row": 0}
+    for row in _csv_rows(_decode(path.read_bytes(), path.name), path.name):
+        if not row:
+            continue  # blank line
+        if len(row) != 2:
+            skipped["malformed row"] += 1
+            continue
+        label, text = row[0].strip(), row[1].strip()
+        if label not in POLARITY_LABELS:
+            skipped["unknown label"] += 1
+        elif not text:
+            skipped["empty text"] += 1
+        else:
+            texts.append(text)
+            labels.append(POLARITY_LABELS[label])
+    _log_skipped(path.name, skipped, len(texts))
+    return texts, labels
+
+
+def read_rt_snippets(path: str | Path) -> tuple[list[str], list[int]]:
+    """Rotten Tomatoes critic snippets (`category,text,...`, bz2) -> texts, labels (fresh 1 / rotten 0).
+
+    Plot synopses are dropped; HTML entities (`&amp;`) are unescaped; empty texts are skipped and counted.
+    """
+    path = Path(path)
+    try:
+        raw = bz2.decompress(path.read_bytes())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable bz2 file ({err}); delete its asset folder and fetch it "
+                        "again") from err
+    rows = _csv_rows(_decode(raw, path.name), path.name)
+    header = [h.strip() for h in rows[0]] if rows else []
+    if "category" not in header or "text" not in header:
+        raise UserError(f"{path} lacks the columns category,text (header: {','.join(header)})")
+    ci, ti = header.index("category"), header.index("text")
+    texts, labels, plots = [], [], 0
+    skipped = {"empty text": 0, "unknown label": 0, "malformed row": 0}
+    for row in rows[1:]:
+        if not row:
+            continue
+        if len(row) <= max(ci, ti):
+            skipped["malformed row"] += 1
+            continue
+        category, text = row[ci].strip(), html.unescape(row[ti]).strip()
+        if category == "plot":
+            plots += 1
+        elif category not in RT_LABELS:
+            skipped["unknown label"] += 1
+        elif not text:
+            skipped["empty text"] += 1
+        else:
+            texts.append(text)
+            labels.append(RT_LABELS[category])
+    log.info("%s: %d plot synopses dropped", path.name, plots)
+    _log_skipped(path.name, skipped, len(texts))
+    return texts, labels
+
+
+def _log_skipped(what: str, skipped: dict[str, int], kept: int) -> None:
+    if any(skipped.values()):
+        detail = ", ".join(f"{n} {why}" for why, n in skipped.items() if n)
+        log.warning("%s: %d rows skipped (%s), %d kept", what, sum(skipped.values()), detail, kept)
+
+
+def deduplicate(texts: Sequence[str], labels: Sequence[int],
+                against: Sequence[str] = ()) -> tuple[list[str], list[int], int, int]:
+    """Drop texts whose `normalize_text` key is in `against` or appeared earlier (the first one is kept).
+
+    Returns the texts, their labels, the number dropped as in `against` and the number of repeats.
+    """
+    external = {normalize_text(t) for t in against}
+    seen: set[str] = set()
+    out_t, out_l, overlap, repeats = [], [], 0, 0
+    for text, label in zip(texts, labels, strict=True):
+        key = normalize_text(text)
+        if key in external:
+            overlap += 1
+        elif key in seen:
+            repeats += 1
+        else:
+            seen.add(key)
+            out_t.append(text)
+            out_l.append(label)
+    return out_t, out_l, overlap, repeats
+
+
+def _asset_folder(name: str, cache) -> Path:
+    from warp_lightning.assets import fetch
+
+    return fetch(name, cache=Path(str(cache)) if cache else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_rows(name: str, pang_lee: str, rt: str | None = None) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """All rows of an offline set, parsed once per process (the files never change once fetched)."""
+    if name == "reviews":
+        texts, labels = read_polarity_csv(Path(pang_lee) / "reviews.csv")
+    elif name == "sentences":
+        texts, labels = read_polarity_csv(Path(pang_lee) / "sentences.csv")
+    else:
+        sentences, _ = read_polarity_csv(Path(pang_lee) / "sentences.csv")
+        texts, labels = read_rt_snippets(Path(rt) / "rotten_tomatoes_corpus_full.csv.bz2")
+        n = len(texts)
+        texts, labels, overlap, repeats = deduplicate(texts, labels, against=sentences)
+        log.info("rt_snippets: %d snippets, %d dropped as in `sentences`, %d repeats dropped, %d kept",
+                 n, overlap, repeats, len(texts))
+    return tuple(texts), tuple(labels)
+
+
+def split_indices(labels: Sequence[int], test_fraction: float, seed: int = SPLIT_SEED) -> tuple[list, list]:
+    """Stratified train/test row indices (each in increasing order), deterministic for a seed."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(test_fraction * len(idx)))
+        test += idx[:n_test].tolist()
+        train += idx[n_test:].tolist()
+    return sorted(train), sorted(test)
+
+
+def _clean(texts, labels, what: str) -> tuple[list[str], list[int]]:
+    """Drop rows whose text is not a non-empty string (counted in a log line)."""
+    out_t, out_l = [], []
+    for text, label in zip(texts, labels, strict=True):
+        if isinstance(text, str) and text.strip():
+            out_t.append(text)
+            out_l.append(int(label))
+    if len(out_t) != len(texts):
+        log.warning("%s: %d empty or whitespace-only texts skipped", what, len(texts) - len(out_t))
+    return out_t, out_l
+
+
+def load_texts(name: str, split: str | None = None, cache: str | Path | None = None):
+    """A `datasets.Dataset` with columns `text` (str) and `label` (int: 1 positive, 0 negative).
+
+    `name` is one of `TEXT_SETS`; `split` is "train", "test" or None (every row). `cache` is the
+    assets cache (default `assets.cache_dir()`); offline sets are fetched into it on first use.
+    """
+    from datasets import Dataset, concatenate_datasets, load_dataset
+
+    if name not in TEXT_SETS:
+        raise UserError(f"unknown text set {name!r}; choose one of {', '.join(TEXT_SETS)}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, not {split!r}")
+    if name == "imdb":
+        if split is None:
+            parts = [load_dataset("stanfordnlp/imdb", split=s) for s in SPLITS]
+            ds = concatenate_datasets(parts)
+        else:
+            ds = load_dataset("stanfordnlp/imdb", split=split)
+        texts, labels = _clean(list(ds["text"]), list(ds["label"]), f"imdb/{split or 'all'}")
+        return Dataset.from_dict({"text": texts, "label": labels}, features=_features())
+
+    rt = str(_asset_folder("rt_snippets", cache)) if name == "rt_snippets" else None
+    texts, labels = _load_rows(name, str(_asset_folder("pang_lee", cache)), rt)
+    if split is not None:
+        train, test = split_indices(labels, TEST_FRACTION[name])
+        rows = train if split == "train" else test
+        texts, labels = [texts[i] for i in rows], [labels[i] for i in rows]
+    return Dataset.from_dict({"text": list(texts), "label": list(labels)}, features=_features())
+
+
+def _prefix(text: str, chars: int) -> tuple[str, bool]:
+    """The text cut before a whitespace run at or before `chars` (so that no word is split); whole?"""
+    if len(text) <= chars:
+        return text, True
+    cut = chars
+    while cut > 0 and not (text[cut].isspace() and not text[cut - 1].isspace()):
+        cut -= 1
+    return (text[:cut], False) if cut > 0 else (text, True)
+
+
+def _first_tokens(tokenizer, texts: list[str], need: Sequence[int]) -> list[list[int]]:
+    """Token ids of the start of each text, at least `need[i]` of them where the text has that many.
+
+    Only a prefix of each text is tokenised, cut between words so that its tokens are those of the full
+    text; the prefix doubles until it holds enough tokens.
+    """
+    out: list[list[int]] = [[] for _ in texts]
+    pending = list(range(len(texts)))
+    chars = 8 * max(need, default=1) + 64
+    while pending:
+        prefixes = [_prefix(texts[i], chars) for i in pending]
+        ids = tokenizer([p for p, _ in prefixes], add_special_tokens=False)["input_ids"]
+        still = []
+        for i, (_, whole), tok in zip(pending, prefixes, ids, strict=True):
+            out[i] = list(tok)
+            if not whole and len(tok) < need[i] + 1:
+                still.append(i)
+        pending, chars = still, chars * 2
+    return out
+
+
+def make_prompts(texts, tokenizer, min_tokens: int = 5, max_tokens: int = 20, seed: int = 0):
+    """Prompts made of the first n tokens of each text, n uniform in [min_tokens, max_tokens].
+
+    Returns a `datasets.Dataset` with `prompt` (the decoded tokens), `input_ids` (n token ids), `label`
+    and `source_index` (the row of `texts`). n is drawn for every row from a numpy Generator seeded with
+    `seed` (the same rows and seed give the same prompts); a text with fewer than n tokens gives all of
+    them; texts that are empty or have fewer than `min_tokens` tokens are skipped and counted in a log line.
+    """
+    from datasets import Dataset, Features, List, Value
+
+    if min_tokens < 1:
+        raise ValueError(f"min_tokens must be at least 1, not {min_tokens}")
+    if min_tokens > max_tokens:
+        raise ValueError(f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})")
+    rng = np.random.default_rng(seed)
+    raw = list(texts["text"])
+    labels = list(texts["label"]) if "label" in texts.column_names else [-1] * len(raw)
+    lengths = rng.integers(min_tokens, max_tokens + 1, size=len(raw)).tolist()
+    rows = [i for i, t in enumerate(raw) if isinstance(t, str) and t.strip()]
+    empty = len(raw) - len(rows)
+    token_ids = _first_tokens(tokenizer, [raw[i].strip() for i in rows], [lengths[i] for i in rows])
+    columns = {"prompt": [], "input_ids": [], "label": [], "source_index": []}
+    short = 0
+    for i, ids in zip(rows, token_ids, strict=True):
+        if len(ids) < min_tokens:
+            short += 1
+            continue
+        ids = ids[: lengths[i]]
+        columns["prompt"].append(tokenizer.decode(ids, clean_up_tokenization_spaces=False))
+        columns["input_ids"].append(ids)
+        columns["label"].append(int(labels[i]))
+        columns["source_index"].append(i)
+    if empty or short:
+        log.warning("make_prompts: %d of %d texts skipped (%d empty, %d with fewer than %d tokens)",
+                    empty + short, len(raw), empty, short, min_tokens)
+    features = Features({"prompt": Value("string"), "input_ids": List(Value("int64")),
+                         "label": Value("int64"), "source_index": Value("int64")})
+    return Dataset.from_dict(columns, features=features)
+
+
+def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: int,
+                  cache: str | Path | None = None):
+    """(train prompts, test prompts) from the train and test texts of `name` (disjoint texts)."""
+    train = make_prompts(load_texts(name, "train", cache), tokenizer, min_tokens, max_tokens, seed)
+    test = make_prompts(load_texts(name, "test", cache), tokenizer, min_tokens, max_tokens, seed)
+    log.info("%s prompts of %d-%d tokens: %d train, %d test", name, min_tokens, max_tokens, len(train), len(test))
+    return train, test
+
+
+def preference_pairs(texts, seed: int = 0):
+    """Pairs `chosen` (a text with label 1) / `rejected` (label 0): both sides shuffled with `seed`,
+    zipped to the shorter length."""
+    from datasets import Dataset, Features, Value
+
+    rng = np.random.default_rng(seed)
+    raw, labels = list(texts["text"]), list(texts["label"])
+    pos = [t for t, y in zip(raw, labels, strict=True) if y == 1]
+    neg = [t for t, y in zip(raw, labels, strict=True) if y == 0]
+    if not pos or not neg:
+        raise ValueError(f"preference pairs need texts of both labels: {len(pos)} positive, {len(neg)} negative")
+    pos = [pos[i] for i in rng.permutation(len(pos))]
+    neg = [neg[i] for i in rng.permutation(len(neg))]
+    n = min(len(pos), len(neg))
+    return Dataset.from_dict({"chosen": pos[:n], "rejected": neg[:n]},
+                             features=Features({"chosen": Value("string"), "rejected": Value("string")}))
