@@ -114,3 +114,19 @@ def test_sampling_stops_at_eos_and_masks_after():
         if n < c.shape[0]:
             assert eos.numel() == 1 and eos.item() == n - 1  # the EOS is the last counted token
         assert (c[n:] == 0).all()
+
+
+def test_fused_linear_logprob_matches_log_softmax_and_its_gradients():
+    from warp_lightning.policy import linear_logprob
+
+    torch.manual_seed(0)
+    h = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    w = (0.3 * torch.randn(97, 16, dtype=torch.float64)).requires_grad_()
+    y = torch.randint(0, 97, (40,))
+    g = torch.randn(40, dtype=torch.float64)
+    (linear_logprob(h, w, y) * g).sum().backward()
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = torch.log_softmax(h2 @ w2.T, -1).gather(-1, y[:, None]).squeeze(-1)
+    (ref * g).sum().backward()
+    assert torch.allclose(linear_logprob(h, w, y), ref, atol=1e-10)
+    assert torch.allclose(h.grad, h2.grad, atol=1e-10) and torch.allclose(w.grad, w2.grad, atol=1e-10)

@@ -49,8 +49,8 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
         rollout = sample(model, ids, mask, max_new_tokens, temperature, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, generator=g)
         cmask = rollout.completion_mask.bool()
-        lp_tok, _, lp_full = completion_logprobs(model, rollout)
-        ref_tok, _, ref_full = completion_logprobs(sft_model, rollout)
+        lp_tok, _, lp_full = completion_logprobs(model, rollout, full=True)
+        ref_tok, _, ref_full = completion_logprobs(sft_model, rollout, full=True)
         per_token_kl = torch.zeros(cmask.shape)
         per_token_kl[cmask] = rl.exact_kl_from_logprobs(lp_full, ref_full)
         log_ratio = (ref_tok - lp_tok) * cmask  # log pi_sft/pi at the sampled tokens

@@ -129,15 +129,53 @@ def sample(
     return Rollout(out_ids[:, :keep], mask[:, :keep], prompt_len, completion_mask[:, :n_new])
 
 
+class _LinearLogprob(torch.autograd.Function):
+    """log softmax(h W^T)[y] without keeping the [N, V] log-softmax for backward.
+
+    The vocabulary projection dominates a small LM's step; this runs its matmuls in `dtype` (bf16 under
+    autocast) and the log-sum-exp in float32, and its backward forms softmax - onehot in place.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, dtype):
+        hb, wb = h.to(dtype), weight.to(dtype)
+        logits = hb @ wb.T
+        lf = logits if logits.dtype == torch.float64 else logits.float()
+        lse = torch.logsumexp(lf, -1)
+        ctx.save_for_backward(hb, wb, targets, lse, logits)
+        ctx.in_dtypes = (h.dtype, weight.dtype)
+        return lf.gather(-1, targets[:, None]).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hb, wb, targets, lse, logits = ctx.saved_tensors
+        lf = logits if logits.dtype == torch.float64 else logits.float()
+        # d logp_i / d logits_i = onehot(y_i) - softmax(logits_i)
+        p = torch.exp(lf - lse[:, None])
+        p.scatter_add_(-1, targets[:, None], -torch.ones_like(lse)[:, None])
+        grad_logits = (p * (-grad_out)[:, None]).to(hb.dtype)
+        grad_h = (grad_logits @ wb).to(ctx.in_dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_w = (grad_logits.T @ hb).to(ctx.in_dtypes[1]) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None, None
+
+
+def linear_logprob(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(h @ weight.T)[targets] in float32, matmuls in the autocast dtype when autocast is on."""
+    kind = h.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else h.dtype
+    with torch.autocast(kind, enabled=False):
+        return _LinearLogprob.apply(h, weight, targets, dtype)
+
+
 def completion_logprobs(
-    model, rollout: Rollout, entropy_stride: int = 0
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    model, rollout: Rollout, entropy_stride: int = 0, full: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-token log pi(y_t | x, y_<t) of the completion tokens, in float32.
 
     The LM head runs only at completion positions that count (mask = 1): at these sizes the
     vocabulary projection is most of the arithmetic. Returns (token_logprobs [B, Lc], the mean
     full-vocabulary entropy over every `entropy_stride`-th counted token (None if 0; a subsample,
-    since it is for logging), full log-probs [N_valid, V] for callers needing the distribution).
+    since it is for logging), and with `full=True` the log-probs [N_valid, V] over the vocabulary).
     """
     hidden = model.base_model(
         input_ids=rollout.input_ids,
@@ -146,14 +184,21 @@ def completion_logprobs(
     ).last_hidden_state
     lp = rollout.prompt_len
     # hidden state at column j predicts the token at column j + 1
-    h = hidden[:, lp - 1 : -1]
     keep = rollout.completion_mask.bool()
-    logits = model.get_output_embeddings()(h[keep]).float()
-    logprobs = torch.log_softmax(logits, dim=-1)
+    h = hidden[:, lp - 1 : -1][keep]
     targets = rollout.completion_ids[keep]
-    token_lp = torch.zeros(keep.shape, dtype=torch.float32, device=logits.device)
-    token_lp[keep] = logprobs.gather(-1, targets[:, None]).squeeze(-1)
-    entropy = None
+    head = model.get_output_embeddings()
+    token_lp = torch.zeros(keep.shape, dtype=torch.float32, device=h.device)
+    logprobs = entropy = None
+    if full or getattr(head, "bias", None) is not None:
+        logprobs = torch.log_softmax(head(h).float(), dim=-1)
+        token_lp[keep] = logprobs.gather(-1, targets[:, None]).squeeze(-1)
+    else:
+        token_lp[keep] = linear_logprob(h, head.weight, targets)
     if entropy_stride:
-        entropy = entropy_from_logprobs(logprobs.detach()[::entropy_stride]).mean()
+        with torch.no_grad():
+            sub = logprobs[::entropy_stride] if logprobs is not None else None
+            if sub is None:
+                sub = torch.log_softmax(head(h[::entropy_stride].detach()).float(), dim=-1)
+            entropy = entropy_from_logprobs(sub).mean()
     return token_lp, entropy, logprobs
