@@ -102,7 +102,7 @@ def run(cfg) -> dict:
     val_blocks = pack_blocks(val_texts, tokenizer, s.context)[: s.max_val_blocks]
     log.info("SFT corpus: %d train blocks, %d val blocks of %d tokens", len(train_blocks), len(val_blocks), s.context)
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=s.context, n_embd=s.n_embd, n_layer=s.n_layer,
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=max(s.n_positions, s.context), n_embd=s.n_embd, n_layer=s.n_layer,
                         n_head=s.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.eos_token_id, activation_function="gelu_pytorch_tanh",
                         resid_pdrop=s.dropout, embd_pdrop=s.dropout, attn_pdrop=s.dropout)
