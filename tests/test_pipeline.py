@@ -82,3 +82,17 @@ def test_smoke_experiment_runs_the_whole_loop_and_final_reloads(tiny_models, tmp
     for col in ("reward_mean", "reward_std", "kl_anchor", "kl_init", "completion_length", "entropy", "loss",
                 "grad_norm", "lr", "iteration", "run"):
         assert col in header, col
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
+def test_other_loggers_record_each_run(tiny_models, tmp_path, logger):
+    run_dir = tmp_path / "run"
+    cli("train", "+experiment=smoke", f"logger={logger}", "warp.iterations=1", "warp.steps=2",
+        f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    if logger == "tensorboard":
+        for run in ("i1_m1", "i1_m2"):
+            assert list((run_dir / "tb" / run).glob("events.out.tfevents.*")), run
+    else:  # offline W&B: one local run per (i, m), named by i and m, grouped by experiment
+        runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+        assert len(runs) == 2
+        assert all(list(r.glob("run-*.wandb")) for r in runs)

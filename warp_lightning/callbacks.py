@@ -32,4 +32,9 @@ class MergeRuns(L.Callback):
         self.state = state
 
     def on_fit_end(self, trainer, module):
+        merges = len(self.state.merge_stats)
         self.state.finish_run(module.policy.state_dict())
+        if len(self.state.merge_stats) > merges and trainer.logger:
+            stats = self.state.merge_stats[-1]
+            trainer.logger.log_metrics({f"merge/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
+            trainer.logger.save()
