@@ -80,7 +80,96 @@ def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_
     return results
 
 
-def run(cfg) -> dict:
-    from warp_lightning import UserError
+# two-sided 95% Student t critical values t_{0.975, df}
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
 
-    raise UserError("`evaluate` is not implemented yet; `train` reports final_reward_mean and sft_reward_mean")
+
+def t975(df: int) -> float:
+    if df in _T975:
+        return _T975[df]
+    below = [d for d in _T975 if d < df]
+    return _T975[max(below)] if df <= 30 else 1.96
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% interval of the mean (Student t over the values)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, t975(n - 1) * (var / n) ** 0.5
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of the completions (word level)."""
+    grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / max(1, len(grams))
+
+
+def subsample_indices(n_prompts: int, subsamples: int, size: int, seed: int) -> list[list[int]]:
+    """S seeded subsamples of N held-out prompts; the same for every model compared."""
+    if size > n_prompts:
+        from warp_lightning import UserError
+
+        raise UserError(f"eval.prompts={size} is invalid: only {n_prompts} held-out prompts exist")
+    return [torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + s))[:size].tolist()
+            for s in range(subsamples)]
+
+
+def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecfg) -> tuple[dict, list[dict]]:
+    """The protocol of WARP.md: per-subsample means, then their mean and 95% interval."""
+    ids = list(test_prompts["input_ids"])
+    per_sub, rows = [], []
+    for s, idx in enumerate(subsample_indices(len(ids), ecfg.subsamples, ecfg.prompts, ecfg.seed)):
+        scores = score_completions(model, sft_model, tokenizer, reward_model, [ids[i] for i in idx],
+                                   ecfg.samples_per_prompt, ecfg.max_new_tokens, ecfg.temperature,
+                                   ecfg.seed + 1000 + s, ecfg.batch_size)
+        per_sub.append({k: sum(v) / len(v) for k, v in scores.items() if k != "text"})
+        prompts = [i for i in idx for _ in range(ecfg.samples_per_prompt)]
+        rows += [{"subsample": s, "prompt_index": p, **{k: scores[k][j] for k in scores}}
+                 for j, p in enumerate(prompts)]
+    metrics = {}
+    for key, name in (("reward", "reward"), ("kl", "kl"), ("kl_k1", "kl_k1"), ("kl_k3", "kl_k3"),
+                      ("length", "completion_length")):
+        metrics[f"{name}_mean"], metrics[f"{name}_ci95"] = mean_ci95([p[key] for p in per_sub])
+    texts = [r["text"] for r in rows]
+    metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2), subsamples=ecfg.subsamples,
+                   prompts_per_subsample=ecfg.prompts, kl_estimator="exact per-token KL over the vocabulary, "
+                   "summed over completion tokens, on completions sampled from the model")
+    return metrics, rows
+
+
+def run(cfg) -> dict:
+    """`python -m warp_lightning evaluate model=PATH sft=PATH`: reward and KL(pi || pi_sft) with intervals."""
+    import csv
+    import io
+
+    from warp_lightning import UserError
+    from warp_lightning.cli import cfg_output_dir
+    from warp_lightning.data import prompt_splits
+    from warp_lightning.io import atomic_write_bytes
+    from warp_lightning.policy import load_causal_lm, load_tokenizer
+    from warp_lightning.reward import RewardModel
+    from warp_lightning.warp import ensure_model
+
+    for key in ("model", "sft"):
+        if not Path(str(cfg[key])).exists():
+            raise UserError(f"{key}={cfg[key]} does not exist: pass a Hugging Face folder, e.g. "
+                            f"{key}=outputs/train/.../final")
+    ensure_model("reward_model", cfg.reward_model)
+    tokenizer = load_tokenizer(cfg.sft)
+    model, sft = load_causal_lm(cfg.model).eval(), load_causal_lm(cfg.sft).eval()
+    reward_model = RewardModel.from_pretrained(cfg.reward_model.name_or_path, sigmoid=cfg.reward_model.sigmoid,
+                                               max_length=cfg.reward_model.max_length,
+                                               batch_size=cfg.reward_model.batch_size)
+    _, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
+                                    cfg.data.max_prompt_tokens, cfg.eval.prompt_seed, cache=cfg.paths.cache_dir)
+    metrics, rows = evaluate_policy(model, sft, tokenizer, reward_model, test_prompts, cfg.eval)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(Path(cfg_output_dir()) / "completions.csv", buf.getvalue().encode())
+    return {**metrics, "model": str(cfg.model), "sft": str(cfg.sft)}
