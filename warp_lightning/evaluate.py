@@ -158,7 +158,7 @@ def run(cfg) -> dict:
         if not Path(str(cfg[key])).exists():
             raise UserError(f"{key}={cfg[key]} does not exist: pass a Hugging Face folder, e.g. "
                             f"{key}=outputs/train/.../final")
-    ensure_model("reward_model", cfg.reward_model)
+    ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
     tokenizer = load_tokenizer(cfg.sft)
     model, sft = load_causal_lm(cfg.model).eval(), load_causal_lm(cfg.sft).eval()
     reward_model = RewardModel.from_pretrained(cfg.reward_model.name_or_path, sigmoid=cfg.reward_model.sigmoid,

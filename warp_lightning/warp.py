@@ -113,10 +113,12 @@ def _first(batch):
     return batch[0]
 
 
-def ensure_model(kind: str, model_cfg, overrides: list[str] | None = None) -> None:
-    """Build a missing offline model with the project's own command (`sft`, `reward`, `smollm2`)."""
+def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
+    """Build a missing offline model with the project's own command (`sft`, `reward`) or the gguf (`smollm2`)."""
     import subprocess
     import sys
+
+    from hydra.core.hydra_config import HydraConfig
 
     from warp_lightning import UserError
 
@@ -126,11 +128,13 @@ def ensure_model(kind: str, model_cfg, overrides: list[str] | None = None) -> No
     if model_cfg.build == "smollm2":
         from warp_lightning.smollm2 import build_smollm2
 
-        build_smollm2(path)
+        build_smollm2(path, cache=cache_dir)
         return
     log.info("%s not found at %s: building it with `python -m warp_lightning %s` (first use only)",
              kind, path, model_cfg.build)
-    cmd = [sys.executable, "-m", "warp_lightning", model_cfg.build, *(overrides or [])]
+    choice = HydraConfig.get().runtime.choices.get(kind) if HydraConfig.initialized() else None
+    cmd = [sys.executable, "-m", "warp_lightning", model_cfg.build, f"save_to={path}",
+           *([f"{kind}={choice}"] if choice else []), *([f"paths.cache_dir={cache_dir}"] if cache_dir else [])]
     if subprocess.run(cmd).returncode != 0 or not path.exists():
         raise UserError(f"{kind}.name_or_path: building {path} with `{' '.join(cmd[1:])}` failed; run it "
                         "yourself to see why")
@@ -164,8 +168,8 @@ def run(cfg) -> dict:
     w = cfg.warp
     out_dir = Path(cfg_output_dir())
     torch.manual_seed(w.seed)
-    ensure_model("policy", cfg.policy)
-    ensure_model("reward_model", cfg.reward_model)
+    ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
+    ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
 
     tokenizer = load_tokenizer(cfg.policy.name_or_path)
     policy = load_causal_lm(cfg.policy.name_or_path)
