@@ -24,5 +24,26 @@ def validate_train_config(cfg) -> None:
     _check(w.anchor in ("ema", "sft"), "warp.anchor", w.anchor, "choose ema or sft")
     _check(w.merge in ("slerp", "linear"), "warp.merge", w.merge, "choose slerp or linear")
     d = cfg.data
+    for key in ("min_prompt_tokens", "max_prompt_tokens"):
+        _check(isinstance(d[key], int), f"data.{key}", d[key], "must be an integer")
     _check(1 <= d.min_prompt_tokens <= d.max_prompt_tokens, "data.min_prompt_tokens", d.min_prompt_tokens,
            f"must be between 1 and data.max_prompt_tokens={d.max_prompt_tokens}")
+    _check(w.grad_clip is None or float(w.grad_clip) >= 0, "warp.grad_clip", w.grad_clip, "must be >= 0 or null")
+    _check(isinstance(w.warmup_steps, int) and w.warmup_steps >= 0, "warp.warmup_steps", w.warmup_steps,
+           "must be an integer >= 0")
+    validate_model_paths(cfg)
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def validate_model_paths(cfg) -> None:
+    """A local model folder must exist unless the project can build it (`build: sft|reward|smollm2`)."""
+    from pathlib import Path
+
+    for key in ("policy", "reward_model"):
+        name = str(cfg[key].name_or_path)
+        if _looks_local(name) and not Path(name).expanduser().exists() and not cfg[key].get("build"):
+            raise UserError(f"{key}.name_or_path={name!r} does not exist: point it to a Hugging Face folder "
+                            "or a hub name")
