@@ -76,7 +76,7 @@ class RewardModule(L.LightningModule):
 
     def __init__(self, model, tokenizer, lr: float, max_length: int, warmup_steps: int, total_steps: int):
         super().__init__()
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer = model.train(), tokenizer  # from_pretrained returns eval mode: dropout on
         self.lr, self.max_length = lr, max_length
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
 
@@ -168,15 +168,17 @@ def run(cfg) -> dict:
     trainer.fit(module, train_dl, val_dl)
     model = module.model.float().eval()
 
-    offset = center_scores(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
-    scorer = RewardModel(model, tokenizer, sigmoid=False, max_length=tcfg.max_length)
-    metrics = {"val_pair_accuracy": _pair_accuracy(scorer, val_pairs, tcfg.max_length)}
-    for name in tcfg.eval_sets:
-        texts = load_texts(name, None, cache=cfg.paths.cache_dir)
-        if tcfg.max_eval_texts:
-            texts = texts.shuffle(seed=0).select(range(min(len(texts), tcfg.max_eval_texts)))
-        scorer.max_length = tcfg.eval_max_length
-        metrics[f"{name}_accuracy"] = sign_accuracy(scorer, list(texts["text"]), list(texts["label"]))
+    # scored in the precision RL will use (bf16 matmuls under autocast when training used them)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(tcfg.precision).startswith("bf16")):
+        offset = center_scores(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
+        scorer = RewardModel(model, tokenizer, sigmoid=False, max_length=tcfg.max_length)
+        metrics = {"val_pair_accuracy": _pair_accuracy(scorer, val_pairs, tcfg.max_length)}
+        for name in tcfg.eval_sets:
+            texts = load_texts(name, None, cache=cfg.paths.cache_dir)
+            if tcfg.max_eval_texts:
+                texts = texts.shuffle(seed=0).select(range(min(len(texts), tcfg.max_eval_texts)))
+            scorer.max_length = tcfg.eval_max_length
+            metrics[f"{name}_accuracy"] = sign_accuracy(scorer, list(texts["text"]), list(texts["label"]))
     metrics.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs), steps=int(trainer.global_step),
                    bias_offset=offset, seconds=round(time.time() - started, 1), saved_to=str(cfg.save_to))
 
