@@ -69,30 +69,44 @@ def _csv_rows(text: str, what: str) -> list[list[str]]:
                         "again") from err
 
 
+def _labelled(rows, label_col: int, text_col: int, labels_map: dict[str, int], what: str,
+              dropped: str | None = None) -> tuple[list[str], list[int]]:
+    """Keep rows with a known label and a non-empty text; count (and log) the rest by reason.
+
+    Rows whose label is `dropped` (RT plot synopses) are removed on purpose and logged apart.
+    """
+    texts, labels, n_dropped = [], [], 0
+    skipped = {"empty text": 0, "unknown label": 0, "malformed row": 0}
+    for row in rows:
+        if not row:
+            continue  # blank line
+        if len(row) <= max(label_col, text_col):
+            skipped["malformed row"] += 1
+            continue
+        label, text = row[label_col].strip(), html.unescape(row[text_col]).strip()
+        if label == dropped:
+            n_dropped += 1
+        elif label not in labels_map:
+            skipped["unknown label"] += 1
+        elif not text:
+            skipped["empty text"] += 1
+        else:
+            texts.append(text)
+            labels.append(labels_map[label])
+    if dropped:
+        log.info("%s: %d %s rows dropped", what, n_dropped, dropped)
+    _log_skipped(what, skipped, len(texts))
+    return texts, labels
+
+
 def read_polarity_csv(path: str | Path) -> tuple[list[str], list[int]]:
     """Rows `"1"|"-1",text` of Pang & Lee (UTF-8 BOM, quoted multi-line fields) -> texts, labels 1/0.
 
     Rows with an empty text, an unknown label or a wrong number of fields are skipped and counted.
     """
     path = Path(path)
-    texts, labels = [], []
-    skipped = {"empty text": 0, "unknown label": 0, "malformed row": 0}
-    for row in _csv_rows(_decode(path.read_bytes(), path.name), path.name):
-        if not row:
-            continue  # blank line
-        if len(row) != 2:
-            skipped["malformed row"] += 1
-            continue
-        label, text = row[0].strip(), row[1].strip()
-        if label not in POLARITY_LABELS:
-            skipped["unknown label"] += 1
-        elif not text:
-            skipped["empty text"] += 1
-        else:
-            texts.append(text)
-            labels.append(POLARITY_LABELS[label])
-    _log_skipped(path.name, skipped, len(texts))
-    return texts, labels
+    rows = _csv_rows(_decode(path.read_bytes(), path.name), path.name)
+    return _labelled(rows, 0, 1, POLARITY_LABELS, path.name)
 
 
 def read_rt_snippets(path: str | Path) -> tuple[list[str], list[int]]:
@@ -110,28 +124,8 @@ def read_rt_snippets(path: str | Path) -> tuple[list[str], list[int]]:
     header = [h.strip() for h in rows[0]] if rows else []
     if "category" not in header or "text" not in header:
         raise UserError(f"{path} lacks the columns category,text (header: {','.join(header)})")
-    ci, ti = header.index("category"), header.index("text")
-    texts, labels, plots = [], [], 0
-    skipped = {"empty text": 0, "unknown label": 0, "malformed row": 0}
-    for row in rows[1:]:
-        if not row:
-            continue
-        if len(row) <= max(ci, ti):
-            skipped["malformed row"] += 1
-            continue
-        category, text = row[ci].strip(), html.unescape(row[ti]).strip()
-        if category == "plot":
-            plots += 1
-        elif category not in RT_LABELS:
-            skipped["unknown label"] += 1
-        elif not text:
-            skipped["empty text"] += 1
-        else:
-            texts.append(text)
-            labels.append(RT_LABELS[category])
-    log.info("%s: %d plot synopses dropped", path.name, plots)
-    _log_skipped(path.name, skipped, len(texts))
-    return texts, labels
+    return _labelled(rows[1:], header.index("category"), header.index("text"), RT_LABELS, path.name,
+                     dropped="plot")
 
 
 def _log_skipped(what: str, skipped: dict[str, int], kept: int) -> None:
