@@ -96,3 +96,31 @@ def test_other_loggers_record_each_run(tiny_models, tmp_path, logger):
         runs = sorted((run_dir / "wandb").glob("offline-run-*"))
         assert len(runs) == 2
         assert all(list(r.glob("run-*.wandb")) for r in runs)
+
+
+def test_imdb_experiment_composes_the_classic_recipe():
+    from hydra import compose, initialize_config_dir
+
+    from warp_lightning.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        train = compose("train", overrides=["+experiment=imdb"])
+        reward = compose("reward", overrides=["+experiment=imdb"])
+    assert train.policy.name_or_path == "lvwerra/gpt2-imdb" and train.data.name == "imdb"
+    assert train.reward_model.name_or_path == reward.save_to and reward.reward_model.base == "distilbert-base-cased"
+    assert reward.reward_model.train_data == "imdb"
+    w = train.warp
+    assert (w.iterations, w.runs, w.steps, w.ema_rate, w.slerp_lambda, w.liti_eta) == (2, 2, 100, 0.01, 0.5, 0.5)
+
+
+def test_imdb_experiment_runs_on_local_stand_ins(tiny_models, tmp_path):
+    """The online experiment's code path (hub names are `from_pretrained` names), on local folders."""
+    models = tiny_models / "models"
+    run_dir = tmp_path / "run"
+    cli("train", "+experiment=imdb", f"policy.name_or_path={models / 'sft_gpt2'}",
+        f"reward_model.name_or_path={models / 'reward_minilm_rt'}", "data=reviews", "warp.iterations=1",
+        "warp.steps=2", "warp.prompts_per_step=2", "warp.samples_per_prompt=2", "warp.max_new_tokens=4",
+        "eval.prompts=4", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["config"]["experiment_name"] == "imdb"
+    assert (run_dir / "final" / "config.json").exists()
