@@ -124,3 +124,16 @@ def test_imdb_experiment_runs_on_local_stand_ins(tiny_models, tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["config"]["experiment_name"] == "imdb"
     assert (run_dir / "final" / "config.json").exists()
+
+
+def test_same_config_and_seed_give_bit_identical_final_weights(tiny_models, tmp_path):
+    from safetensors.torch import load_file
+
+    finals = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2",
+            f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        finals.append(load_file(run_dir / "final" / "model.safetensors"))
+    assert finals[0].keys() == finals[1].keys()
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
