@@ -159,7 +159,7 @@ def run(cfg) -> dict:
     from warp_lightning.evaluate import quick_eval, save_policy
     from warp_lightning.loggers import finish_logger
     from warp_lightning.module import RLOOModule
-    from warp_lightning.policy import load_causal_lm, load_tokenizer
+    from warp_lightning.policy import load_causal_lm, load_tokenizer, use_compiled_kernels
     from warp_lightning.reward import RewardModel
     from warp_lightning.validate import validate_train_config
 
@@ -168,6 +168,7 @@ def run(cfg) -> dict:
     w = cfg.warp
     out_dir = Path(cfg_output_dir())
     torch.manual_seed(w.seed)
+    use_compiled_kernels(w.compile)
     ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
 
