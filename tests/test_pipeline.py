@@ -137,3 +137,16 @@ def test_same_config_and_seed_give_bit_identical_final_weights(tiny_models, tmp_
         finals.append(load_file(run_dir / "final" / "model.safetensors"))
     assert finals[0].keys() == finals[1].keys()
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
+def test_notebook_runs_against_smoke_outputs(tiny_models, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    run_dir = tmp_path / "run"
+    cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2",
+        f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    monkeypatch.setenv("WARP_RUN_DIR", str(run_dir))
+    nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "warp_run.ipynb", as_version=4)
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    assert (run_dir / "curves.png").stat().st_size > 10_000
