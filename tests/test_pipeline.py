@@ -150,3 +150,16 @@ def test_notebook_runs_against_smoke_outputs(tiny_models, tmp_path, monkeypatch)
     nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "warp_run.ipynb", as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     assert (run_dir / "curves.png").stat().st_size > 10_000
+
+
+def test_train_builds_missing_models_on_first_use(asset_cache, tmp_path):
+    """The main job on a fresh machine: `train` runs `sft` and `reward` itself when their folders are missing."""
+    models = tmp_path / "models"
+    sft = "[" + ",".join(f'"{o}"' for o in TINY_SFT) + "]"
+    reward = "[" + ",".join(f'"{o}"' for o in TINY_REWARD) + "]"
+    cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2", f"paths.models_dir={models}",
+        f"policy.build_overrides={sft}", f"reward_model.build_overrides={reward}",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert (models / "sft_gpt2" / "model.safetensors").exists()
+    assert (models / "reward_minilm_rt" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()

@@ -134,7 +134,8 @@ def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
              kind, path, model_cfg.build)
     choice = HydraConfig.get().runtime.choices.get(kind) if HydraConfig.initialized() else None
     cmd = [sys.executable, "-m", "warp_lightning", model_cfg.build, f"save_to={path}",
-           *([f"{kind}={choice}"] if choice else []), *([f"paths.cache_dir={cache_dir}"] if cache_dir else [])]
+           *([f"{kind}={choice}"] if choice else []), *([f"paths.cache_dir={cache_dir}"] if cache_dir else []),
+           *model_cfg.get("build_overrides", [])]
     if subprocess.run(cmd).returncode != 0 or not path.exists():
         raise UserError(f"{kind}.name_or_path: building {path} with `{' '.join(cmd[1:])}` failed; run it "
                         "yourself to see why")
