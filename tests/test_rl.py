@@ -146,6 +146,9 @@ def test_compiled_kernels_match_eager_in_bf16():
             out = linear_logprob(hh, ww, y)
         out.sum().backward()
         grads.append((out.detach(), hh.grad, ww.grad))
+    logits = torch.randn(8, 101).bfloat16()
+    draws_compiled = sample_tokens(logits, 0.9, torch.Generator().manual_seed(3))
     use_compiled_kernels(False)
     for eager, compiled in zip(grads[0], grads[1], strict=True):
         assert torch.allclose(eager, compiled, atol=2e-2, rtol=2e-2)
+    assert torch.equal(sample_tokens(logits, 0.9, torch.Generator().manual_seed(3)), draws_compiled)

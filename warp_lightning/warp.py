@@ -214,8 +214,10 @@ def run(cfg) -> dict:
         log.info("iteration %d merged: %s", i, state.merge_stats[-1])
     save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")
 
-    evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, policy, tokenizer, reward_model,
-                            test_prompts, cfg.eval)
+    # matmuls in the training precision; log-probs, KL and rewards are float32 either way
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(cfg.trainer.precision).startswith("bf16")):
+        evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, policy, tokenizer,
+                                reward_model, test_prompts, cfg.eval)
     metrics = {
         "final_reward_mean": evaluation["final"]["reward_mean"],
         "sft_reward_mean": evaluation["sft"]["reward_mean"],
