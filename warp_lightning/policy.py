@@ -98,7 +98,7 @@ def sample(
     alive = torch.ones(batch, dtype=torch.bool, device=device)
 
     cache = DynamicCache()
-    step_ids, step_mask = input_ids, attention_mask
+    step_ids = input_ids
     positions = position_ids_from_mask(attention_mask)
     n_new = 0
     for t in range(max_new_tokens):
@@ -124,7 +124,6 @@ def sample(
         step_ids = token[:, None]
         positions = positions[:, -1:] + 1
     keep = prompt_len + n_new
-    del step_mask
     return Rollout(out_ids[:, :keep], mask[:, :keep], prompt_len, completion_mask[:, :n_new])
 
 
