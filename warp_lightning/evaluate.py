@@ -28,11 +28,7 @@ def save_policy(skeleton, state: dict[str, torch.Tensor], tokenizer, path: Path)
 
     model = model_from_state(skeleton, state)
 
-    def save(tmp: Path):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return save_hf_folder(path, save)
+    return save_hf_folder(path, model, tokenizer)
 
 
 @torch.no_grad()

@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,8 +90,9 @@ def atomic_dir(path: str | Path):
         raise
 
 
-def save_hf_folder(path: str | Path, save: Callable[[Path], None]) -> Path:
-    """Write a Hugging Face folder atomically: `save(tmp_dir)` calls `save_pretrained`s."""
+def save_hf_folder(path: str | Path, *parts) -> Path:
+    """Write a Hugging Face folder atomically: each part (model, tokenizer) `save_pretrained`s into it."""
     with atomic_dir(path) as tmp:
-        save(tmp)
+        for part in parts:
+            part.save_pretrained(tmp)
     return Path(path)

@@ -182,11 +182,7 @@ def run(cfg) -> dict:
     metrics.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs), steps=int(trainer.global_step),
                    bias_offset=offset, seconds=round(time.time() - started, 1), saved_to=str(cfg.save_to))
 
-    def save(tmp: Path):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    save_hf_folder(cfg.save_to, save)
+    save_hf_folder(cfg.save_to, model, tokenizer)
     log.info("reward model saved to %s: %s", cfg.save_to, metrics)
     return metrics
 

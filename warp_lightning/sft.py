@@ -133,11 +133,7 @@ def run(cfg) -> dict:
         "saved_to": str(cfg.save_to),
     }
 
-    def save(tmp: Path):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    save_hf_folder(cfg.save_to, save)
+    save_hf_folder(cfg.save_to, model, tokenizer)
     log.info("SFT policy saved to %s (val perplexity %.1f vs unigram %.1f)", cfg.save_to,
              metrics["val_perplexity"], metrics["unigram_perplexity"])
     return metrics

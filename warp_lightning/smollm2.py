@@ -31,8 +31,4 @@ def build_smollm2(path: str | Path, cache: str | Path | None = None) -> Path:
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantized.state_dict())
 
-    def save(tmp: Path):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    return save_hf_folder(path, save)
+    return save_hf_folder(path, model, tokenizer)

@@ -109,10 +109,6 @@ class PromptBatches(torch.utils.data.Dataset):
         return left_pad([self.prompts[r] for r in rows], self.pad_id)
 
 
-def _first(batch):
-    return batch[0]
-
-
 def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
     """Build a missing offline model with the project's own command (`sft`, `reward`) or the gguf (`smollm2`)."""
     import subprocess
@@ -198,7 +194,7 @@ def run(cfg) -> dict:
             callbacks = [MergeRuns(state)] + ([EMAAnchor(w.ema_rate)] if w.anchor == "ema" else [])
             trainer = build_trainer(cfg, out_dir, f"i{i}_m{m}", callbacks, w.steps)
             data = DataLoader(PromptBatches(train_ids, w.steps, w.prompts_per_step, seed, tokenizer.pad_token_id),
-                              batch_size=1, collate_fn=_first)
+                              batch_size=None)  # each item is already a batch
             run_started = time.time()
             trainer.fit(module, data)
             final = {k: float(v) for k, v in trainer.callback_metrics.items()}
