@@ -1,8 +1,11 @@
-"""Shared fixtures: one asset cache per machine, so each registry file is downloaded at most once."""
+"""Shared fixtures: one asset cache per machine (each registry file is downloaded at most once), and a
+tiny SFT policy and reward model trained through the CLI once per test session."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,28 @@ def gpt2_tokenizer(asset_cache):
     from warp_lightning.assets import fetch
 
     return AutoTokenizer.from_pretrained(fetch("gpt2_tokenizer", cache=asset_cache))
+
+
+TINY_SFT = ["sft.max_steps=3", "sft.n_layer=1", "sft.n_embd=32", "sft.n_head=2", "sft.context=32",
+            "sft.corpus=[sentences]", "sft.val_every=2", "sft.max_val_blocks=8", "sft.warmup_steps=1"]
+TINY_REWARD = ["reward_training.max_steps=3", "reward_training.max_train_texts=64",
+               "reward_training.max_val_texts=32", "reward_training.max_eval_texts=32",
+               "reward_training.batch_size=8", "reward_training.warmup_steps=1"]
+
+
+def cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "warp_lightning", *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, asset_cache):
+    """A tiny SFT policy and a tiny reward model, trained through the CLI into one models folder."""
+    root = tmp_path_factory.mktemp("tiny")
+    models = root / "models"
+    cli("sft", *TINY_SFT, f"paths.models_dir={models}", f"hydra.run.dir={root / 'sft'}", cwd=root)
+    cli("reward", *TINY_REWARD, f"paths.models_dir={models}", f"hydra.run.dir={root / 'reward'}", cwd=root)
+    return root

@@ -1,41 +1,14 @@
 """The CLI end to end on tiny settings: sft -> reward -> train (+experiment=smoke), outputs reload."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_REWARD, TINY_SFT, cli
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 pytestmark = pytest.mark.slow
-
-TINY_SFT = ["sft.max_steps=3", "sft.n_layer=1", "sft.n_embd=32", "sft.n_head=2", "sft.context=32",
-            "sft.corpus=[sentences]", "sft.val_every=2", "sft.max_val_blocks=8", "sft.warmup_steps=1"]
-TINY_REWARD = ["reward_training.max_steps=3", "reward_training.max_train_texts=64",
-               "reward_training.max_val_texts=32", "reward_training.max_eval_texts=32",
-               "reward_training.batch_size=8", "reward_training.warmup_steps=1"]
-
-
-def cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "warp_lightning", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "WANDB_MODE": "offline"})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory, asset_cache):
-    """A tiny SFT policy and a tiny reward model, trained through the CLI into one models folder."""
-    root = tmp_path_factory.mktemp("tiny")
-    models = root / "models"
-    cli("sft", *TINY_SFT, f"paths.models_dir={models}", f"hydra.run.dir={root / 'sft'}", cwd=root)
-    cli("reward", *TINY_REWARD, f"paths.models_dir={models}", f"hydra.run.dir={root / 'reward'}", cwd=root)
-    return root
-
 
 def test_sft_writes_metrics_and_a_reloadable_policy(tiny_models):
     metrics = json.loads((tiny_models / "sft" / "metrics.json").read_text())
