@@ -65,3 +65,21 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
 def test_unknown_command_exits_2():
     proc = subprocess.run([sys.executable, "-m", "warp_lightning", "trian"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr
+
+
+HYDRA_BAD = [
+    (["warp.stpes=3"], "error: warp.stpes is not a key of the train config"),
+    (["policy=gpt3"], "error: policy=gpt3: no such config; choose one of gpt2_imdb, sft_gpt2, smollm2"),
+    (["+experiment=nope"], "error: +experiment=nope: no such config; choose one of"),
+    (["warp.steps=[1"], "error: cannot parse the overrides warp.steps=[1"),
+    (["warp.steps=1,2"], "error: warp.steps=1,2 is a sweep: add -m (--multirun)"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), HYDRA_BAD)
+def test_hydra_errors_are_one_line_exit_2(overrides, message, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "warp_lightning", "train", *overrides, f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not run_dir.exists()

@@ -8,3 +8,11 @@ class UserError(Exception):
 
     The CLI prints it as one line and exits with status 2, without a traceback.
     """
+
+    exit_code = 2
+
+
+class NonFiniteError(UserError):
+    """A loss, reward or weight became NaN/inf: the run stops (exit status 3), its last good checkpoint kept."""
+
+    exit_code = 3

@@ -38,3 +38,20 @@ class MergeRuns(L.Callback):
             stats = self.state.merge_stats[-1]
             trainer.logger.log_metrics({f"merge/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
             trainer.logger.save()
+
+
+class Snapshots(L.Callback):
+    """theta_m as a Hugging Face folder `step_TTTT/` every `every` steps and at the run's last step.
+
+    These are the checkpoints along training that the fronts of the baselines evaluate.
+    """
+
+    def __init__(self, every: int, folder, tokenizer):
+        self.every, self.folder, self.tokenizer = every, folder, tokenizer
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        from warp_lightning.io import save_hf_folder
+
+        t = trainer.global_step
+        if t % self.every == 0 or t == trainer.max_steps:
+            save_hf_folder(self.folder / f"step_{t:04d}", module.policy, self.tokenizer)

@@ -44,7 +44,7 @@ def run_command(name: str, cfg) -> dict:
         metrics = module.run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)
     if metrics is not None:
         write_metrics(Path(cfg_output_dir()) / "metrics.json", metrics)
     return metrics
@@ -54,6 +54,48 @@ def cfg_output_dir() -> str:
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get().runtime.output_dir
+
+
+def check_overrides(name: str, args: list[str]) -> None:
+    """Compose the command's config with the overrides once, up front, so that a typo is one line.
+
+    Hydra itself would print several lines and exit with status 1; a sweep (`a=1,2`) is checked with its
+    first value.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, MissingConfigException
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise UserError(f"cannot parse the overrides {' '.join(overrides)}: {_one_line(err)}") from None
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps and not {"-m", "--multirun"} & set(args) and not any("hparams_search=" in a for a in args):
+        raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run one job per value")
+    plain = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+             else o.input_line for o in parsed]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(name, overrides=plain)
+    except MissingConfigException as err:
+        group = next((o for o in parsed if f"'{o.key_or_group}/" in str(err)), None)
+        options = sorted(err.options or [])
+        what = group.input_line if group else _one_line(err)
+        raise UserError(f"{what}: no such config; choose one of {', '.join(options)}" if options else
+                        f"{what}: no such config ({_one_line(err)})") from None
+    except HydraException as err:
+        text = str(err) + " " + str(err.__cause__ or "")
+        key = next((o.key_or_group for o in parsed if f"'{o.key_or_group}'" in text), None)
+        if key and "not in struct" in text:
+            raise UserError(f"{key} is not a key of the {name} config: check its spelling (`python -m "
+                            f"warp_lightning {name} --cfg job` prints them all) or add it with +{key}=...") from None
+        raise UserError(_one_line(err)) from None
+
+
+def _one_line(err: Exception) -> str:
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,6 +109,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
 
     import hydra
+
+    try:
+        check_overrides(name, argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
 
     # Hydra reads sys.argv: drop the command word so it sees only overrides and its own flags.
     sys.argv = [f"{sys.argv[0]} {name}", *argv[1:]]

@@ -29,10 +29,11 @@ from warp_lightning import UserError
 
 log = logging.getLogger(__name__)
 
-TEXT_SETS = ("reviews", "sentences", "rt_snippets", "imdb")
+TEXT_SETS = ("reviews", "sentences", "rt_snippets", "imdb", "file")
 SPLITS = ("train", "test")
 SPLIT_SEED = 20240607
-TEST_FRACTION = {"reviews": 0.2, "sentences": 0.2, "rt_snippets": 0.1}
+TEST_FRACTION = {"reviews": 0.2, "sentences": 0.2, "rt_snippets": 0.1, "file": 0.2}
+MAX_TEXT_CHARS = 20_000  # longer texts (a few reviews run to 100k characters) are truncated
 POLARITY_LABELS = {"1": 1, "-1": 0}
 RT_LABELS = {"fresh": 1, "rotten": 0}
 
@@ -205,11 +206,66 @@ def _clean(texts, labels, what: str) -> tuple[list[str], list[int]]:
     return out_t, out_l
 
 
-def load_texts(name: str, split: str | None = None, cache: str | Path | None = None):
+def read_text_file(path: str | Path) -> tuple[list[str], list[int]]:
+    """A user's own texts: `.csv` with a `text` column (and optionally `label`: 1/0 or pos/neg), `.jsonl`
+    with a `text` field (and optionally `label`), or any other file as one text per line (label 0).
+
+    Undecodable bytes are replaced, empty or whitespace-only texts skipped, texts over `MAX_TEXT_CHARS`
+    truncated; each count is logged.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data.path={str(path)!r} is not a file: point it to a .csv, .jsonl or .txt of texts")
+    text = _decode(path.read_bytes(), path.name)
+    labels_map = {"1": 1, "0": 0, "pos": 1, "neg": 0, "positive": 1, "negative": 0}
+    if path.suffix == ".csv":
+        rows = _csv_rows(text, path.name)
+        header = [h.strip().lower() for h in rows[0]] if rows else []
+        if "text" not in header:
+            raise UserError(f"data.path={str(path)!r}: a .csv needs a `text` column (header: {','.join(header)})")
+        t_col, l_col = header.index("text"), header.index("label") if "label" in header else None
+        pairs = [(r[t_col], r[l_col] if l_col is not None and len(r) > l_col else "0")
+                 for r in rows[1:] if len(r) > t_col]
+    elif path.suffix == ".jsonl":
+        pairs = []
+        for line in text.splitlines():
+            try:
+                row = json.loads(line) if line.strip() else {}
+            except json.JSONDecodeError:
+                row = {}
+            pairs.append((row.get("text", "") if isinstance(row, dict) else "",
+                          str(row.get("label", 0)) if isinstance(row, dict) else "0"))
+    else:
+        pairs = [(line, "0") for line in text.splitlines()]
+    texts, labels, long = [], [], 0
+    skipped = {"empty text": 0, "unknown label": 0}
+    for raw, label in pairs:
+        raw = raw.strip() if isinstance(raw, str) else ""
+        if not raw:
+            skipped["empty text"] += 1
+        elif str(label).strip().lower() not in labels_map:
+            skipped["unknown label"] += 1
+        else:
+            long += len(raw) > MAX_TEXT_CHARS
+            texts.append(raw[:MAX_TEXT_CHARS])
+            labels.append(labels_map[str(label).strip().lower()])
+    _log_skipped(path.name, skipped, len(texts))
+    if long:
+        log.warning("%s: %d texts longer than %d characters truncated", path.name, long, MAX_TEXT_CHARS)
+    if not texts:
+        raise UserError(f"data.path={str(path)!r} holds no usable text")
+    return texts, labels
+
+
+def load_texts(name: str, split: str | None = None, cache: str | Path | None = None,
+               path: str | Path | None = None):
     """A `datasets.Dataset` with columns `text` (str) and `label` (int: 1 positive, 0 negative).
 
-    `name` is one of `TEXT_SETS`; `split` is "train", "test" or None (every row). `cache` is the
-    assets cache (default `assets.cache_dir()`); offline sets are fetched into it on first use.
+    `name` is one of `TEXT_SETS` (`file`: the user's file at `path`, see `read_text_file`); `split` is
+    "train", "test" or None (every row). `cache` is the assets cache (default `assets.cache_dir()`);
+    offline sets are fetched into it on first use.
     """
     from datasets import Dataset, concatenate_datasets, load_dataset
 
@@ -226,8 +282,13 @@ def load_texts(name: str, split: str | None = None, cache: str | Path | None = N
         texts, labels = _clean(list(ds["text"]), list(ds["label"]), f"imdb/{split or 'all'}")
         return Dataset.from_dict({"text": texts, "label": labels}, features=_features())
 
-    rt = str(_asset_folder("rt_snippets", cache)) if name == "rt_snippets" else None
-    texts, labels = _load_rows(name, str(_asset_folder("pang_lee", cache)), rt)
+    if name == "file":
+        if path is None:
+            raise UserError("data.path is missing: `data=file data.path=FILE` reads your own texts")
+        texts, labels = read_text_file(path)
+    else:
+        rt = str(_asset_folder("rt_snippets", cache)) if name == "rt_snippets" else None
+        texts, labels = _load_rows(name, str(_asset_folder("pang_lee", cache)), rt)
     if split is not None:
         train, test = split_indices(labels, TEST_FRACTION[name])
         rows = train if split == "train" else test
@@ -307,10 +368,10 @@ def make_prompts(texts, tokenizer, min_tokens: int = 5, max_tokens: int = 20, se
 
 
 def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: int,
-                  cache: str | Path | None = None):
+                  cache: str | Path | None = None, path: str | Path | None = None):
     """(train prompts, test prompts) from the train and test texts of `name` (disjoint texts)."""
-    train = make_prompts(load_texts(name, "train", cache), tokenizer, min_tokens, max_tokens, seed)
-    test = make_prompts(load_texts(name, "test", cache), tokenizer, min_tokens, max_tokens, seed)
+    train = make_prompts(load_texts(name, "train", cache, path), tokenizer, min_tokens, max_tokens, seed)
+    test = make_prompts(load_texts(name, "test", cache, path), tokenizer, min_tokens, max_tokens, seed)
     log.info("%s prompts of %d-%d tokens: %d train, %d test", name, min_tokens, max_tokens, len(train), len(test))
     return train, test
 

@@ -14,6 +14,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -26,13 +29,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+@contextmanager
+def atomic_file(path: str | Path):
+    """Yield a binary file open on a temporary sibling of `path`; on success it is synced and renamed to
+    `path`. On any error (or a kill) `path` keeps its previous content and the temporary file is removed
+    (or, after a kill, left under a `.tmp` name that nothing reads)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the final file reads like any other
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -40,7 +48,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    """`torch.save` through `atomic_file` (tensors that share storage stay shared)."""
+    import torch
+
+    with atomic_file(path) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def _jsonable(value):

@@ -27,3 +27,25 @@ def finish_logger(logger) -> None:
     """Close a W&B run so the next run of the loop starts its own."""
     if logger and type(logger).__name__ == "WandbLogger":
         logger.experiment.finish()
+
+
+def trim_logs(logger, step: int) -> None:
+    """Before a run resumes at `step`, drop what the interrupted attempt logged from `step` on.
+
+    CSV: the rows before `step` are carried into the new writer (Lightning's CSV writer starts a fresh
+    file); TensorBoard: the writer purges events from `step` on. W&B offline runs are per attempt.
+    """
+    import csv
+
+    name = type(logger).__name__ if logger else ""
+    if name == "TensorBoardLogger":
+        logger._kwargs["purge_step"] = step
+    elif name == "CSVLogger":
+        path = Path(logger.log_dir) / "metrics.csv"
+        kept = []
+        if path.exists():
+            with open(path, newline="") as f:
+                kept = [{k: v for k, v in row.items() if v != ""} for row in csv.DictReader(f)
+                        if row.get("step", "") != "" and int(row["step"]) < step]
+        logger.experiment.metrics[:0] = kept  # the writer has removed the old file: write them back now
+        logger.save()

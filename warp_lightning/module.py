@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from warp_lightning import rl
+from warp_lightning import NonFiniteError, UserError, rl
 from warp_lightning.policy import completion_logprobs, sample
 
 
@@ -47,10 +47,13 @@ class RLOOModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         w = self.warp
         rollout = self.rollout(*batch)
-        reward = self.reward_model(self.decode(rollout)).to(torch.float32)
+        reward = torch.as_tensor(self.reward_model(self.decode(rollout))).to(torch.float32)
         if reward.shape != (rollout.input_ids.shape[0],):
-            raise ValueError(f"reward model returned shape {tuple(reward.shape)}, expected "
-                             f"({rollout.input_ids.shape[0]},): one score per completion")
+            raise UserError(f"reward model returned shape {tuple(reward.shape)} at {self.where()}, expected "
+                            f"({rollout.input_ids.shape[0]},): one score per completion")
+        if not torch.isfinite(reward).all():
+            raise NonFiniteError(f"non-finite reward at {self.where()} ({int((~torch.isfinite(reward)).sum())} of "
+                                 f"{reward.numel()} completions): check the reward model; {self.KEPT}")
         mask = rollout.completion_mask.float()
         token_lp, entropy, _ = completion_logprobs(self.policy, rollout, entropy_stride=8)
         logprob = rl.sequence_logprob(token_lp, mask)
@@ -68,16 +71,30 @@ class RLOOModule(L.LightningModule):
         }
         if self.init_policy is self.anchor:  # fixed anchor: theta_init is the anchor
             stats["kl_init"] = stats["kl_anchor"]
-        elif self.init_policy is not None and w.kl_to_init_every and batch_idx % w.kl_to_init_every == 0:
+        elif self.init_policy is not None and w.kl_to_init_every and self.global_step % w.kl_to_init_every == 0:
             with torch.no_grad():
                 init_lp = rl.sequence_logprob(completion_logprobs(self.init_policy, rollout)[0], mask)
-            stats["kl_init"] = rl.sampled_kl(logprob.detach(), init_lp).mean()
+            # straight to the logger: `self.log` would repeat this value on the steps that do not measure it
+            if self.logger:
+                self.logger.log_metrics({"kl_init": rl.sampled_kl(logprob.detach(), init_lp).mean().item()},
+                                        step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at iteration {self.tags.get('iteration')} run "
-                                     f"{self.tags.get('run')} step {self.global_step}: {stats}")
+            raise NonFiniteError(f"non-finite loss at {self.where()} (KL to anchor {kl.mean():.3g}, log-prob "
+                                 f"{logprob.detach().mean():.3g}): lower warp.lr or raise warp.kl_coef; {self.KEPT}")
         stats["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
         self.log_dict({**stats, **{k: float(v) for k, v in self.tags.items()}}, batch_size=reward.shape[0])
         return loss
+
+    KEPT = "the checkpoints written before this step are kept"
+
+    def where(self) -> str:
+        """`iteration i run m step t` of the step being computed (t counts from 1)."""
+        return (f"iteration {self.tags.get('iteration')} run {self.tags.get('run')} step "
+                f"{self.trainer.global_step + 1 if self._trainer else '?'}")
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        check_finite_weights(self.policy, f"after the update of {self.where()}", self.KEPT)
 
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
@@ -89,6 +106,15 @@ class RLOOModule(L.LightningModule):
         warm = max(1, w.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_finite_weights(model, when: str, kept: str = "") -> None:
+    """Raise `NonFiniteError` naming the first parameter of `model` holding a NaN or inf."""
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()])
+    if not finite.all():
+        name = next(n for (n, _), ok in zip(model.named_parameters(), finite, strict=True) if not ok)
+        raise NonFiniteError(f"non-finite weights {when} (first: {name}): lower warp.lr or set warp.grad_clip"
+                             + (f"; {kept}" if kept else ""))
 
 
 def decode_texts(tokenizer, rollout) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from warp_lightning import UserError
 from warp_lightning.rl import entropy_from_logprobs
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,8 @@ def load_tokenizer(name_or_path: str | Path):
     tok = AutoTokenizer.from_pretrained(str(name_or_path))
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise ValueError(f"tokenizer of {name_or_path} has neither a pad nor an eos token")
+            raise UserError(f"policy.name_or_path={str(name_or_path)!r}: its tokenizer has neither a pad nor an "
+                            "eos token; add a pad_token to its tokenizer_config.json")
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok

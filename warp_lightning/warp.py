@@ -20,7 +20,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 
 from warp_lightning import merging
 
@@ -90,14 +89,20 @@ class WarpState:
 
 
 class PromptBatches(torch.utils.data.Dataset):
-    """T batches of P prompts in a seeded order (whole passes over the prompts, reshuffled per pass)."""
+    """T batches of P prompts in a seeded order (whole passes over the prompts, reshuffled per pass).
 
-    def __init__(self, prompts: list[list[int]], steps: int, per_step: int, seed: int, pad_id: int):
+    Iterating starts at batch `start` (the prompt stream position of a resumed run); the length stays T so
+    that Lightning's restored loop progress lines up with it.
+    """
+
+    def __init__(self, prompts: list[list[int]], steps: int, per_step: int, seed: int, pad_id: int,
+                 start: int = 0):
         g = torch.Generator().manual_seed(seed)
         need, order = steps * per_step, []
         while len(order) < need:
             order += torch.randperm(len(prompts), generator=g).tolist()
         self.prompts, self.order, self.per_step, self.pad_id = prompts, order[:need], per_step, pad_id
+        self.start = start
 
     def __len__(self) -> int:
         return len(self.order) // self.per_step
@@ -105,8 +110,21 @@ class PromptBatches(torch.utils.data.Dataset):
     def __getitem__(self, t: int):
         from warp_lightning.policy import left_pad
 
+        if not 0 <= t < len(self):
+            raise IndexError(t)
         rows = self.order[t * self.per_step : (t + 1) * self.per_step]
         return left_pad([self.prompts[r] for r in rows], self.pad_id)
+
+    def __iter__(self):
+        return (self[t] for t in range(self.start, len(self)))
+
+    # Lightning treats an iterable with these two methods as resumable (no mid-epoch warning); the
+    # position itself is set from the run checkpoint's step before `fit`.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
@@ -138,23 +156,32 @@ def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
 
 
 def build_trainer(cfg, out_dir: Path, run_name: str, callbacks: list, max_steps: int) -> L.Trainer:
+    from warp_lightning.checkpoint import AtomicCheckpointIO
     from warp_lightning.loggers import build_logger
 
     return L.Trainer(max_steps=max_steps, max_epochs=1, accelerator=cfg.trainer.accelerator,
                      devices=cfg.trainer.devices, precision=cfg.trainer.precision,
                      logger=build_logger(cfg.logger, out_dir, run_name, group=cfg.experiment_name),
-                     callbacks=callbacks, enable_checkpointing=False,
+                     callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
                      enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
                      log_every_n_steps=1, gradient_clip_val=cfg.warp.grad_clip or None,
                      num_sanity_val_steps=0, limit_val_batches=0)
 
 
+def resume_config(cfg) -> dict:
+    """The resolved config a resumed run must share with the interrupted one (checkpoint cadence aside)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["warp"].pop("checkpoint_every", None)
+    return config
+
+
 def run(cfg) -> dict:
-    from warp_lightning.callbacks import EMAAnchor, MergeRuns
+    from warp_lightning import checkpoint as ckpt
+    from warp_lightning.callbacks import EMAAnchor, MergeRuns, Snapshots
     from warp_lightning.cli import cfg_output_dir
     from warp_lightning.data import prompt_splits
     from warp_lightning.evaluate import quick_eval, save_policy
-    from warp_lightning.loggers import finish_logger
+    from warp_lightning.loggers import finish_logger, trim_logs
     from warp_lightning.module import RLOOModule
     from warp_lightning.policy import load_causal_lm, load_tokenizer, use_compiled_kernels
     from warp_lightning.reward import RewardModel
@@ -164,6 +191,7 @@ def run(cfg) -> dict:
     validate_train_config(cfg)
     w = cfg.warp
     out_dir = Path(cfg_output_dir())
+    ckpt_dir = out_dir / "checkpoints"
     torch.manual_seed(w.seed)
     use_compiled_kernels(w.compile)
     ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
@@ -175,14 +203,21 @@ def run(cfg) -> dict:
                                                max_length=cfg.reward_model.max_length,
                                                batch_size=cfg.reward_model.batch_size)
     train_prompts, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
-                                                cfg.data.max_prompt_tokens, w.seed, cache=cfg.paths.cache_dir)
+                                                cfg.data.max_prompt_tokens, w.seed, cache=cfg.paths.cache_dir,
+                                                path=cfg.data.get("path"))
     train_ids = list(train_prompts["input_ids"])
     state = WarpState(clone_state(policy.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta)
-    manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": [], "merges": state.merge_stats,
-                "train_prompts": len(train_ids), "test_prompts": len(test_prompts)}
+    config = resume_config(cfg)
+    done, run_records = ckpt.load_loop(ckpt_dir, state, config)
+    if done != (1, 0):
+        log.info("resuming %s: iterations/runs up to (%d, %d) are done", out_dir, *done)
+    manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": run_records,
+                "merges": state.merge_stats, "train_prompts": len(train_ids), "test_prompts": len(test_prompts)}
 
     for i in range(1, w.iterations + 1):
         for m in range(1, w.runs + 1):
+            if (i, m) <= done:
+                continue  # finished before an interruption: its theta_m is in `state`
             seed = derive_seed(w.seed, i, m)
             torch.manual_seed(seed)
             run_policy = copy.deepcopy(policy)
@@ -192,22 +227,31 @@ def run(cfg) -> dict:
             module = RLOOModule(run_policy, anchor, reward_model, tokenizer, w, sample_seed=seed + 1,
                                 init_policy=init_policy, tags={"iteration": i, "run": m})
             callbacks = [MergeRuns(state)] + ([EMAAnchor(w.ema_rate)] if w.anchor == "ema" else [])
+            callbacks += [ckpt.RunCheckpoint(ckpt_dir / ckpt.RUN, w.checkpoint_every, i, m)]
+            if w.snapshot_every:
+                callbacks.append(Snapshots(w.snapshot_every, out_dir / f"iter_{i}" / f"run_{m}", tokenizer))
             trainer = build_trainer(cfg, out_dir, f"i{i}_m{m}", callbacks, w.steps)
-            data = DataLoader(PromptBatches(train_ids, w.steps, w.prompts_per_step, seed, tokenizer.pad_token_id),
-                              batch_size=None)  # each item is already a batch
+            resume_from = ckpt.run_checkpoint(ckpt_dir, i, m)
+            start = ckpt.checkpoint_step(resume_from) if resume_from else 0
+            if resume_from:
+                log.info("resuming iteration %d run %d at step %d from %s", i, m, start, resume_from)
+                trim_logs(trainer.logger, start)
+            prompts = PromptBatches(train_ids, w.steps, w.prompts_per_step, seed, tokenizer.pad_token_id, start)
             run_started = time.time()
-            trainer.fit(module, data)
+            trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own file
             final = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            manifest["runs"].append({"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step),
-                                     "seconds": round(time.time() - run_started, 1), "final": final})
+            run_records.append({"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step),
+                                "resumed_at_step": start, "seconds": round(time.time() - run_started, 1),
+                                "final": final})
             finish_logger(trainer.logger)
             log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
                      trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
                      final.get("kl_anchor", float("nan")))
-        # MergeRuns has merged the M runs: theta_slerp and the new theta_init are in `state`
-        save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
-        save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
-        log.info("iteration %d merged: %s", i, state.merge_stats[-1])
+            if m == w.runs:  # MergeRuns has merged the M runs: theta_slerp and the new theta_init
+                save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
+                save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
+                log.info("iteration %d merged: %s", i, state.merge_stats[-1])
+            ckpt.save_loop(ckpt_dir, state, (i, m), run_records, config)
     save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")
 
     # matmuls in the training precision; log-probs, KL and rewards are float32 either way

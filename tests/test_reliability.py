@@ -1,0 +1,192 @@
+"""Crash, resume, numerical guards, atomic writes, bad data and secrets (issue: reliability)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import cli
+from omegaconf import OmegaConf
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from warp_lightning import NonFiniteError, UserError
+from warp_lightning.checkpoint import RUN, RunCheckpoint
+from warp_lightning.module import RLOOModule, check_finite_weights
+from warp_lightning.warp import PromptBatches
+
+SMOKE = ["+experiment=smoke", "warp.checkpoint_every=1", "eval.prompts=4"]
+
+
+def train_args(tiny_models, run_dir, *extra):
+    return ["train", *SMOKE, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", *extra]
+
+
+def kill_when(args, marker: str, cwd: Path) -> str:
+    """Start the CLI, SIGKILL it as soon as `marker` appears in its output; return that output."""
+    proc = subprocess.Popen([sys.executable, "-m", "warp_lightning", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "WANDB_MODE": "offline"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "".join(seen[-30:])
+    return "".join(seen)
+
+
+def output(proc) -> str:
+    return proc.stdout + proc.stderr  # Hydra's job log goes to stdout
+
+
+def safetensors_bytes(folder: Path) -> bytes:
+    return (folder / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_models, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    cli(*train_args(tiny_models, whole), cwd=tmp_path)
+    kill_when(train_args(tiny_models, broken), "checkpoint: iteration 1 run 2 step 2", tmp_path)
+    assert (broken / "checkpoints" / RUN).exists() and not (broken / "final").exists()
+
+    resumed = output(cli(*train_args(tiny_models, broken), cwd=tmp_path))
+    assert "resuming iteration 1 run 2 at step 2" in resumed
+    assert "iteration 1 run 1:" not in resumed  # the finished run is not redone
+    assert safetensors_bytes(broken / "final") == safetensors_bytes(whole / "final")
+    for i in (1, 2):
+        assert safetensors_bytes(broken / f"iter_{i}" / "init") == safetensors_bytes(whole / f"iter_{i}" / "init")
+    # the per-step logs of the interrupted run hold each step once, as in the uninterrupted one
+    for run in ("i1_m1", "i1_m2", "i2_m2"):
+        assert (broken / "logs" / run / "metrics.csv").read_text() == (whole / "logs" / run / "metrics.csv").read_text()
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, broken))
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    runs = json.loads((broken / "manifest.json").read_text())["runs"]
+    assert [r["resumed_at_step"] for r in runs] == [0, 2, 0, 0]
+
+    again = output(cli(*train_args(tiny_models, broken), cwd=tmp_path))  # a finished run directory
+    assert "up to (2, 2) are done" in again and " steps in " not in again
+    assert safetensors_bytes(broken / "final") == safetensors_bytes(whole / "final")
+
+
+@pytest.mark.slow
+def test_resume_with_another_config_is_refused(tiny_models, tmp_path):
+    run_dir = tmp_path / "run"
+    kill_when(train_args(tiny_models, run_dir), "checkpoint: iteration 1 run 2 step 1", tmp_path)
+    proc = cli(*train_args(tiny_models, run_dir, "warp.kl_coef=0.5"), cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: warp.kl_coef (0.1 then, 0.5 now) differs")
+
+
+def test_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path):
+    """A real SIGKILL while `atomic_torch_save` writes 400 MB: the target keeps its old content."""
+    target = tmp_path / "run.ckpt"
+    torch.save({"step": 1}, target)
+    code = ("import sys, torch; from warp_lightning.io import atomic_torch_save; "
+            "atomic_torch_save({'step': 2, 'w': torch.ones(100_000_000)}, sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.stat().st_size > 1_000_000 for p in tmp_path.glob(".run.ckpt.*.tmp")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(tmp_path.glob(".run.ckpt.*.tmp")), "the kill did not land during the write"
+    assert torch.load(target)["step"] == 1
+
+
+def tiny_module(gpt2_tokenizer, reward, steps=4):
+    from warp_lightning.policy import load_tokenizer
+
+    gpt2_tokenizer = load_tokenizer(gpt2_tokenizer.name_or_path)  # with the pad token the project adds
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64))
+    warp = OmegaConf.create({"samples_per_prompt": 2, "max_new_tokens": 4, "temperature": 1.0, "kl_coef": 0.1,
+                             "kl_to_init_every": 0, "lr": 1e-3, "warmup_steps": 0})
+    module = RLOOModule(policy, GPT2LMHeadModel(policy.config).requires_grad_(False), reward, gpt2_tokenizer,
+                        warp, sample_seed=1, tags={"iteration": 1, "run": 1})
+    prompts = [gpt2_tokenizer("a fine film about")["input_ids"], gpt2_tokenizer("the plot")["input_ids"]]
+    return module, PromptBatches(prompts, steps, 2, 0, gpt2_tokenizer.pad_token_id)
+
+
+def test_non_finite_reward_stops_at_its_step_and_keeps_the_last_checkpoint(gpt2_tokenizer, tmp_path):
+    calls = []
+
+    def reward(texts):  # a reward model that breaks on its third batch
+        calls.append(len(texts))
+        return torch.full((len(texts),), float("nan") if len(calls) == 3 else 0.5)
+
+    module, prompts = tiny_module(gpt2_tokenizer, reward)
+    trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        callbacks=[RunCheckpoint(tmp_path / RUN, 1, 1, 1)], enable_model_summary=False)
+    with pytest.raises(NonFiniteError, match=r"non-finite reward at iteration 1 run 1 step 3 \(4 of 4"):
+        trainer.fit(module, prompts)
+    assert torch.load(tmp_path / RUN, weights_only=False)["warp"]["step"] == 2
+
+
+def test_reward_of_the_wrong_shape_is_a_clear_error_at_the_first_batch(gpt2_tokenizer):
+    module, prompts = tiny_module(gpt2_tokenizer, lambda texts: torch.zeros(len(texts), 2))
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(UserError, match=r"reward model returned shape \(4, 2\) at iteration 1 run 1 step 1"):
+        trainer.fit(module, prompts)
+
+
+@pytest.mark.slow
+def test_diverging_run_exits_3_with_one_line_and_keeps_its_checkpoint(tiny_models, tmp_path):
+    """lr 1e30 throws the weights to ~1e30 at step 1: step 2's log-probs are NaN and the run stops there."""
+    run_dir = tmp_path / "run"
+    proc = cli(*train_args(tiny_models, run_dir, "warp.lr=1e30", "warp.warmup_steps=0"), cwd=tmp_path, check=False)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: non-finite loss at iteration 1 run 1 step 2")
+    assert torch.load(run_dir / "checkpoints" / RUN, weights_only=False)["warp"]["step"] == 1
+
+
+def test_non_finite_weights_are_named():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=20, n_positions=8))
+    check_finite_weights(model, "at start")
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"non-finite weights at start \(first: transformer.h.0.mlp.c_fc.weight\)"):
+        check_finite_weights(model, "at start")
+
+
+@pytest.mark.slow
+def test_crafted_bad_data_file_is_cleaned_not_a_crash(tiny_models, tmp_path):
+    lines = ["", "   ", "\t", "too short", "great " * 10_000 + "film"]
+    lines += [f"review {i}: the acting was wonderful and the story kept me watching until the very end" for i in range(30)]
+    data = tmp_path / "texts.txt"
+    data.write_bytes("\n".join(lines).encode() + b"\nbroken \xff\xfe bytes in a review that is long enough to prompt\n")
+    run_dir = tmp_path / "run"
+    proc = cli(*train_args(tiny_models, run_dir, "data=file", f"data.path={data}", "warp.iterations=1"), cwd=tmp_path)
+    log = output(proc)
+    assert "2 undecodable bytes replaced" in log
+    assert "rows skipped (3 empty text)" in log
+    assert "texts longer than 20000 characters truncated" in log
+    assert "with fewer than 5 tokens" in log
+    assert (run_dir / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_secrets_never_reach_outputs(tiny_models, tmp_path):
+    secrets = {"WANDB_API_KEY": "0123456789abcdef0123456789abcdef0123fake", "HF_TOKEN": "hf_FakeTokenNeverWritten42"}
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "warp_lightning", *train_args(tiny_models, run_dir, "logger=wandb",
+                                                                               "warp.iterations=1")],
+                          cwd=tmp_path, capture_output=True, env={**os.environ, **secrets, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "manifest.json" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for name, value in secrets.items():
+            assert value.encode() not in data, f"{name} found in {path}"
+    for value in secrets.values():
+        assert value.encode() not in proc.stdout + proc.stderr

@@ -1,0 +1,157 @@
+"""Checkpoints of the WARP loop, and exact resume from them.
+
+A train run directory holds
+
+    checkpoints/loop.pt   the loop between runs, written when a run ends: which runs are done (i, m),
+                          theta_init, the iteration's finished theta_m, theta_slerp, the merge stats and
+                          the manifest's run records.
+    checkpoints/run.ckpt  the run in progress, every `warp.checkpoint_every` steps: a Lightning checkpoint
+                          (theta_m, theta_ema, optimizer, scheduler, loop progress) plus (i, m, t) and
+                          every RNG state. Removed once its run is recorded in loop.pt.
+
+Both are written to a temporary name and renamed (`io.atomic_file`), so a kill at any moment leaves the
+previous complete file. Running `train` again with the same `hydra.run.dir` resumes from them: finished
+runs are skipped and the run in progress continues at step t with the same weights, optimizer moments,
+prompt stream position and random streams, so the final weights are bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from warp_lightning import UserError
+from warp_lightning.io import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+LOOP, RUN = "loop.pt", "run.ckpt"
+FORMAT = 1
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, but written under a temporary name and renamed."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_torch_save(checkpoint, path)
+
+
+def rng_states(generator: torch.Generator | None = None) -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "sampling": None if generator is None else generator.get_state()}
+
+
+def set_rng_states(states: dict, generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if generator is not None and states["sampling"] is not None:
+        generator.set_state(states["sampling"])
+
+
+class RunCheckpoint(L.Callback):
+    """Save the run in progress every `every` optimizer steps.
+
+    The checkpoint is taken at the end of step t (after the EMA update, where Lightning's loop expects
+    a restart) and written when step t+1 starts, once step t's metrics are in the logger and flushed:
+    a resumed run then logs exactly the rows an uninterrupted one would.
+    """
+
+    def __init__(self, path: Path, every: int, iteration: int, run: int):
+        self.path, self.every, self.iteration, self.run = Path(path), every, iteration, run
+        self._pending = None
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        t = trainer.global_step
+        if self.every and t % self.every == 0 and t < trainer.max_steps:
+            # references to the live tensors: nothing changes them before the next step starts
+            self._pending = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self._pending is None:
+            return
+        if trainer.logger:
+            trainer.logger.save()
+        trainer.strategy.save_checkpoint(self._pending, self.path)
+        log.info("checkpoint: iteration %d run %d step %d", self.iteration, self.run, self._pending["global_step"])
+        self._pending = None
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        checkpoint["warp"] = {"format": FORMAT, "iteration": self.iteration, "run": self.run,
+                              "step": trainer.global_step, "rng": rng_states(module.generator)}
+
+    def on_load_checkpoint(self, trainer, module, checkpoint):
+        set_rng_states(checkpoint["warp"]["rng"], module.generator)
+
+
+def save_loop(ckpt_dir: Path, state, done: tuple[int, int], runs: list[dict], config: dict) -> None:
+    """Record that run `done` = (i, m) has finished, with everything the loop needs after it."""
+    atomic_torch_save({"format": FORMAT, "done": list(done), "config": config, "runs": runs,
+                       "theta_init": state.theta_init, "theta_slerp": state.theta_slerp,
+                       "finished": state.runs, "iteration": state.iteration,
+                       "merge_stats": state.merge_stats}, Path(ckpt_dir) / LOOP)
+    (Path(ckpt_dir) / RUN).unlink(missing_ok=True)
+
+
+def load_loop(ckpt_dir: Path, state, config: dict) -> tuple[tuple[int, int], list[dict]]:
+    """Restore `state` from loop.pt; returns the last finished (i, m) and the run records ((1, 0), [] if none)."""
+    path = Path(ckpt_dir) / LOOP
+    if not path.exists():
+        return (1, 0), []
+    saved = _load(path)
+    _same_config(saved["config"], config, path)
+    state.theta_init, state.theta_slerp = saved["theta_init"], saved["theta_slerp"]
+    state.runs, state.iteration, state.merge_stats[:] = saved["finished"], saved["iteration"], saved["merge_stats"]
+    return tuple(saved["done"]), saved["runs"]
+
+
+def run_checkpoint(ckpt_dir: Path, iteration: int, run: int) -> Path | None:
+    """run.ckpt if it belongs to run (i, m), else None (a stale one from a finished run is ignored)."""
+    path = Path(ckpt_dir) / RUN
+    if not path.exists():
+        return None
+    warp = _load(path).get("warp", {})
+    return path if (warp.get("iteration"), warp.get("run")) == (iteration, run) else None
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(_load(path)["warp"]["step"])
+
+
+def _load(path: Path) -> dict:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # a file we did not write (renames are atomic), or a newer torch's format
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); delete it to start "
+                        "that run again") from err
+    if saved.get("format", saved.get("warp", {}).get("format")) != FORMAT:
+        raise UserError(f"checkpoint {path} has an unknown format; delete it to start that run again")
+    return saved
+
+
+# keys that may differ between the first attempt and the resumed one without changing the result
+_RESUMABLE = {"trainer", "logger", "paths", "eval"}
+
+
+def _same_config(saved: dict, current: dict, path: Path) -> None:
+    for key in sorted(set(saved) | set(current)):
+        if key in _RESUMABLE or key == "hydra":
+            continue
+        if saved.get(key) != current.get(key):
+            diff = _first_difference(saved.get(key), current.get(key), key)
+            raise UserError(f"{diff} differs from the run being resumed in {path.parent.parent}: run the same "
+                            "config again to resume, or choose a new hydra.run.dir")
+
+
+def _first_difference(a, b, key: str) -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{key}.{k}")
+    return f"{key} ({a!r} then, {b!r} now)"
