@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from warp_lightning import NonFiniteError, UserError
-from warp_lightning.checkpoint import RUN, RunCheckpoint
+from warp_lightning.checkpoint import RunCheckpoint, run_path
 from warp_lightning.module import RLOOModule, check_finite_weights
 from warp_lightning.warp import PromptBatches
 
@@ -56,7 +56,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_models, tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     cli(*train_args(tiny_models, whole), cwd=tmp_path)
     kill_when(train_args(tiny_models, broken), "checkpoint: iteration 1 run 2 step 2", tmp_path)
-    assert (broken / "checkpoints" / RUN).exists() and not (broken / "final").exists()
+    assert run_path(broken / "checkpoints", 2).exists() and not (broken / "final").exists()
 
     resumed = output(cli(*train_args(tiny_models, broken), cwd=tmp_path))
     assert "resuming iteration 1 run 2 at step 2" in resumed
@@ -125,10 +125,10 @@ def test_non_finite_reward_stops_at_its_step_and_keeps_the_last_checkpoint(gpt2_
 
     module, prompts = tiny_module(gpt2_tokenizer, reward)
     trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        callbacks=[RunCheckpoint(tmp_path / RUN, 1, 1, 1)], enable_model_summary=False)
+                        callbacks=[RunCheckpoint(run_path(tmp_path, 1), 1, 1, 1)], enable_model_summary=False)
     with pytest.raises(NonFiniteError, match=r"non-finite reward at iteration 1 run 1 step 3 \(4 of 4"):
         trainer.fit(module, prompts)
-    assert torch.load(tmp_path / RUN, weights_only=False)["warp"]["step"] == 2
+    assert torch.load(run_path(tmp_path, 1), weights_only=False)["warp"]["step"] == 2
 
 
 def test_reward_of_the_wrong_shape_is_a_clear_error_at_the_first_batch(gpt2_tokenizer):
@@ -146,7 +146,7 @@ def test_diverging_run_exits_3_with_one_line_and_keeps_its_checkpoint(tiny_model
     proc = cli(*train_args(tiny_models, run_dir, "warp.lr=1e30", "warp.warmup_steps=0"), cwd=tmp_path, check=False)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: non-finite loss at iteration 1 run 1 step 2")
-    assert torch.load(run_dir / "checkpoints" / RUN, weights_only=False)["warp"]["step"] == 1
+    assert torch.load(run_path(run_dir / "checkpoints", 1), weights_only=False)["warp"]["step"] == 1
 
 
 def test_non_finite_weights_are_named():

@@ -31,6 +31,9 @@ BAD = [
     ("warp.warmup_steps=-1", "warp.warmup_steps"),
     ("warp.grad_clip=-1", "warp.grad_clip"),
     ("policy.name_or_path=/nonexistent/policy", "policy.name_or_path"),
+    ("trainer.strategy=fsdp", "trainer.strategy"),
+    ("trainer=ddp_runs trainer.devices=3", "trainer.devices"),
+    ("trainer=ddp warp.prompts_per_step=3", "warp.prompts_per_step"),
 ]
 
 
@@ -41,7 +44,7 @@ def compose_train(*overrides):
 
 @pytest.mark.parametrize(("override", "key"), BAD)
 def test_bad_value_is_one_line_naming_the_key(override, key, tmp_path):
-    cfg = compose_train(override, f"paths.models_dir={tmp_path}", "policy.build=null", "reward_model.build=null")
+    cfg = compose_train(*override.split(), f"paths.models_dir={tmp_path}", "policy.build=null", "reward_model.build=null")
     with pytest.raises(UserError) as err:
         validate_train_config(cfg)
     message = str(err.value)

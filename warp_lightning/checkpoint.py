@@ -5,7 +5,7 @@ A train run directory holds
     checkpoints/loop.pt   the loop between runs, written when a run ends: which runs are done (i, m),
                           theta_init, the iteration's finished theta_m, theta_slerp, the merge stats and
                           the manifest's run records.
-    checkpoints/run.ckpt  the run in progress, every `warp.checkpoint_every` steps: a Lightning checkpoint
+    checkpoints/run_M.ckpt the run m in progress, every `warp.checkpoint_every` steps: a Lightning checkpoint
                           (theta_m, theta_ema, optimizer, scheduler, loop progress) plus (i, m, t) and
                           every RNG state. Removed once its run is recorded in loop.pt.
 
@@ -31,7 +31,13 @@ from warp_lightning.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-LOOP, RUN = "loop.pt", "run.ckpt"
+LOOP = "loop.pt"
+
+
+def run_path(ckpt_dir: Path, m: int) -> Path:
+    """The checkpoint of run m in progress (one per run: with trainer=ddp_runs they train at once)."""
+    return Path(ckpt_dir) / f"run_{m}.ckpt"
+
 FORMAT = 1
 
 
@@ -63,8 +69,9 @@ class RunCheckpoint(L.Callback):
     a resumed run then logs exactly the rows an uninterrupted one would.
     """
 
-    def __init__(self, path: Path, every: int, iteration: int, run: int):
+    def __init__(self, path: Path, every: int, iteration: int, run: int, every_rank: bool = False):
         self.path, self.every, self.iteration, self.run = Path(path), every, iteration, run
+        self.every_rank = every_rank  # trainer=ddp_runs: each process saves its own run
         self._pending = None
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -78,7 +85,10 @@ class RunCheckpoint(L.Callback):
             return
         if trainer.logger:
             trainer.logger.save()
-        trainer.strategy.save_checkpoint(self._pending, self.path)
+        if self.every_rank:
+            atomic_torch_save(self._pending, self.path)
+        else:
+            trainer.strategy.save_checkpoint(self._pending, self.path)  # global rank 0 writes
         log.info("checkpoint: iteration %d run %d step %d", self.iteration, self.run, self._pending["global_step"])
         self._pending = None
 
@@ -96,7 +106,8 @@ def save_loop(ckpt_dir: Path, state, done: tuple[int, int], runs: list[dict], co
                        "theta_init": state.theta_init, "theta_slerp": state.theta_slerp,
                        "finished": state.runs, "iteration": state.iteration,
                        "merge_stats": state.merge_stats}, Path(ckpt_dir) / LOOP)
-    (Path(ckpt_dir) / RUN).unlink(missing_ok=True)
+    for m in range(1, done[1] + 1):  # the runs recorded here no longer need their own checkpoints
+        run_path(ckpt_dir, m).unlink(missing_ok=True)
 
 
 def load_loop(ckpt_dir: Path, state, config: dict) -> tuple[tuple[int, int], list[dict]]:
@@ -112,8 +123,8 @@ def load_loop(ckpt_dir: Path, state, config: dict) -> tuple[tuple[int, int], lis
 
 
 def run_checkpoint(ckpt_dir: Path, iteration: int, run: int) -> Path | None:
-    """run.ckpt if it belongs to run (i, m), else None (a stale one from a finished run is ignored)."""
-    path = Path(ckpt_dir) / RUN
+    """run_M.ckpt if it belongs to run (i, m), else None (a stale one from a finished run is ignored)."""
+    path = run_path(ckpt_dir, run)
     if not path.exists():
         return None
     warp = _load(path).get("warp", {})
@@ -136,7 +147,7 @@ def _load(path: Path) -> dict:
 
 
 # keys that may differ between the first attempt and the resumed one without changing the result
-_RESUMABLE = {"trainer", "logger", "paths", "eval"}
+_RESUMABLE = {"logger", "paths", "eval"}
 
 
 def _same_config(saved: dict, current: dict, path: Path) -> None:

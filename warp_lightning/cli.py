@@ -26,6 +26,7 @@ COMMANDS = {
 }
 
 log = logging.getLogger("warp_lightning")
+COMMAND_ENV = "WARP_LIGHTNING_COMMAND"
 
 
 def usage() -> str:
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in {"-h", "--help", "help"}:
         print(usage())
         return
+    if argv[0] not in COMMANDS and os.environ.get("LOCAL_RANK") and os.environ.get(COMMAND_ENV) in COMMANDS:
+        argv = [os.environ[COMMAND_ENV], *argv]  # a process started by Lightning's DDP launcher
     name = argv[0]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
 
+    os.environ[COMMAND_ENV] = name  # Lightning's launcher re-runs `python -m warp_lightning` + overrides
     # Hydra reads sys.argv: drop the command word so it sees only overrides and its own flags.
     sys.argv = [f"{sys.argv[0]} {name}", *argv[1:]]
 

@@ -31,7 +31,25 @@ def validate_train_config(cfg) -> None:
     _check(w.grad_clip is None or float(w.grad_clip) >= 0, "warp.grad_clip", w.grad_clip, "must be >= 0 or null")
     _check(isinstance(w.warmup_steps, int) and w.warmup_steps >= 0, "warp.warmup_steps", w.warmup_steps,
            "must be an integer >= 0")
+    validate_trainer(cfg)
     validate_model_paths(cfg)
+
+
+def validate_trainer(cfg) -> None:
+    t = cfg.trainer
+    strategy = t.get("strategy", "auto")
+    _check(strategy in ("auto", "ddp", "ddp_runs"), "trainer.strategy", strategy, "choose auto, ddp or ddp_runs")
+    for key in ("devices", "num_nodes"):
+        value = t.get(key, 1)
+        _check(strategy == "auto" or (isinstance(value, int) and value >= 1), f"trainer.{key}", value,
+               "must be an integer >= 1 with trainer.strategy=ddp or ddp_runs")
+    world = t.devices * t.get("num_nodes", 1) if strategy != "auto" else 1
+    if strategy == "ddp_runs":
+        _check(world == cfg.warp.runs, "trainer.devices", t.devices,
+               f"ddp_runs trains one run per process: devices * num_nodes must equal warp.runs={cfg.warp.runs}")
+    if strategy == "ddp":
+        _check(cfg.warp.prompts_per_step % world == 0, "warp.prompts_per_step", cfg.warp.prompts_per_step,
+               f"ddp splits each step's prompts over {world} processes: use a multiple of {world}")
 
 
 def _looks_local(name: str) -> bool:

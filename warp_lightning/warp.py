@@ -92,17 +92,18 @@ class PromptBatches(torch.utils.data.Dataset):
     """T batches of P prompts in a seeded order (whole passes over the prompts, reshuffled per pass).
 
     Iterating starts at batch `start` (the prompt stream position of a resumed run); the length stays T so
-    that Lightning's restored loop progress lines up with it.
+    that Lightning's restored loop progress lines up with it. With `shard`, each process of a
+    data-parallel run takes every world_size-th prompt of a batch (with all its k samples).
     """
 
     def __init__(self, prompts: list[list[int]], steps: int, per_step: int, seed: int, pad_id: int,
-                 start: int = 0):
+                 start: int = 0, shard: bool = False):
         g = torch.Generator().manual_seed(seed)
         need, order = steps * per_step, []
         while len(order) < need:
             order += torch.randperm(len(prompts), generator=g).tolist()
         self.prompts, self.order, self.per_step, self.pad_id = prompts, order[:need], per_step, pad_id
-        self.start = start
+        self.start, self.shard = start, shard
 
     def __len__(self) -> int:
         return len(self.order) // self.per_step
@@ -113,6 +114,8 @@ class PromptBatches(torch.utils.data.Dataset):
         if not 0 <= t < len(self):
             raise IndexError(t)
         rows = self.order[t * self.per_step : (t + 1) * self.per_step]
+        if self.shard and torch.distributed.is_initialized():  # data parallel: this process's prompts
+            rows = rows[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
         return left_pad([self.prompts[r] for r in rows], self.pad_id)
 
     def __iter__(self):
@@ -155,13 +158,16 @@ def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
                         "yourself to see why")
 
 
-def build_trainer(cfg, out_dir: Path, run_name: str, callbacks: list, max_steps: int) -> L.Trainer:
+def build_trainer(cfg, out_dir: Path, run_name: str | None, callbacks: list, max_steps: int) -> L.Trainer:
+    """The Lightning Trainer of one run (`run_name=None`: no logger, used to start the processes)."""
     from warp_lightning.checkpoint import AtomicCheckpointIO
+    from warp_lightning.distributed import strategy_for
     from warp_lightning.loggers import build_logger
 
+    logger = build_logger(cfg.logger, out_dir, run_name, group=cfg.experiment_name) if run_name else False
     return L.Trainer(max_steps=max_steps, max_epochs=1, accelerator=cfg.trainer.accelerator,
-                     devices=cfg.trainer.devices, precision=cfg.trainer.precision,
-                     logger=build_logger(cfg.logger, out_dir, run_name, group=cfg.experiment_name),
+                     devices=cfg.trainer.devices, num_nodes=cfg.trainer.get("num_nodes", 1),
+                     strategy=strategy_for(cfg), precision=cfg.trainer.precision, logger=logger,
                      callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
                      enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
                      log_every_n_steps=1, gradient_clip_val=cfg.warp.grad_clip or None,
@@ -175,14 +181,68 @@ def resume_config(cfg) -> dict:
     return config
 
 
-def run(cfg) -> dict:
+@dataclass
+class Loop:
+    """What every run of the loop shares: config, models, prompts, the WarpState, where outputs go."""
+
+    cfg: object
+    out_dir: Path
+    policy: torch.nn.Module
+    tokenizer: object
+    reward_model: object
+    train_ids: list
+    state: WarpState
+    parallel: bool = False  # trainer=ddp_runs: run m trains in process m - 1
+    rank: int = 0
+
+    def train_run(self, i: int, m: int) -> dict:
+        """Run m of iteration i from theta_init (or from its checkpoint); returns its manifest record."""
+        from warp_lightning import checkpoint as ckpt
+        from warp_lightning.callbacks import EMAAnchor, MergeRuns, Snapshots
+        from warp_lightning.loggers import finish_logger, trim_logs
+        from warp_lightning.module import RLOOModule
+
+        w, ckpt_dir = self.cfg.warp, self.out_dir / "checkpoints"
+        seed = derive_seed(w.seed, i, m)
+        torch.manual_seed(seed)
+        run_policy = copy.deepcopy(self.policy)
+        run_policy.load_state_dict(self.state.theta_init)
+        anchor = copy.deepcopy(run_policy)
+        init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.kl_to_init_every else None)
+        module = RLOOModule(run_policy, anchor, self.reward_model, self.tokenizer, w, sample_seed=seed + 1,
+                            init_policy=init_policy, tags={"iteration": i, "run": m})
+        callbacks = [] if self.parallel else [MergeRuns(self.state)]  # parallel: merged after the gather
+        callbacks += [EMAAnchor(w.ema_rate)] if w.anchor == "ema" else []
+        callbacks += [ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m,
+                                         every_rank=self.parallel)]
+        if w.snapshot_every:
+            callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer))
+        trainer = build_trainer(self.cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
+        resume_from = ckpt.run_checkpoint(ckpt_dir, i, m)
+        start = ckpt.checkpoint_step(resume_from) if resume_from else 0
+        if resume_from:
+            log.info("resuming iteration %d run %d at step %d from %s", i, m, start, resume_from)
+            trim_logs(trainer.logger, start)
+        prompts = PromptBatches(self.train_ids, w.steps, w.prompts_per_step, seed, self.tokenizer.pad_token_id,
+                                start, shard=self.cfg.trainer.get("strategy") == "ddp")
+        run_started = time.time()
+        trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own checkpoint
+        final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        finish_logger(trainer.logger)
+        log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
+                 trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
+                 final.get("kl_anchor", float("nan")))
+        self.theta_m = module.policy.state_dict()
+        return {"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step), "resumed_at_step": start,
+                "seconds": round(time.time() - run_started, 1), "final": final}
+
+
+def run(cfg) -> dict | None:
     from warp_lightning import checkpoint as ckpt
-    from warp_lightning.callbacks import EMAAnchor, MergeRuns, Snapshots
     from warp_lightning.cli import cfg_output_dir
     from warp_lightning.data import prompt_splits
+    from warp_lightning.distributed import gather_states, start_processes
     from warp_lightning.evaluate import quick_eval, save_policy
-    from warp_lightning.loggers import finish_logger, trim_logs
-    from warp_lightning.module import RLOOModule
     from warp_lightning.policy import load_causal_lm, load_tokenizer, use_compiled_kernels
     from warp_lightning.reward import RewardModel
     from warp_lightning.validate import validate_train_config
@@ -196,6 +256,9 @@ def run(cfg) -> dict:
     use_compiled_kernels(w.compile)
     ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
+    rank, world = 0, 1
+    if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs"):  # models exist: start the other processes
+        rank, world = start_processes(build_trainer(cfg, out_dir, None, [], 1))
 
     tokenizer = load_tokenizer(cfg.policy.name_or_path)
     policy = load_causal_lm(cfg.policy.name_or_path)
@@ -205,53 +268,40 @@ def run(cfg) -> dict:
     train_prompts, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
                                                 cfg.data.max_prompt_tokens, w.seed, cache=cfg.paths.cache_dir,
                                                 path=cfg.data.get("path"))
-    train_ids = list(train_prompts["input_ids"])
     state = WarpState(clone_state(policy.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta)
     config = resume_config(cfg)
     done, run_records = ckpt.load_loop(ckpt_dir, state, config)
     if done != (1, 0):
         log.info("resuming %s: iterations/runs up to (%d, %d) are done", out_dir, *done)
-    manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": run_records,
-                "merges": state.merge_stats, "train_prompts": len(train_ids), "test_prompts": len(test_prompts)}
+    parallel = cfg.trainer.get("strategy") == "ddp_runs"
+    loop = Loop(cfg, out_dir, policy, tokenizer, reward_model, list(train_prompts["input_ids"]), state,
+                parallel, rank)
+
+    def finish(i: int, m: int) -> None:
+        """Outputs of a finished run (i, m), written by rank 0: the merged folders after the M-th, loop.pt."""
+        if rank != 0:
+            return
+        if m == w.runs:  # the M runs are merged: theta_slerp and the new theta_init
+            save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
+            save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
+            log.info("iteration %d merged: %s", i, state.merge_stats[-1])
+        ckpt.save_loop(ckpt_dir, state, (i, m), run_records, config)
 
     for i in range(1, w.iterations + 1):
-        for m in range(1, w.runs + 1):
-            if (i, m) <= done:
-                continue  # finished before an interruption: its theta_m is in `state`
-            seed = derive_seed(w.seed, i, m)
-            torch.manual_seed(seed)
-            run_policy = copy.deepcopy(policy)
-            run_policy.load_state_dict(state.theta_init)
-            anchor = copy.deepcopy(run_policy)
-            init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.kl_to_init_every else None)
-            module = RLOOModule(run_policy, anchor, reward_model, tokenizer, w, sample_seed=seed + 1,
-                                init_policy=init_policy, tags={"iteration": i, "run": m})
-            callbacks = [MergeRuns(state)] + ([EMAAnchor(w.ema_rate)] if w.anchor == "ema" else [])
-            callbacks += [ckpt.RunCheckpoint(ckpt_dir / ckpt.RUN, w.checkpoint_every, i, m)]
-            if w.snapshot_every:
-                callbacks.append(Snapshots(w.snapshot_every, out_dir / f"iter_{i}" / f"run_{m}", tokenizer))
-            trainer = build_trainer(cfg, out_dir, f"i{i}_m{m}", callbacks, w.steps)
-            resume_from = ckpt.run_checkpoint(ckpt_dir, i, m)
-            start = ckpt.checkpoint_step(resume_from) if resume_from else 0
-            if resume_from:
-                log.info("resuming iteration %d run %d at step %d from %s", i, m, start, resume_from)
-                trim_logs(trainer.logger, start)
-            prompts = PromptBatches(train_ids, w.steps, w.prompts_per_step, seed, tokenizer.pad_token_id, start)
-            run_started = time.time()
-            trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own file
-            final = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            run_records.append({"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step),
-                                "resumed_at_step": start, "seconds": round(time.time() - run_started, 1),
-                                "final": final})
-            finish_logger(trainer.logger)
-            log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
-                     trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
-                     final.get("kl_anchor", float("nan")))
-            if m == w.runs:  # MergeRuns has merged the M runs: theta_slerp and the new theta_init
-                save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
-                save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
-                log.info("iteration %d merged: %s", i, state.merge_stats[-1])
-            ckpt.save_loop(ckpt_dir, state, (i, m), run_records, config)
+        if parallel and (i, w.runs) > done:  # run m = rank + 1 in every process at once, then merge all M
+            record = loop.train_run(i, rank + 1)
+            records = [None] * world
+            torch.distributed.all_gather_object(records, record)
+            run_records += records
+            for theta_m in gather_states(clone_state(loop.theta_m), world):
+                state.finish_run(theta_m)
+            finish(i, w.runs)
+        for m in range(1, w.runs + 1) if not parallel else ():
+            if (i, m) > done:  # else finished before an interruption: its theta_m is in `state`
+                run_records.append(loop.train_run(i, m))
+                finish(i, m)
+    if rank != 0:
+        return None  # rank 0 writes the outputs
     save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")
 
     # matmuls in the training precision; log-probs, KL and rewards are float32 either way
@@ -267,8 +317,9 @@ def run(cfg) -> dict:
         "seconds": round(time.time() - started, 1),
         "rl_steps": w.iterations * w.runs * w.steps,
     }
-    manifest["evaluation"] = evaluation
-    manifest["metrics"] = metrics
+    manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": run_records,
+                "merges": state.merge_stats, "train_prompts": len(loop.train_ids),
+                "test_prompts": len(test_prompts), "processes": world, "evaluation": evaluation, "metrics": metrics}
     from warp_lightning.io import atomic_write_json
 
     atomic_write_json(out_dir / "manifest.json", manifest)
