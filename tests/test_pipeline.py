@@ -102,14 +102,16 @@ def test_imdb_experiment_runs_on_local_stand_ins(tiny_models, tmp_path):
 def test_same_config_and_seed_give_bit_identical_final_weights(tiny_models, tmp_path):
     from safetensors.torch import load_file
 
-    finals = []
+    finals, metrics = [], []
     for name in ("a", "b"):
         run_dir = tmp_path / name
         cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2",
             f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
         finals.append(load_file(run_dir / "final" / "model.safetensors"))
+        metrics.append({k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k != "seconds"})
     assert finals[0].keys() == finals[1].keys()
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+    assert metrics[0] == metrics[1]
 
 
 def test_notebook_runs_against_smoke_outputs(tiny_models, tmp_path, monkeypatch):

@@ -50,6 +50,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def rng_states(generator: torch.Generator | None = None) -> dict:
     return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "sampling": None if generator is None else generator.get_state()}
 
 
@@ -57,6 +58,8 @@ def set_rng_states(states: dict, generator: torch.Generator | None = None) -> No
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
+    if states.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])
     if generator is not None and states["sampling"] is not None:
         generator.set_state(states["sampling"])
 
@@ -112,6 +115,8 @@ def save_loop(ckpt_dir: Path, state, done: tuple[int, int], runs: list[dict], co
 
 def load_loop(ckpt_dir: Path, state, config: dict) -> tuple[tuple[int, int], list[dict]]:
     """Restore `state` from loop.pt; returns the last finished (i, m) and the run records ((1, 0), [] if none)."""
+    for stale in Path(ckpt_dir).glob(".*.tmp"):  # left by a kill during a write; never read
+        stale.unlink(missing_ok=True)
     path = Path(ckpt_dir) / LOOP
     if not path.exists():
         return (1, 0), []
