@@ -51,3 +51,24 @@ def test_exact_kl_equals_brute_force_sum_and_is_zero_against_itself():
             brute.append(sum(pa[v].exp() * (pa[v] - pb[v]) for v in range(11)).item())
     assert torch.allclose(kl.double(), torch.tensor(brute, dtype=torch.float64), atol=1e-5)
     assert torch.equal(exact_kl_from_logprobs(lp, lp2), torch.zeros(5))
+
+
+def test_models_are_named_by_key_or_by_their_last_two_path_parts():
+    from omegaconf import OmegaConf
+
+    from warp_lightning.evaluate import named_models
+
+    assert named_models("outputs/train/x/final") == {"x/final": "outputs/train/x/final"}
+    assert named_models(OmegaConf.create({"WARP": "/r/final"})) == {"WARP": "/r/final"}
+    assert named_models(OmegaConf.create(["/a/final", "/b/final"])) == {"a/final": "/a/final", "b/final": "/b/final"}
+
+
+def test_results_table_is_model_reward_kl_with_intervals():
+    from warp_lightning.evaluate import results_table
+
+    m = {"reward_mean": 0.8, "reward_ci95": 0.0371, "kl_mean": 9.935, "kl_ci95": 0.331, "completion_length_mean": 23.0,
+         "completion_length_ci95": 0.62, "distinct_1": 0.179, "distinct_2": 0.587}
+    lines = results_table({"WARP": m}).splitlines()
+    assert lines[0] == ("| model | mean reward | mean KL(pi \\|\\| pi_sft) | completion length | "
+                        "distinct-1 / distinct-2 |")
+    assert lines[2] == "| WARP | 0.800 ± 0.037 | 9.94 ± 0.33 | 23.0 ± 0.6 | 0.179 / 0.587 |"

@@ -23,6 +23,8 @@ COMMANDS = {
     "reward": ("warp_lightning.reward", "train a Bradley-Terry reward model on preference pairs"),
     "train": ("warp_lightning.warp", "run WARP: RLOO with an EMA anchor, SLERP of M runs, LITI, I times"),
     "evaluate": ("warp_lightning.evaluate", "mean reward and KL to the SFT policy, with 95% intervals"),
+    "front": ("warp_lightning.front", "reward vs KL fronts of a run (LITI over eta) and of baselines"),
+    "report": ("warp_lightning.report", "tables, plots and the paper's claims from the experiments, in reports/"),
 }
 
 log = logging.getLogger("warp_lightning")

@@ -8,6 +8,7 @@ The sampled k1 estimate (what training uses) is reported beside it.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -137,35 +138,118 @@ def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecf
     return metrics, rows
 
 
-def run(cfg) -> dict:
-    """`python -m warp_lightning evaluate model=PATH sft=PATH`: reward and KL(pi || pi_sft) with intervals."""
-    import csv
-    import io
+@dataclass
+class Protocol:
+    """What every model is judged with: the SFT reference, the reward model, the held-out prompts, `eval`.
 
+    Every model evaluated through one Protocol sees the same subsamples and sampling seeds, so that
+    differences between models are not differences between prompts.
+    """
+
+    tokenizer: object
+    sft: torch.nn.Module
+    reward_model: object
+    test_prompts: object
+    ecfg: object
+    bf16: bool = False  # matmuls in bf16 (as training with trainer.precision=bf16-mixed); KL, rewards in fp32
+
+    def evaluate(self, model) -> tuple[dict, list[dict]]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return evaluate_policy(model, self.sft, self.tokenizer, self.reward_model, self.test_prompts, self.ecfg)
+
+
+def load_protocol(cfg) -> Protocol:
+    """The Protocol of an `evaluate`-like config (`sft`, `reward_model`, `data`, `eval`, `trainer.precision`)."""
     from warp_lightning import UserError
-    from warp_lightning.cli import cfg_output_dir
     from warp_lightning.data import prompt_splits
-    from warp_lightning.io import atomic_write_bytes
     from warp_lightning.policy import load_causal_lm, load_tokenizer
     from warp_lightning.reward import RewardModel
     from warp_lightning.warp import ensure_model
 
-    for key in ("model", "sft"):
-        if not Path(str(cfg[key])).exists():
-            raise UserError(f"{key}={cfg[key]} does not exist: pass a Hugging Face folder, e.g. "
-                            f"{key}=outputs/train/.../final")
+    if not Path(str(cfg.sft)).exists():
+        raise UserError(f"sft={cfg.sft} does not exist: pass the SFT policy's Hugging Face folder")
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
     tokenizer = load_tokenizer(cfg.sft)
-    model, sft = load_causal_lm(cfg.model).eval(), load_causal_lm(cfg.sft).eval()
     reward_model = RewardModel.from_pretrained(cfg.reward_model.name_or_path, sigmoid=cfg.reward_model.sigmoid,
                                                max_length=cfg.reward_model.max_length,
                                                batch_size=cfg.reward_model.batch_size)
     _, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
-                                    cfg.data.max_prompt_tokens, cfg.eval.prompt_seed, cache=cfg.paths.cache_dir)
-    metrics, rows = evaluate_policy(model, sft, tokenizer, reward_model, test_prompts, cfg.eval)
+                                    cfg.data.max_prompt_tokens, cfg.eval.prompt_seed, cache=cfg.paths.cache_dir,
+                                    path=cfg.data.get("path"))
+    return Protocol(tokenizer, load_causal_lm(cfg.sft).eval(), reward_model, test_prompts, cfg.eval,
+                    bf16=str(cfg.trainer.precision).startswith("bf16"))
+
+
+def named_models(value) -> dict[str, str]:
+    """`model=PATH`, `model=[PATH, ...]` or `model={name: PATH, ...}` as {name: path}."""
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(value, DictConfig | dict):
+        return {str(k): str(v) for k, v in value.items()}
+    paths = [str(v) for v in value] if isinstance(value, ListConfig | list | tuple) else [str(value)]
+    return {"/".join(Path(p).parts[-2:]): p for p in paths}
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """Experiment 1's table: model | mean reward | mean KL (with 95% intervals) | length | distinct-1/2."""
+    from warp_lightning.report import fmt_ci, markdown_table
+
+    rows = [[name, fmt_ci(m["reward_mean"], m["reward_ci95"]), fmt_ci(m["kl_mean"], m["kl_ci95"], 2),
+             fmt_ci(m["completion_length_mean"], m["completion_length_ci95"], 1),
+             f"{m['distinct_1']:.3f} / {m['distinct_2']:.3f}"] for name, m in results.items()]
+    return markdown_table(["model", "mean reward", "mean KL(pi || pi_sft)", "completion length",
+                           "distinct-1 / distinct-2"], rows)
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    import csv
+    import io
+
+    from warp_lightning.io import atomic_write_bytes
+
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_bytes(Path(cfg_output_dir()) / "completions.csv", buf.getvalue().encode())
-    return {**metrics, "model": str(cfg.model), "sft": str(cfg.sft)}
+    return atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def run(cfg) -> dict:
+    """`python -m warp_lightning evaluate model=PATH`: reward and KL(pi || pi_sft) with intervals.
+
+    Experiment 1 of WARP.md: with `with_sft=true` (the default) the SFT policy is evaluated too, on the
+    same subsamples, and the table `model | mean reward | mean KL` is printed and saved as `table.md`.
+    """
+    from warp_lightning import UserError
+    from warp_lightning.cli import cfg_output_dir
+    from warp_lightning.io import atomic_write_bytes
+    from warp_lightning.policy import load_causal_lm
+
+    sft_path = str(cfg.sft)
+
+    def is_sft(path: str) -> bool:
+        return Path(path).resolve() == Path(sft_path).resolve()
+
+    models = {}
+    for name, path in named_models(cfg.model).items():
+        if not Path(path).exists():
+            raise UserError(f"model={path} does not exist: pass a Hugging Face folder, e.g. "
+                            "model=outputs/train/.../final")
+        models["SFT" if is_sft(path) else name] = path
+    protocol = load_protocol(cfg)
+    if cfg.with_sft and not any(map(is_sft, models.values())):
+        models = {"SFT": sft_path, **models}
+    results, rows = {}, []
+    for name, path in models.items():
+        model = protocol.sft if is_sft(path) else load_causal_lm(path).eval()
+        metrics, completions = protocol.evaluate(model)
+        results[name] = {**metrics, "path": path}
+        rows += [{"model": name, **r} for r in completions]
+    out = Path(cfg_output_dir())
+    write_csv(out / "completions.csv", rows)
+    table = results_table(results)
+    atomic_write_bytes(out / "table.md", (table + "\n").encode())
+    print(table)
+    name = next((n for n, p in models.items() if not is_sft(p)), next(iter(models)))  # the model asked for
+    main = {k: v for k, v in results[name].items() if k != "path"}
+    return {**main, "model": models[name], "sft": sft_path, "models": results}

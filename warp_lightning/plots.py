@@ -1,6 +1,6 @@
-"""Training curves of a `train` run: `python -m warp_lightning.plots RUN_DIR [OUT.png]`.
-
-Reward and KL to the anchor per RL step for every run (i, m), on one global step axis.
+"""Figures: training curves of a `train` run (`python -m warp_lightning.plots RUN_DIR [OUT.png]`: reward and
+KL to the anchor per RL step for every run (i, m), on one global step axis), the reward-KL fronts of `front`
+and the T sweep of `report`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,26 @@ def read_run_curves(run_dir: str | Path) -> dict[str, list[dict[str, float]]]:
     return curves
 
 
-def plot_run_curves(run_dir: str | Path, out: str | Path) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_run_curves(run_dir: str | Path, out: str | Path) -> Path:
+    plt = _pyplot()
     curves = read_run_curves(run_dir)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     offset = 0.0
@@ -41,12 +55,55 @@ def plot_run_curves(run_dir: str | Path, out: str | Path) -> Path:
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
+
+
+def _num(value) -> float:
+    return float(value) if value not in ("", None) else float("nan")
+
+
+def draw_front(ax, rows: list[dict], title: str = "reward vs KL: LITI fronts (eta = 0 ... 1) and RL training curves"):
+    """Mean reward against KL(pi || pi_sft), with 95% intervals both ways, one line per curve of `front`.
+
+    LITI fronts of SLERP merges are solid, of linear merges dashed; training curves of single RL runs dotted.
+    """
+    for name in dict.fromkeys(r["curve"] for r in rows):
+        pts = sorted((r for r in rows if r["curve"] == name),
+                     key=lambda r: _num(r["eta"] if r["kind"] == "liti" else r["step"]))
+        kind, merge = pts[0]["kind"], pts[0]["merge"]
+        style = {"liti": ("-", "o") if merge != "linear" else ("--", "s"), "training": (":", "^")}[kind]
+        ax.errorbar([_num(r["kl_mean"]) for r in pts], [_num(r["reward_mean"]) for r in pts],
+                    xerr=[_num(r["kl_ci95"]) for r in pts], yerr=[_num(r["reward_ci95"]) for r in pts],
+                    ls=style[0], marker=style[1], ms=4, lw=1.3, elinewidth=0.7, capsize=2, label=name)
+    ax.set(xlabel="KL(pi || pi_sft), exact, nats per completion", ylabel="mean reward (sigmoid)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def plot_front(rows: list[dict], out: str | Path) -> Path:
+    fig, ax = _pyplot().subplots(figsize=(7.5, 5.2))
+    draw_front(ax, rows)
+    return _save(fig, out)
+
+
+def plot_sweep(table: list[dict], out: str | Path) -> Path:
+    """Reward and KL of the final model against T: the mean over seeds with its 95% interval, and each seed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = [r["steps"] for r in table]
+    for ax, key, label in zip(axes, ("reward", "kl"), ("mean reward of the final model (sigmoid)",
+                                                       "KL(final || SFT), exact, nats per completion"), strict=True):
+        for r in table:
+            ax.scatter([r["steps"]] * len(r[f"{key}_per_seed"]), r[f"{key}_per_seed"], color="grey", s=12,
+                       zorder=3, label="one seed" if r is table[0] else None)
+        ax.errorbar(steps, [r[f"{key}_mean"] for r in table], yerr=[r[f"{key}_ci95"] for r in table], marker="o",
+                    capsize=4, lw=1.5, label="mean over seeds, 95% interval")
+        ax.set(xlabel="T (RL steps per run)", ylabel=label, xticks=steps)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_title("reward against T")
+    axes[1].set_title("KL to the SFT policy against T")
+    return _save(fig, out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""`python -m warp_lightning front run=RUN`: the reward-KL Pareto fronts of WARP.md (experiment 3).
+
+For each iteration i of a WARP run, the LITI front (1 - eta) * theta_sft + eta * theta_slerp_i over `etas`;
+when the run saved its runs' last weights (`warp.snapshot_every > 0`), the same front for the linear merge
+of the same runs. Each baseline run adds curves: a single RL run (I = M = 1) its training curve (theta_m at
+each snapshot along training), a merged run the LITI fronts of its merges. Every point is evaluated with the
+protocol of `evaluate` (same subsamples and seeds for all) into front.csv; front.png plots reward against KL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from warp_lightning import UserError, merging
+
+log = logging.getLogger(__name__)
+
+StateDict = merging.StateDict
+COLUMNS = ["curve", "kind", "merge", "anchor", "kl_coef", "iteration", "eta", "step", "reward_mean",
+           "reward_ci95", "kl_mean", "kl_ci95", "kl_k1_mean", "completion_length_mean", "source"]
+
+
+@dataclass
+class Curve:
+    """One line of the plot. `points()` yields (eta or step fields, state); a None state is theta_sft itself."""
+
+    name: str
+    kind: str  # "liti": interpolations towards theta_sft; "training": checkpoints along one RL run
+    merge: str  # slerp | linear | none
+    anchor: str
+    kl_coef: float
+    iteration: int
+    source: str
+    points: Callable[[], Iterator[tuple[dict, StateDict | None]]]
+
+
+def load_state(folder: Path) -> StateDict:
+    from warp_lightning.policy import load_causal_lm
+
+    return load_causal_lm(folder).state_dict()
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """The resolved config of a finished `train` run (its manifest.json)."""
+    manifest = Path(run_dir) / "manifest.json"
+    if not manifest.exists():
+        raise UserError(f"{run_dir} is not a finished train run (no manifest.json): pass a train run folder")
+    return json.loads(manifest.read_text())["config"]
+
+
+def snapshots(run_dir: Path, iteration: int, run: int) -> dict[int, Path]:
+    """{step: folder} of the theta_m snapshots `iter_i/run_m/step_TTTT/` (train with warp.snapshot_every > 0)."""
+    folder = Path(run_dir) / f"iter_{iteration}" / f"run_{run}"
+    return {int(p.name.removeprefix("step_")): p for p in sorted(folder.glob("step_*"))
+            if (p / "config.json").exists()}
+
+
+def liti_points(theta_sft: StateDict, endpoint: Callable[[], StateDict], etas) -> Iterator:
+    theta = None
+    for eta in etas:
+        if eta == 0:
+            yield {"eta": 0.0}, None  # (1 - 0) * theta_sft: the SFT policy, evaluated once for every curve
+            continue
+        theta = theta if theta is not None else endpoint()
+        yield {"eta": float(eta)}, merging.liti(theta_sft, theta, float(eta))
+
+
+def training_points(steps: dict[int, Path]) -> Iterator:
+    yield {"step": 0}, None  # a single run starts at theta_sft
+    for step, folder in sorted(steps.items()):
+        yield {"step": step}, load_state(folder)
+
+
+def linear_endpoint(run_dir: Path, w: dict, iteration: int, theta_sft: StateDict) -> Callable[[], StateDict]:
+    """The linear merge of iteration i's runs (their last snapshots) from that iteration's theta_init."""
+
+    def merge() -> StateDict:
+        theta_init = theta_sft if iteration == 1 else load_state(run_dir / f"iter_{iteration - 1}" / "init")
+        runs = [load_state(snapshots(run_dir, iteration, m)[w["steps"]]) for m in range(1, w["runs"] + 1)]
+        lam = w["slerp_lambda"] if w["runs"] == 2 else None  # as WarpState merges
+        return merging.linear(theta_init, runs, lam)
+
+    return merge
+
+
+def run_curves(name: str, run_dir: Path, theta_sft: StateDict, etas, linear_etas=None) -> list[Curve]:
+    """The curves of one train run: its training curve (I = M = 1) or the LITI front of each merge (and with
+    `linear_etas`, of the linear merge of the same runs)."""
+    w = read_run(run_dir)["warp"]
+    meta = {"anchor": w["anchor"], "kl_coef": float(w["kl_coef"]), "source": str(run_dir)}
+    if w["iterations"] == 1 and w["runs"] == 1:
+        steps = snapshots(run_dir, 1, 1)
+        if not steps:
+            raise UserError(f"{run_dir} has no snapshots (iter_1/run_1/step_*): train the baseline with "
+                            "warp.snapshot_every=N to get its training curve")
+        return [Curve(name, "training", "none", iteration=1, points=lambda: training_points(steps), **meta)]
+    curves = []
+    for i in range(1, w["iterations"] + 1):
+        merged = run_dir / f"iter_{i}" / "slerp"
+        curves.append(Curve(f"{name} i{i}", "liti", w["merge"], iteration=i, **meta,
+                            points=lambda merged=merged: liti_points(theta_sft, lambda: load_state(merged), etas)))
+        if linear_etas and w["merge"] == "slerp":
+            if any(w["steps"] not in snapshots(run_dir, i, m) for m in range(1, w["runs"] + 1)):
+                log.warning("%s: no snapshot of each run's last step in iter_%d: no linear-merge front (train "
+                            "with warp.snapshot_every > 0)", run_dir, i)
+                continue
+            endpoint = linear_endpoint(run_dir, w, i, theta_sft)
+            curves.append(Curve(f"{name} linear i{i}", "liti", "linear", iteration=i, **meta,
+                                points=lambda endpoint=endpoint: liti_points(theta_sft, endpoint, linear_etas)))
+    return curves
+
+
+def check_same_sft(run_dir: Path, sft: str) -> None:
+    policy = str(read_run(run_dir)["policy"]["name_or_path"])
+    same = Path(policy).resolve() == Path(sft).resolve() if Path(policy).exists() else policy == sft
+    if not same:
+        raise UserError(f"{run_dir} started from policy {policy}, not sft={sft}: KL(pi || pi_sft) needs the "
+                        "run's own SFT policy (pass sft=... or the run's paths.models_dir=...)")
+
+
+def evaluate_curves(curves: list[Curve], protocol) -> list[dict]:
+    """Evaluate every point with the protocol; theta_sft (eta = 0, step 0) once for all curves."""
+    from warp_lightning.evaluate import model_from_state
+
+    sft_metrics, rows = None, []
+    for curve in curves:
+        for where, state in curve.points():
+            if state is None:
+                sft_metrics = sft_metrics or protocol.evaluate(protocol.sft)[0]
+                metrics = sft_metrics
+            else:
+                metrics = protocol.evaluate(model_from_state(protocol.sft, state))[0]
+            row = {"curve": curve.name, "kind": curve.kind, "merge": curve.merge, "anchor": curve.anchor,
+                   "kl_coef": curve.kl_coef, "iteration": curve.iteration, "eta": where.get("eta", ""),
+                   "step": where.get("step", ""), **{k: metrics[k] for k in COLUMNS if k in metrics},
+                   "source": curve.source}
+            rows.append(row)
+            log.info("front: %s %s: reward %.3f +- %.3f, KL %.2f +- %.2f", curve.name,
+                     " ".join(f"{k}={v}" for k, v in where.items()), row["reward_mean"], row["reward_ci95"],
+                     row["kl_mean"], row["kl_ci95"])
+    return rows
+
+
+def run(cfg) -> dict:
+    from warp_lightning.cli import cfg_output_dir
+    from warp_lightning.evaluate import load_protocol, write_csv
+    from warp_lightning.plots import plot_front
+
+    started = time.time()
+    etas, linear_etas = [float(e) for e in cfg.etas], [float(e) for e in cfg.linear_etas or []]
+    for key, values in (("etas", etas), ("linear_etas", linear_etas)):
+        if not all(0.0 <= e <= 1.0 for e in values) or (key == "etas" and not values):
+            raise UserError(f"{key}={values} is invalid: give values in [0, 1]")
+    # curve names: "SFT_anchor_beta_0.1" (a Hydra dict key has no spaces) reads "SFT anchor beta 0.1"
+    runs = {cfg.name: Path(str(cfg.run)),
+            **{str(k).replace("_", " "): Path(str(v)) for k, v in (cfg.baselines or {}).items()}}
+    for run_dir in runs.values():
+        check_same_sft(run_dir, str(cfg.sft))
+    protocol = load_protocol(cfg)
+    theta_sft = protocol.sft.state_dict()
+    curves = [c for name, run_dir in runs.items()
+              for c in run_curves(name, run_dir, theta_sft, etas, linear_etas if name == cfg.name else None)]
+    rows = evaluate_curves(curves, protocol)
+    out = Path(cfg_output_dir())
+    write_csv(out / "front.csv", [{k: r.get(k, "") for k in COLUMNS} for r in rows])
+    plot_front(rows, out / "front.png")
+    best = {c.name: max((r for r in rows if r["curve"] == c.name), key=lambda r: r["reward_mean"]) for c in curves}
+    return {"points": len(rows), "curves": {name: {"max_reward": r["reward_mean"], "kl_at_max_reward": r["kl_mean"]}
+                                            for name, r in best.items()},
+            "seconds": round(time.time() - started, 1)}
