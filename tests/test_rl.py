@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from warp_lightning import rl
-from warp_lightning.policy import completion_logprobs, left_pad, sample, sample_tokens
+from warp_lightning import policy, rl
+from warp_lightning.policy import Rollout, completion_logprobs, left_pad, sample, sample_tokens
 
 
 def test_rloo_advantages_hand_computation():
@@ -77,6 +77,20 @@ def test_inverse_cdf_sampling_matches_the_distribution():
     draws = sample_tokens(logits, 1.0, torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=3).float() / len(draws)
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.01)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sliced_sampling_matches_the_distribution(monkeypatch, temperature):
+    """The sampler picks a vocabulary slice by its mass, then a token by the slice's own CDF."""
+    monkeypatch.setattr(policy, "HEAD_CHUNK", 4)
+    probs = torch.tensor([0.05, 0.1, 0.0, 0.15, 0.2, 0.02, 0.08, 0.1, 0.25, 0.05])  # 3 slices, the last padded
+    logits = torch.full((40000, 12), float("-inf"))
+    logits[:, :10] = probs.log() + 3.0
+    draws, lse = policy._sample_slices(logits, 10, temperature, torch.Generator().manual_seed(0))
+    expected = torch.softmax(probs.log() / temperature, -1)
+    freq = torch.bincount(draws, minlength=10).float() / len(draws)
+    assert torch.allclose(freq, expected, atol=0.01) and freq[2] == 0
+    assert torch.allclose(lse, torch.full_like(lse, 3.0), atol=1e-5)  # the temperature-1 normaliser
 
 
 def test_scoring_logprobs_equal_sampling_logprobs_with_left_padding():
@@ -152,3 +166,101 @@ def test_compiled_kernels_match_eager_in_bf16():
     for eager, compiled in zip(grads[0], grads[1], strict=True):
         assert torch.allclose(eager, compiled, atol=2e-2, rtol=2e-2)
     assert torch.equal(sample_tokens(logits, 0.9, torch.Generator().manual_seed(3)), draws_compiled)
+
+
+def test_sampling_without_eos_stop_gives_exactly_max_new_tokens():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=4, n_positions=64)).eval()
+    ids, mask = left_pad([[1, 2]] * 8, pad_id=0)
+    rollout = sample(model, ids, mask, 30, eos_token_id=3, pad_token_id=0, stop_at_eos=False,
+                     generator=torch.Generator().manual_seed(0))
+    assert rollout.completion_ids.shape == (8, 30) and rollout.completion_mask.all()
+    assert (rollout.completion_ids == 3).any()  # EOS was drawn and kept as an ordinary token
+    assert rollout.attention_mask[:, 2:].all()
+
+
+def _float64_policy(vocab: int = 6) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=vocab, n_positions=64, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(config).double().eval()
+
+
+def _logprobs_and_grads(model, rollout, weights):
+    model.zero_grad()
+    token_lp, entropy, _ = completion_logprobs(model, rollout, entropy_stride=3)
+    (token_lp * weights).sum().backward()
+    return token_lp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
+
+
+def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch):
+    """One update per batch: the sampling pass's logits stand for the head's projection (float64)."""
+    monkeypatch.setattr(policy, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
+    monkeypatch.setattr(policy, "GRAD_CHUNK_BYTES", 4 * 4 * 20)  # and slices of a few columns in the backward
+    model = _float64_policy()
+    # the k = 3 samples of each prompt share one prompt forward; EOS (3) stops some rows early
+    ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)
+    ids, mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
+    rollout = sample(model, ids, mask, 12, eos_token_id=3, pad_token_id=0, keep_logits=True,
+                     generator=torch.Generator().manual_seed(2))
+    assert not rollout.completion_mask.all() and rollout.sampled_by(model)
+    plain = Rollout(rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask)
+    weights = torch.randn(rollout.completion_mask.shape, generator=torch.Generator().manual_seed(0))
+    kept_lp, kept_entropy, kept_grads = _logprobs_and_grads(model, rollout, weights)
+    lp, entropy, grads = _logprobs_and_grads(model, plain, weights)
+    assert torch.allclose(kept_lp, lp, atol=1e-10)
+    assert torch.allclose(kept_entropy, entropy, atol=1e-6)  # entropy is logged in float32
+    for a, b in zip(kept_grads, grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    with torch.no_grad():  # the graph-free path (the anchor's): the log-sum-exp slice by slice
+        assert torch.allclose(completion_logprobs(model, plain)[0], lp, atol=1e-10)
+
+
+def test_shared_prompt_forward_matches_each_row_alone():
+    """k samples per prompt run the prompt once; values and gradients are those of separate full forwards."""
+    model = _float64_policy()
+    ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)
+    ids, mask = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)
+    rollout = sample(model, ids, mask, 5, eos_token_id=3, pad_token_id=0, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(rollout.completion_mask.shape, generator=torch.Generator().manual_seed(0))
+    lp, _, grads = _logprobs_and_grads(model, rollout, weights)
+    model.zero_grad()
+    total = 0.0
+    for row in range(ids.shape[0]):
+        prompt = ids[row][mask[row].bool()].tolist()
+        completion = rollout.completion_ids[row][rollout.completion_mask[row].bool()].tolist()
+        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+        ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+        assert torch.allclose(lp[row, : len(completion)], ref.detach(), atol=1e-10)
+        total = total + (ref * weights[row, : len(completion)]).sum()
+    total.backward()
+    for a, p in zip(grads, model.parameters(), strict=True):
+        assert torch.allclose(a, p.grad, atol=1e-10)
+
+
+def test_kept_logits_are_used_only_by_the_sampler_with_unchanged_weights(monkeypatch):
+    monkeypatch.setattr(policy, "HEAD_CHUNK", 4)
+    model = _float64_policy()
+    other = _float64_policy()
+    ids, mask = left_pad([[1, 2]] * 2, pad_id=0)
+    rollout = sample(model, ids, mask, 4, keep_logits=True, generator=torch.Generator().manual_seed(0))
+    assert rollout.sampled_by(model) and not rollout.sampled_by(other)
+    assert rollout.logits.shape == (4, 2, 8) and rollout.logsumexp.shape == (2, 4)  # token-major, padded
+    assert torch.isinf(rollout.logits[..., 6:]).all()
+    with torch.no_grad():
+        next(model.parameters()).add_(0.0)  # any in-place update (optimizer, EMA, load_state_dict)
+    assert not rollout.sampled_by(model)
+    assert sample(model, ids, mask, 4).logits is None
+
+
+def test_kept_logits_buffer_is_reused_only_when_nothing_views_it():
+    model = _float64_policy()
+    ids, mask = left_pad([[1, 2]] * 3, pad_id=0)
+    first = sample(model, ids, mask, 5, keep_logits=True, generator=torch.Generator().manual_seed(0))
+    saved = first.logits.clone()
+    second = sample(model, ids, mask, 5, keep_logits=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first.logits, saved)  # the first rollout still holds its own buffer
+    address = second.logits.data_ptr()
+    del second
+    third = sample(model, ids, mask, 5, keep_logits=True, generator=torch.Generator().manual_seed(2))
+    assert third.logits.data_ptr() == address and torch.equal(first.logits, saved)
