@@ -22,6 +22,12 @@ train:
 lint:
 	$(BIN)/ruff check warp_lightning tests benchmarks
 
+# `make bench`: our RL step against TRL's RLOOTrainer, tiny and small GPT-2 (benchmarks/RESULTS.md);
+# BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS=--scaling` for the table of cost against work.
+bench:
+	$(BIN)/uv pip install $(UV_FLAGS) -e ".[dev,bench]"
+	$(BIN)/python benchmarks/rl_step.py $(BENCH_ARGS)
+
 # `make reproduce`: experiments 1-3 of WARP.md on the offline default into outputs/reproduce/, then reports/
 # (markdown tables, PNG plots, the paper's claims). At most 90 minutes on 2 cores: the budget is in
 # conf/experiment/reproduce.yaml. Run again after an interruption: finished runs are skipped (train resumes).

@@ -5,11 +5,14 @@
 
 A step: 16 prompts of 5-20 tokens, k = 4 completions each of exactly 32 new tokens sampled at temperature 1,
 reward, log-probs of the policy and the anchor, RLOO loss with the KL folded into the reward, backward, grad
-clip, optimizer step, EMA update of the anchor. Both sides get a randomly initialised GPT-2 (same weights),
-the real GPT-2 tokenizer, and the same reward model object. TRL is driven by `trainer.train()`; after each of
-its steps a callback runs one step of ours, so the two alternate in one process and share any background load.
-Our side calls the project's own functions (`policy.sample`, `policy.completion_logprobs`, `rl.*`), composed
-as `RLOOModule.training_step` and the `EMAAnchor` callback compose them.
+clip, optimizer step, EMA update of the anchor. Both sides get a randomly initialised GPT-2 (the same weights,
+saved to one folder that both load), the real GPT-2 tokenizer, and the same reward model.
+
+TRL is driven by `trainer.train()`; after each of its steps a callback runs one step of ours, so the two
+alternate in one process and share whatever else loads the machine. Our side calls the project's functions
+(`policy.sample`, `policy.completion_logprobs`, `rl.*`) as `RLOOModule.training_step`, the optimizer step and
+the `EMAAnchor` callback compose them, with `sample(..., keep_logits=True)`. Peak memory is measured apart,
+in a fresh process per side, so that neither side's buffers count against the other.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import argparse
 import contextlib
 import copy
 import datetime
+import json
 import logging
 import os
 import random
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -63,7 +68,7 @@ class Work:
     new_tokens: int = 32
     min_prompt: int = 5
     max_prompt: int = 20
-    beta: float = 0.1  # KL coefficient (WARP.md's default), so both sides run the anchor / reference model
+    beta: float = 0.1  # KL coefficient (WARP.md's default): both sides score the anchor / reference model
     mu: float = 0.01  # EMA rate of the anchor
     lr: float = 5e-4
     grad_clip: float = 1.0
@@ -74,10 +79,6 @@ class Work:
 
 
 # ---------------------------------------------------------------------------------------------- the shared setup
-
-
-def gpt2_tokenizer():
-    return load_tokenizer(fetch("gpt2_tokenizer"))
 
 
 def make_prompts(tokenizer, work: Work, seed: int) -> list[list[int]]:
@@ -95,15 +96,19 @@ def make_prompts(tokenizer, work: Work, seed: int) -> list[list[int]]:
     return prompts
 
 
-def random_gpt2(size: str, vocab: int, seed: int) -> GPT2LMHeadModel:
+def save_random_gpt2(size: str, tokenizer, folder: Path, seed: int) -> int:
+    """A randomly initialised GPT-2 of `size` (dropout off) saved with the tokenizer; returns its parameter count."""
     layers, width, heads = SIZES[size]
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, vocab_size=vocab, n_positions=1024,
+    config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, vocab_size=len(tokenizer), n_positions=1024,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    return GPT2LMHeadModel(config).eval()
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
 
 
-def random_reward_model(tokenizer, seed: int) -> tuple[RewardModel, object]:
+def random_reward_model(tokenizer, seed: int) -> RewardModel:
     """A random 2-layer DistilBERT (width 128) reading the GPT-2 tokenizer: one raw score per text."""
     torch.manual_seed(seed + 1)
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=128, n_layers=2, n_heads=2, hidden_dim=512,
@@ -111,7 +116,7 @@ def random_reward_model(tokenizer, seed: int) -> tuple[RewardModel, object]:
     model = DistilBertForSequenceClassification(config).eval().requires_grad_(False)
     reward_tokenizer = copy.deepcopy(tokenizer)
     reward_tokenizer.padding_side = "right"
-    return RewardModel(model, reward_tokenizer, sigmoid=False, max_length=128), reward_tokenizer
+    return RewardModel(model, reward_tokenizer, sigmoid=False, max_length=128)
 
 
 def autocast(bf16: bool):
@@ -138,7 +143,7 @@ def _shaped(formula):
     def count(*args, **kwargs):
         return formula(*args, **kwargs)
 
-    count._get_raw = True  # `formula` already reads shapes off the tensors
+    count._get_raw = True  # `formula` already reads the shapes off the tensors
     return count
 
 
@@ -152,12 +157,12 @@ _MORE_FLOPS = {
 
 
 def flop_counter_mode():
-    """Counts the FLOPs of matmuls and attention that torch dispatches inside it (2 per multiply-add)."""
+    """Counts the FLOPs (2 per multiply-add) of the matmuls and attention that torch dispatches inside it."""
     return flop_counter.FlopCounterMode(display=False, custom_mapping=_MORE_FLOPS)
 
 
 class PhaseFlops:
-    """`with counter("phase"):` adds the matmul/attention FLOPs that torch dispatches in the block."""
+    """`with counter("phase"):` adds the block's matmul and attention FLOPs to `flops[phase]`."""
 
     def __init__(self):
         self.flops = dict.fromkeys(PHASES, 0)
@@ -174,27 +179,10 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class PeakRSS:
-    """The highest resident set size while the block runs, sampled every millisecond in a thread."""
-
-    def __enter__(self):
-        self.before = self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, rss_bytes())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-
-    def __str__(self):
-        return f"{self.peak / GiB:.2f} GiB (+{(self.peak - self.before) / GiB:.2f} GiB over the step's start)"
+def peak_rss_bytes() -> int:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not carried over from the parent through exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def matmul_rate(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
@@ -216,28 +204,29 @@ def matmul_rate(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
 class WarpStep:
     """The project's RL step: `RLOOModule.training_step`, the optimizer step and the `EMAAnchor` update."""
 
-    def __init__(self, policy, tokenizer, reward_model, prompts: list[list[int]], work: Work, bf16: bool, seed: int,
-                 keep_logits: bool = True):
-        self.policy, self.tokenizer, self.reward_model, self.work, self.bf16 = policy, tokenizer, reward_model, work, bf16
-        self.keep_logits = keep_logits
-        self.anchor = copy.deepcopy(policy).requires_grad_(False).eval()
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=work.lr, betas=(0.9, 0.999), eps=1e-8)
-        ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+    def __init__(self, model_dir: Path, reward_model: RewardModel, prompts: list[list[int]], work: Work,
+                 bf16: bool, seed: int, compiled: bool = True):
+        self.tokenizer = load_tokenizer(model_dir)
+        self.policy = load_causal_lm(model_dir).eval()  # as training loads it
+        self.anchor = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        self.reward_model, self.work, self.bf16, self.compiled = reward_model, work, bf16, compiled
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=work.lr, betas=(0.9, 0.999), eps=1e-8)
+        ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
         self.prompt_ids, self.prompt_mask = ids.repeat_interleave(work.k, 0), mask.repeat_interleave(work.k, 0)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, probe=None) -> dict:
-        """One step; `probe(phase)` wraps each phase (a `PhaseTimer` unless given). Returns the probe."""
+    def __call__(self, probe=None):
+        """One step; `probe(phase)` wraps each phase (a new `PhaseTimer` unless given). Returns the probe."""
         probe = probe or PhaseTimer()
-        w = self.work
+        w, tok = self.work, self.tokenizer
         with autocast(self.bf16):
             with probe("generation"):
-                # exactly `new_tokens` tokens: EOS does not stop a row (as min_new_tokens does on the TRL side)
+                # exactly `new_tokens` tokens: EOS does not stop a row (TRL: min_new_tokens)
                 rollout = sample(self.policy, self.prompt_ids, self.prompt_mask, w.new_tokens, temperature=1.0,
-                                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-                                 generator=self.generator, stop_at_eos=False, keep_logits=self.keep_logits)
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                 generator=self.generator, stop_at_eos=False, keep_logits=True)
             with probe("reward"):
-                reward = torch.as_tensor(self.reward_model(decode_texts(self.tokenizer, rollout))).float()
+                reward = torch.as_tensor(self.reward_model(decode_texts(tok, rollout))).float()
             with probe("forwards"):
                 mask = rollout.completion_mask.float()
                 token_lp, _entropy, _ = completion_logprobs(self.policy, rollout, entropy_stride=8)
@@ -257,30 +246,26 @@ class WarpStep:
         assert rollout.completion_mask.all() and rollout.completion_ids.shape[1] == w.new_tokens
         return probe
 
-
-def count_our_flops(step: WarpStep) -> dict:
-    """FLOPs per phase of one step, counted with eager kernels (compiled ones hide their ops from the counter;
-    they fuse element-wise passes and reductions, not matmuls, so the count is the same)."""
-    compiled = step_uses_compiled
-    use_compiled_kernels(False)
-    try:
-        return step(PhaseFlops()).flops
-    finally:
-        use_compiled_kernels(compiled)
-
-
-step_uses_compiled = True
+    def count_flops(self) -> dict:
+        """FLOPs per phase of one step, with eager kernels: the compiled ones (element-wise passes and
+        reductions, no matmuls) hide their ops from the counter."""
+        use_compiled_kernels(False)
+        try:
+            return self(PhaseFlops()).flops
+        finally:
+            use_compiled_kernels(self.compiled)
 
 
 # ----------------------------------------------------------------------------------------------------- TRL's step
 
 
-def trl_trainer(model_dir: Path, tokenizer, reward: RewardModel, reward_tokenizer, prompts, work: Work,
-                max_steps: int, bf16: bool, seed: int, callback):
+def trl_trainer(model_dir: Path, reward: RewardModel, prompts, work: Work, max_steps: int, bf16: bool, seed: int,
+                callback):
     """RLOOTrainer doing our step's work: one update per batch of 16 prompts x 4, exactly 32 new tokens."""
     from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
 
+    tokenizer = load_tokenizer(model_dir)
     texts = [tokenizer.decode(p) for p in prompts]
     args = RLOOConfig(
         output_dir=str(model_dir / "trl"), report_to="none", save_strategy="no", logging_steps=10**6,
@@ -296,157 +281,181 @@ def trl_trainer(model_dir: Path, tokenizer, reward: RewardModel, reward_tokenize
     )
     trainer = RLOOTrainer(model=str(model_dir), reward_funcs=[reward.model], args=args,
                           train_dataset=Dataset.from_dict({"prompt": texts * max_steps}),
-                          processing_class=tokenizer, reward_processing_classes=[reward_tokenizer])
+                          processing_class=tokenizer, reward_processing_classes=[reward.tokenizer])
     trainer.add_callback(callback)  # after TRL's own SyncRefModelCallback: its EMA is inside the timed step
     return trainer
 
 
-def alternating_callback(ours: WarpStep, timed: range, flops_step: int, memory_step: int):
+def step_callback(after_step=None, flops_step: int = -1):
+    """A TrainerCallback timing TRL's steps (and counting the FLOPs of step `flops_step`); after each step it
+    calls `after_step(step)`, which runs one of ours when the two alternate."""
     from transformers import TrainerCallback
 
-    class Alternate(TrainerCallback):
-        """Times each TRL step, then runs one of ours; probes FLOPs and memory on the two extra steps."""
-
+    class Steps(TrainerCallback):
         def __init__(self):
-            self.trl_seconds, self.our_phases, self.trl_flops, self.our_flops = [], [], None, None
-            self.trl_memory = self.our_memory = None
+            self.seconds, self.flops, self.start_rss = [], None, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start_rss = rss_bytes()  # the models (policy, reference, reward) are loaded
 
         def on_step_begin(self, args, state, control, **kwargs):
-            step = state.global_step
-            self._probe = (flop_counter_mode() if step == flops_step
-                           else PeakRSS() if step == memory_step else contextlib.nullcontext())
+            self._probe = flop_counter_mode() if state.global_step == flops_step else contextlib.nullcontext()
             self._probe.__enter__()
             self._start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            seconds = time.perf_counter() - self._start
+            self.seconds.append(time.perf_counter() - self._start)
             self._probe.__exit__(None, None, None)
-            step = state.global_step - 1
-            if step in timed:
-                self.trl_seconds.append(seconds)
-                self.our_phases.append(ours().seconds)
-            elif step == flops_step:
-                self.trl_flops = self._probe.get_total_flops()
-                self.our_flops = count_our_flops(ours)
-            elif step == memory_step:
-                self.trl_memory = self._probe
-                with PeakRSS() as self.our_memory:
-                    ours()
-            else:  # warm-up
-                ours()
+            if state.global_step - 1 == flops_step:
+                self.flops = self._probe.get_total_flops()
+            if after_step is not None:
+                after_step(state.global_step - 1)
 
-    return Alternate()
+    return Steps()
 
 
-# ------------------------------------------------------------------------------------------------------ reporting
+# -------------------------------------------------------------------------------------------- runs and reporting
+
+
+def child(args) -> None:
+    """`--child ours|trl`: steps of one side alone in this fresh process; prints one JSON line (times, memory)."""
+    work = Work(prompts=args.completions // 4)
+    tokenizer = load_tokenizer(fetch("gpt2_tokenizer"))
+    reward = random_reward_model(tokenizer, args.seed)
+    prompts = make_prompts(tokenizer, work, args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp)
+        save_random_gpt2(args.sizes, tokenizer, model_dir, args.seed)
+        if args.child == "ours":
+            ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile)
+            start_rss = rss_bytes()
+            seconds = [sum(ours().seconds.values()) for _ in range(args.warmup + args.steps)][args.warmup:]
+        else:
+            callback = step_callback()
+            trl_trainer(model_dir, reward, prompts, work, args.warmup + args.steps, args.bf16, args.seed,
+                        callback).train()
+            seconds, start_rss = callback.seconds[args.warmup:], callback.start_rss
+    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss_bytes(), "start_rss": start_rss}))
+
+
+def run_child(side: str, size: str, args, completions: int = 64, steps: int = 1, warmup: int = 1) -> dict:
+    command = [sys.executable, __file__, "--child", side, "--sizes", size, "--completions", str(completions),
+               "--steps", str(steps), "--warmup", str(warmup), "--seed", str(args.seed)]
+    command += ["--bf16"] * args.bf16 + ["--no-compile"] * args.no_compile
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
+    return f"{statistics.median(values):6.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def compare(size: str, args, tokenizer, reward, reward_tokenizer, rate: float) -> float:
+def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> float:
+    """Both sides alternating on `size`; prints the comparison and returns TRL's median step time over ours."""
     work = Work()
     prompts = make_prompts(tokenizer, work, args.seed)
-    policy = random_gpt2(size, len(tokenizer), args.seed)
-    n_params = sum(p.numel() for p in policy.parameters())
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
-        policy.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-        # our side loads it the way training does (`load_causal_lm`); TRL loads the same folder itself
-        ours = WarpStep(load_causal_lm(model_dir).eval(), tokenizer, reward, prompts, work, args.bf16, args.seed)
+        n_params = save_random_gpt2(size, tokenizer, model_dir, args.seed)
+        ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile)
         timed = range(args.warmup, args.warmup + args.steps)
-        callback = alternating_callback(ours, timed, timed.stop, timed.stop + 1)
-        trainer = trl_trainer(model_dir, tokenizer, reward, reward_tokenizer, prompts, work, timed.stop + 2,
-                              args.bf16, args.seed, callback)
-        trainer.train()
-    ours_s = [sum(p.values()) for p in callback.our_phases]
-    ours_cps = [work.completions / s for s in ours_s]
-    trl_cps = [work.completions / s for s in callback.trl_seconds]
+        phases, our_flops = [], {}
+
+        def our_step(step: int) -> None:
+            if step in timed:
+                phases.append(ours().seconds)
+            elif step == timed.stop:
+                our_flops.update(ours.count_flops())
+            else:
+                ours()  # warm-up (compiles the kernels)
+
+        callback = step_callback(our_step, flops_step=timed.stop)
+        trl_trainer(model_dir, reward, prompts, work, timed.stop + 1, args.bf16, args.seed, callback).train()
+    trl_s = callback.seconds[timed.start : timed.stop]
+    ours_s = [sum(p.values()) for p in phases]
+    memory = {side: run_child(side, size, args) for side in ("ours", "trl")}
+
     layers, width, _ = SIZES[size]
     print(f"\n== {size}: {layers} layers, width {width}, {n_params / 1e6:.1f}M parameters ==")
-    print(f"completions/s, median (min-max) over {args.steps} steps:")
-    print(f"  warp_lightning {spread(ours_cps)}   {statistics.median(ours_s):.3f} s/step")
-    print(f"  trl            {spread(trl_cps)}   {statistics.median(callback.trl_seconds):.3f} s/step")
-    med = {ph: statistics.median(p[ph] for p in callback.our_phases) for ph in PHASES}
-    print("our step, median s: " + " | ".join(f"{ph} {med[ph]:.3f}" for ph in PHASES))
-    flops = callback.our_flops
-    total = sum(flops.values())
-    print("our counted GFLOP:  " + " | ".join(f"{ph} {flops[ph] / 1e9:.1f}" for ph in PHASES)
-          + f" | total {total / 1e9:.1f}")
+    print(f"completions/s, median (min-max) over {args.steps} alternating steps:")
+    print(f"  warp_lightning {spread([work.completions / s for s in ours_s])}   "
+          f"{statistics.median(ours_s):.3f} s/step")
+    print(f"  trl            {spread([work.completions / s for s in trl_s])}   "
+          f"{statistics.median(trl_s):.3f} s/step")
+    med = {ph: statistics.median(p[ph] for p in phases) for ph in PHASES}
+    print("our step, median s:  " + " | ".join(f"{ph} {med[ph]:.3f}" for ph in PHASES))
+    total = sum(our_flops.values())
+    print("our step, GFLOP:     " + " | ".join(f"{ph} {our_flops[ph] / 1e9:.1f}" for ph in PHASES))
     for name, count, seconds in (("warp_lightning", total, statistics.median(ours_s)),
-                                 ("trl", callback.trl_flops, statistics.median(callback.trl_seconds))):
-        print(f"  {name:14s} {count / 1e9:7.1f} GFLOP in {seconds:.3f} s = {count / seconds / 1e9:6.1f} GFLOP/s, "
-              f"{count / seconds / rate:.2f} of the measured matmul rate")
-    print(f"peak memory (RSS): warp_lightning {callback.our_memory}; trl {callback.trl_memory}")
-    return statistics.median(callback.trl_seconds) / statistics.median(ours_s)
+                                 ("trl", callback.flops, statistics.median(trl_s))):
+        print(f"  {name:14s} {count / 1e9:7.1f} GFLOP counted in {seconds:.3f} s = {count / seconds / 1e9:6.1f} "
+              f"GFLOP/s = {count / seconds / rate:.2f} of the measured matmul rate")
+    print("peak memory, one side alone in a fresh process (peak RSS; above the RSS with the models loaded):")
+    for name, side in (("warp_lightning", "ours"), ("trl", "trl")):
+        m = memory[side]
+        print(f"  {name:14s} {m['peak_rss'] / GiB:5.2f} GiB ({(m['peak_rss'] - m['start_rss']) / GiB:+.2f} GiB)")
+    return statistics.median(trl_s) / statistics.median(ours_s)
 
 
-def scaling(args, tokenizer, reward) -> None:
+def scaling(args) -> None:
     """Our step's time and peak memory against completions per step and model size, as a markdown table."""
-    rows = []
-    for size in args.scaling_sizes.split(","):
-        for completions in (int(c) for c in args.scaling_completions.split(",")):
-            work = Work(prompts=completions // 4)
-            policy = random_gpt2(size, len(tokenizer), args.seed)
-            step = WarpStep(policy, tokenizer, reward, make_prompts(tokenizer, work, args.seed), work, args.bf16,
-                            args.seed)
-            for _ in range(args.scaling_warmup):
-                step()
-            seconds = []
-            for _ in range(args.scaling_steps):
-                with PeakRSS() as memory:
-                    seconds.append(sum(step().seconds.values()))
-            s = statistics.median(seconds)
-            rows.append(f"| {size} | {completions} | {s:.2f} | {completions / s:.1f} | {memory.peak / GiB:.2f} | "
-                        f"{(memory.peak - memory.before) / GiB:.2f} |")
+    rows = ["| model | completions/step | s/step (median) | completions/s | peak RSS GiB | above models GiB |",
+            "|---|---|---|---|---|---|"]
+    for size in args.sizes.split(","):
+        layers, width, _ = SIZES[size]
+        for completions in (int(c) for c in args.completions_list.split(",")):
+            m = run_child("ours", size, args, completions, args.steps, args.warmup)
+            s = statistics.median(m["seconds"])
+            rows.append(f"| {size} ({layers}x{width}) | {completions} | {s:.2f} | {completions / s:.1f} | "
+                        f"{m['peak_rss'] / GiB:.2f} | {(m['peak_rss'] - m['start_rss']) / GiB:.2f} |")
             print(rows[-1], flush=True)
-            del step, policy
-    print("\n| model | completions/step | s/step (median) | completions/s | peak RSS GiB | step's own GiB |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
+    print("\n" + "\n".join(rows))
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", default="tiny,small", help="comma-separated: " + ",".join(SIZES))
-    p.add_argument("--steps", type=int, default=5, help="timed steps per side")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (compiles kernels)")
+    p.add_argument("--sizes", default=None, help="comma-separated, from: " + ", ".join(SIZES)
+                   + " (default tiny,small; with --scaling tiny,small,gpt2)")
+    p.add_argument("--steps", type=int, help="timed steps per side (default 5; with --scaling per cell, default 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile the kernels)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
-    p.add_argument("--no-compile", action="store_true", help="eager log-prob/sampling kernels on our side")
+    p.add_argument("--no-compile", action="store_true", help="eager log-prob and sampling kernels on our side")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scaling", action="store_true", help="only our step: table over sizes x completions")
-    p.add_argument("--scaling-sizes", default="tiny,small,gpt2")
-    p.add_argument("--scaling-completions", default="16,64,256")
-    p.add_argument("--scaling-steps", type=int, default=2)
-    p.add_argument("--scaling-warmup", type=int, default=1)
+    p.add_argument("--scaling", action="store_true", help="only our step: a table over sizes x completions/step")
+    p.add_argument("--completions-list", default="16,64,256", help="completions per step for --scaling")
+    p.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    p.add_argument("--completions", type=int, default=64, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.steps = args.steps or (2 if args.scaling else 5)
+    args.sizes = args.sizes or ("tiny,small,gpt2" if args.scaling else "tiny,small")
 
-    global step_uses_compiled
-    step_uses_compiled = not args.no_compile
-    use_compiled_kernels(step_uses_compiled)
+    use_compiled_kernels(not args.no_compile)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    tokenizer = gpt2_tokenizer()
-    reward, reward_tokenizer = random_reward_model(tokenizer, args.seed)
-    rate = matmul_rate(args.bf16)
+    if args.child:
+        child(args)
+        return
     import trl
 
     precision = "bf16 autocast" if args.bf16 else "fp32"
     print(f"rl_step {datetime.datetime.now():%Y-%m-%d %H:%M}: torch {torch.__version__}, trl {trl.__version__}, "
           f"{torch.get_num_threads()} threads, {precision}, load average {os.getloadavg()[0]:.2f}")
-    print(f"machine matmul rate: {rate / 1e9:.1f} GFLOP/s ({precision}, 2048^3 matmul, best of 5)")
+    rate = matmul_rate(args.bf16)
+    print(f"machine matmul rate: {rate / 1e9:.1f} GFLOP/s ({precision}, 2048^3, best of 5)")
     work = Work()
     print(f"work per step: {work.prompts} prompts of {work.min_prompt}-{work.max_prompt} tokens x k={work.k} = "
           f"{work.completions} completions of exactly {work.new_tokens} tokens, temperature 1, beta={work.beta}, "
-          f"EMA mu={work.mu}, Adam(W) lr={work.lr}, grad clip {work.grad_clip}")
-    print("reward: a random 2-layer DistilBERT (width 128) over the GPT-2 tokenizer, raw score; the same object on "
-          "both sides")
+          f"EMA mu={work.mu}, Adam lr={work.lr}, grad clip {work.grad_clip}")
+    print("reward: a random 2-layer DistilBERT (width 128) reading the GPT-2 tokenizer, raw score; the same model "
+          "on both sides")
     if args.scaling:
-        scaling(args, tokenizer, reward)
+        scaling(args)
         return
-    speedups = {size: compare(size, args, tokenizer, reward, reward_tokenizer, rate) for size in args.sizes.split(",")}
+    tokenizer = load_tokenizer(fetch("gpt2_tokenizer"))
+    reward = random_reward_model(tokenizer, args.seed)
+    speedups = {size: compare(size, args, tokenizer, reward, rate) for size in args.sizes.split(",")}
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     print("speedup_vs_trl " + " ".join(f"{size}={s:.2f}" for size, s in speedups.items()))
 
