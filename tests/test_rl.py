@@ -196,7 +196,7 @@ def _logprobs_and_grads(model, rollout, weights):
 def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch):
     """One update per batch: the sampling pass's logits stand for the head's projection (float64)."""
     monkeypatch.setattr(policy, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
-    monkeypatch.setattr(policy, "GRAD_CHUNK_BYTES", 4 * 4 * 20)  # and slices of a few columns in the backward
+    monkeypatch.setattr(policy, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
     model = _float64_policy()
     # the k = 3 samples of each prompt share one prompt forward; EOS (3) stops some rows early
     ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)

@@ -85,9 +85,9 @@ def _draw(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 # are reduced. On 2 cores, against one [N, V] matmul: 2x faster sampling (64 rows, projection + sampler) and
 # 1.4x faster log-sum-exp (2048 rows), at widths 128 and 384.
 HEAD_CHUNK = 2048
-# Bytes of softmax per slice in the backward from kept logits (its matmuls reduce over the slice's columns):
-# at most 16 MiB, so that the slices are recycled by malloc instead of mapped and page-faulted afresh.
-GRAD_CHUNK_BYTES = 16 << 20
+# Bytes of a [rows, columns] slice of logits or softmax: at most 16 MiB, so that malloc recycles the slices
+# instead of mapping fresh memory and page-faulting through it for each one.
+SLICE_BYTES = 16 << 20
 
 
 def padded_vocab(vocab: int) -> int:
@@ -116,9 +116,10 @@ def _sample_slices(logits: torch.Tensor, vocab: int, temperature: float, generat
     slices = logits.view(rows, -1, HEAD_CHUNK)
     mass, top, lse = _KERNELS["slice_mass"](slices, temperature)
     cum = mass.cumsum(-1)
-    u = torch.rand(rows, 1, generator=generator, dtype=cum.dtype, device=cum.device) * cum[:, -1:]
+    # u in (0, total]: u = 0 would pick the first column whatever its probability
+    u = (1 - torch.rand(rows, 1, generator=generator, dtype=cum.dtype, device=cum.device)) * cum[:, -1:]
     j = torch.searchsorted(cum, u).clamp_(max=slices.shape[1] - 1)
-    chosen = mass.gather(1, j)
+    chosen = mass.gather(1, j).clamp_(min=torch.finfo(cum.dtype).tiny)
     cdf = _KERNELS["slice_cdf"](slices[torch.arange(rows, device=j.device), j[:, 0]], top, temperature)
     # u's offset into the chosen slice, rescaled to that slice's own cumsum (equal up to rounding)
     target = (u - (cum.gather(1, j) - chosen)).clamp_(min=0) * (cdf[:, -1:] / chosen)
@@ -418,7 +419,7 @@ class _SampledLogprob(torch.autograd.Function):
         # d logp / d logits = onehot(y) - softmax: the softmax slice by slice, then the onehot part
         grad_h = _f32(wb[targets]) * g[:, None] if need_h else None
         grad_w = torch.empty(wb.shape, dtype=hb.dtype, device=wb.device) if need_w else None
-        columns = max(1, GRAD_CHUNK_BYTES // (4 * max(1, len(targets))))
+        columns = max(1, SLICE_BYTES // (4 * max(1, len(targets))))
         for start in range(0, wb.shape[0], columns):
             stop = min(start + columns, wb.shape[0])
             rows = ctx.logits[:, start:stop] if ctx.index is None else ctx.logits[ctx.index, start:stop]
@@ -437,10 +438,14 @@ class _SampledLogprob(torch.autograd.Function):
 
 @torch.no_grad()
 def _chunked_logprob(hb: torch.Tensor, wb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(h W^T)[y] without a graph, the log-sum-exp taken one vocabulary slice at a time."""
-    parts = [_KERNELS["logsumexp"](hb @ wb[start : start + HEAD_CHUNK].T)
-             for start in range(0, wb.shape[0], HEAD_CHUNK)]
-    return _target_logit(hb, wb, targets) - torch.logsumexp(torch.stack(parts, -1), -1)
+    """log softmax(h W^T)[y] without a graph, the log-sum-exp taken one [rows, HEAD_CHUNK] slice at a time."""
+    rows = max(1, SLICE_BYTES // (4 * HEAD_CHUNK))
+    lse = torch.cat([
+        torch.logsumexp(torch.stack([_KERNELS["logsumexp"](block @ wb[start : start + HEAD_CHUNK].T)
+                                     for start in range(0, wb.shape[0], HEAD_CHUNK)], -1), -1)
+        for block in hb.split(rows)
+    ])
+    return _target_logit(hb, wb, targets) - lse
 
 
 def linear_logprob(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -470,6 +475,25 @@ def _completion_hidden(model, rollout: Rollout) -> torch.Tensor:
     return torch.cat([prompt, completion], 1)
 
 
+def _logprobs_from_kept(weight, rollout: Rollout, hidden: torch.Tensor, keep: torch.Tensor, entropy_stride: int):
+    """`completion_logprobs` from the sampler's kept logits (see `_SampledLogprob`), rows token-major like them."""
+    keep_t = keep.T
+    h, targets = hidden.transpose(0, 1)[keep_t], rollout.completion_ids.T[keep_t]
+    index = None if keep.all() else keep_t.flatten().nonzero().squeeze(-1)
+    dtype = _matmul_dtype(h.device.type, h.dtype)
+    with torch.autocast(h.device.type, enabled=False):
+        values = _SampledLogprob.apply(h, weight, targets, rollout.logits.flatten(0, 1), index,
+                                       rollout.logsumexp.T[keep_t], dtype)
+    token_lp = values.new_zeros(keep.shape)  # float32 (float64 for a float64 model)
+    token_lp.T[keep_t] = values
+    entropy = None
+    if entropy_stride:
+        with torch.no_grad():
+            b, t = keep.nonzero()[::entropy_stride].T  # the tokens `completion_logprobs` takes without kept logits
+            entropy = _KERNELS["entropy"](rollout.logits[t, b, : weight.shape[0]]).mean()
+    return token_lp, entropy, None
+
+
 def completion_logprobs(
     model, rollout: Rollout, entropy_stride: int = 0, full: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -485,23 +509,9 @@ def completion_logprobs(
     keep = rollout.completion_mask.bool()
     hidden = _completion_hidden(model, rollout)
     head = model.get_output_embeddings()
-    logprobs = entropy = None
     if not full and getattr(head, "bias", None) is None and rollout.logits is not None and rollout.sampled_by(model):
-        # token-major, like the kept logits [Lc, B, V']
-        keep_t = keep.T
-        h, targets = hidden.transpose(0, 1)[keep_t], rollout.completion_ids.T[keep_t]
-        kept = rollout.logits.flatten(0, 1)
-        index = None if keep.all() else keep_t.flatten().nonzero().squeeze(-1)
-        dtype = _matmul_dtype(h.device.type, h.dtype)
-        with torch.autocast(h.device.type, enabled=False):
-            values = _SampledLogprob.apply(h, head.weight, targets, kept, index, rollout.logsumexp.T[keep_t], dtype)
-        token_lp = values.new_zeros(keep.shape)  # float32 (float64 for a float64 model)
-        token_lp.T[keep_t] = values
-        if entropy_stride:
-            with torch.no_grad():
-                b, t = keep.nonzero()[::entropy_stride].T  # the same tokens as the branch below
-                entropy = _KERNELS["entropy"](rollout.logits[t, b, : head.weight.shape[0]]).mean()
-        return token_lp, entropy, None
+        return _logprobs_from_kept(head.weight, rollout, hidden, keep, entropy_stride)
+    logprobs = entropy = None
     h, targets = hidden[keep], rollout.completion_ids[keep]
     if full or getattr(head, "bias", None) is not None:
         logprobs = torch.log_softmax(head(h).float(), dim=-1)
