@@ -108,34 +108,42 @@ def save_random_gpt2(size: str, tokenizer, folder: Path, seed: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def random_reward_model(tokenizer, seed: int) -> RewardModel:
+def random_reward_model(tokenizer, seed: int, device: str = "cpu") -> RewardModel:
     """A random 2-layer DistilBERT (width 128) reading the GPT-2 tokenizer: one raw score per text."""
     torch.manual_seed(seed + 1)
     config = DistilBertConfig(vocab_size=len(tokenizer), dim=128, n_layers=2, n_heads=2, hidden_dim=512,
                               num_labels=1, pad_token_id=tokenizer.pad_token_id, dropout=0.0, attention_dropout=0.0)
-    model = DistilBertForSequenceClassification(config).eval().requires_grad_(False)
+    model = DistilBertForSequenceClassification(config).to(device).eval().requires_grad_(False)
     reward_tokenizer = copy.deepcopy(tokenizer)
     reward_tokenizer.padding_side = "right"
     return RewardModel(model, reward_tokenizer, sigmoid=False, max_length=128)
 
 
-def autocast(bf16: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+def autocast(device: str, bf16: bool):
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the GPU's queued work, so that a wall-clock reading covers it (nothing to wait for on CPU)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 # ------------------------------------------------------------------------------------------------- measurements
 
 
 class PhaseTimer:
-    """`with timer("phase"):` adds the block's wall time to `seconds[phase]`."""
+    """`with timer("phase"):` adds the block's wall time to `seconds[phase]` (GPU work included)."""
 
-    def __init__(self):
-        self.seconds = dict.fromkeys(PHASES, 0.0)
+    def __init__(self, device: str = "cpu"):
+        self.seconds, self.device = dict.fromkeys(PHASES, 0.0), device
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
+        synchronize(self.device)
         start = time.perf_counter()
         yield
+        synchronize(self.device)
         self.seconds[phase] += time.perf_counter() - start
 
 
@@ -147,10 +155,19 @@ def _shaped(formula):
     return count
 
 
+def _addmm_flops(bias, a, b, *_, out_val=None, **__) -> int:
+    """addmm's FLOPs from its operands alone: torch's own formula takes a positional out_dtype (TRL passes one,
+    `addmm(acc, a, b, out_dtype=float32, out=acc)`) for its output shape and fails."""
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+
+_addmm_flops._get_raw = True
 _aten = torch.ops.aten
-# ops that torch's counter misses on CPU: in-place addmm and the CPU flash attention (forward and backward)
+# ops that torch's counter misses on CPU or miscounts: addmm (in place, or with an out_dtype) and the CPU flash
+# attention (forward and backward)
 _MORE_FLOPS = {
-    _aten.addmm_: _shaped(flop_counter.addmm_flop),
+    _aten.addmm: _addmm_flops,
+    _aten.addmm_: _addmm_flops,
     _aten._scaled_dot_product_flash_attention_for_cpu: _shaped(flop_counter.sdpa_flop),
     _aten._scaled_dot_product_flash_attention_for_cpu_backward: _shaped(flop_counter.sdpa_backward_flop),
 }
@@ -185,17 +202,30 @@ def peak_rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
-def matmul_rate(bf16: bool, n: int = 2048, repeats: int = 5) -> float:
-    """The machine's best square-matmul rate in FLOP/s (fp32, or bf16 with `bf16`): the limit a step can reach."""
+def peak_memory(device: str) -> int:
+    """Peak bytes of this process: its RSS on CPU, the memory torch allocated on the GPU."""
+    return torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes()
+
+
+def current_memory(device: str) -> int:
+    return torch.cuda.memory_allocated() if device == "cuda" else rss_bytes()
+
+
+def matmul_rate(device: str, bf16: bool, repeats: int = 5) -> tuple[float, int]:
+    """The machine's best square-matmul rate in FLOP/s (fp32, or bf16 with `bf16`): the limit a step can reach.
+    Returns it and the matrices' size (2048 on CPU, 8192 on a GPU)."""
+    n = 8192 if device == "cuda" else 2048
     dtype = torch.bfloat16 if bf16 else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return 2 * n**3 / best, n
 
 
 # ------------------------------------------------------------------------------------------------------ our step
@@ -205,28 +235,30 @@ class WarpStep:
     """The project's RL step: `RLOOModule.training_step`, the optimizer step and the `EMAAnchor` update."""
 
     def __init__(self, model_dir: Path, reward_model: RewardModel, prompts: list[list[int]], work: Work,
-                 bf16: bool, seed: int, compiled: bool = True):
+                 bf16: bool, seed: int, compiled: bool = True, device: str = "cpu"):
         self.tokenizer = load_tokenizer(model_dir)
-        self.policy = load_causal_lm(model_dir).eval()  # as training loads it
+        self.policy = load_causal_lm(model_dir).to(device).eval()  # as training loads it
         self.anchor = copy.deepcopy(self.policy).requires_grad_(False).eval()
         self.reward_model, self.work, self.bf16, self.compiled = reward_model, work, bf16, compiled
+        self.device = device
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=work.lr, betas=(0.9, 0.999), eps=1e-8)
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
-        self.prompt_ids, self.prompt_mask = ids.repeat_interleave(work.k, 0), mask.repeat_interleave(work.k, 0)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.prompt_ids = ids.repeat_interleave(work.k, 0).to(device)
+        self.prompt_mask = mask.repeat_interleave(work.k, 0).to(device)
+        self.generator = torch.Generator(device).manual_seed(seed)
 
     def __call__(self, probe=None):
         """One step; `probe(phase)` wraps each phase (a new `PhaseTimer` unless given). Returns the probe."""
-        probe = probe or PhaseTimer()
+        probe = probe or PhaseTimer(self.device)
         w, tok = self.work, self.tokenizer
-        with autocast(self.bf16):
+        with autocast(self.device, self.bf16):
             with probe("generation"):
                 # exactly `new_tokens` tokens: EOS does not stop a row (TRL: min_new_tokens)
                 rollout = sample(self.policy, self.prompt_ids, self.prompt_mask, w.new_tokens, temperature=1.0,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                                  generator=self.generator, stop_at_eos=False, keep_logits=True)
             with probe("reward"):
-                reward = torch.as_tensor(self.reward_model(decode_texts(tok, rollout))).float()
+                reward = torch.as_tensor(self.reward_model(decode_texts(tok, rollout))).float().to(self.device)
             with probe("forwards"):
                 mask = rollout.completion_mask.float()
                 token_lp, _entropy, _ = completion_logprobs(self.policy, rollout, entropy_stride=8)
@@ -260,7 +292,7 @@ class WarpStep:
 
 
 def trl_trainer(model_dir: Path, reward: RewardModel, prompts, work: Work, max_steps: int, bf16: bool, seed: int,
-                callback):
+                callback, device: str = "cpu"):
     """RLOOTrainer doing our step's work: one update per batch of 16 prompts x 4, exactly 32 new tokens."""
     from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
@@ -269,7 +301,7 @@ def trl_trainer(model_dir: Path, reward: RewardModel, prompts, work: Work, max_s
     texts = [tokenizer.decode(p) for p in prompts]
     args = RLOOConfig(
         output_dir=str(model_dir / "trl"), report_to="none", save_strategy="no", logging_steps=10**6,
-        disable_tqdm=True, use_cpu=True, seed=seed, data_seed=seed, shuffle_dataset=False, dataloader_num_workers=0,
+        disable_tqdm=True, use_cpu=device == "cpu", seed=seed, data_seed=seed, shuffle_dataset=False, dataloader_num_workers=0,
         bf16=bf16, gradient_checkpointing=False,  # TRL turns checkpointing on by default: off, to do our work only
         per_device_train_batch_size=work.completions, gradient_accumulation_steps=1, num_generations=work.k,
         num_iterations=1, max_completion_length=work.new_tokens,
@@ -286,7 +318,7 @@ def trl_trainer(model_dir: Path, reward: RewardModel, prompts, work: Work, max_s
     return trainer
 
 
-def step_callback(after_step=None, flops_step: int = -1):
+def step_callback(after_step=None, flops_step: int = -1, device: str = "cpu"):
     """A TrainerCallback timing TRL's steps (and counting the FLOPs of step `flops_step`); after each step it
     calls `after_step(step)`, which runs one of ours when the two alternate."""
     from transformers import TrainerCallback
@@ -296,14 +328,16 @@ def step_callback(after_step=None, flops_step: int = -1):
             self.seconds, self.flops, self.start_rss = [], None, None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start_rss = rss_bytes()  # the models (policy, reference, reward) are loaded
+            self.start_rss = current_memory(device)  # the models (policy, reference, reward) are loaded
 
         def on_step_begin(self, args, state, control, **kwargs):
             self._probe = flop_counter_mode() if state.global_step == flops_step else contextlib.nullcontext()
             self._probe.__enter__()
+            synchronize(device)
             self._start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
             self.seconds.append(time.perf_counter() - self._start)
             self._probe.__exit__(None, None, None)
             if state.global_step - 1 == flops_step:
@@ -321,31 +355,35 @@ def child(args) -> None:
     """`--child ours|trl`: steps of one side alone in this fresh process; prints one JSON line (times, memory)."""
     work = Work(prompts=args.completions // 4)
     tokenizer = load_tokenizer(fetch("gpt2_tokenizer"))
-    reward = random_reward_model(tokenizer, args.seed)
+    reward = random_reward_model(tokenizer, args.seed, args.device)
     prompts = make_prompts(tokenizer, work, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         save_random_gpt2(args.sizes, tokenizer, model_dir, args.seed)
         if args.child == "ours":
-            ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile)
-            start_rss = rss_bytes()
+            ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device)
+            start = current_memory(args.device)
             seconds = [sum(ours().seconds.values()) for _ in range(args.warmup + args.steps)][args.warmup:]
         else:
-            callback = step_callback()
+            callback = step_callback(device=args.device)
             trl_trainer(model_dir, reward, prompts, work, args.warmup + args.steps, args.bf16, args.seed,
-                        callback).train()
-            seconds, start_rss = callback.seconds[args.warmup:], callback.start_rss
-    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss_bytes(), "start_rss": start_rss}))
+                        callback, args.device).train()
+            seconds, start = callback.seconds[args.warmup:], callback.start_rss
+    print(json.dumps({"seconds": seconds, "peak": peak_memory(args.device), "start": start}))
 
 
 def run_child(side: str, size: str, args, completions: int = 64, steps: int = 1, warmup: int = 1) -> dict:
     command = [sys.executable, __file__, "--child", side, "--sizes", size, "--completions", str(completions),
-               "--steps", str(steps), "--warmup", str(warmup), "--seed", str(args.seed)]
+               "--steps", str(steps), "--warmup", str(warmup), "--seed", str(args.seed), "--device", args.device]
     command += ["--bf16"] * args.bf16 + ["--no-compile"] * args.no_compile
     out = subprocess.run(command, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_kind(device: str) -> str:
+    return "peak GPU memory allocated" if device == "cuda" else "peak RSS"
 
 
 def spread(values: list[float]) -> str:
@@ -359,7 +397,7 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> flo
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         n_params = save_random_gpt2(size, tokenizer, model_dir, args.seed)
-        ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile)
+        ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device)
         timed = range(args.warmup, args.warmup + args.steps)
         phases, our_flops = [], {}
 
@@ -371,8 +409,9 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> flo
             else:
                 ours()  # warm-up (compiles the kernels)
 
-        callback = step_callback(our_step, flops_step=timed.stop)
-        trl_trainer(model_dir, reward, prompts, work, timed.stop + 1, args.bf16, args.seed, callback).train()
+        callback = step_callback(our_step, flops_step=timed.stop, device=args.device)
+        trl_trainer(model_dir, reward, prompts, work, timed.stop + 1, args.bf16, args.seed, callback,
+                    args.device).train()
     trl_s = callback.seconds[timed.start : timed.stop]
     ours_s = [sum(p.values()) for p in phases]
     memory = {side: run_child(side, size, args) for side in ("ours", "trl")}
@@ -391,17 +430,19 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> flo
     for name, count, seconds in (("warp_lightning", total, statistics.median(ours_s)),
                                  ("trl", callback.flops, statistics.median(trl_s))):
         print(f"  {name:14s} {count / 1e9:7.1f} GFLOP counted in {seconds:.3f} s = {count / seconds / 1e9:6.1f} "
-              f"GFLOP/s = {count / seconds / rate:.2f} of the measured matmul rate")
-    print("peak memory, one side alone in a fresh process (peak RSS; above the RSS with the models loaded):")
+              f"GFLOP/s = {100 * count / seconds / rate:.1f}% of the measured matmul rate")
+    print(f"peak memory, one side alone in a fresh process ({memory_kind(args.device)}; above it with the models "
+          "loaded):")
     for name, side in (("warp_lightning", "ours"), ("trl", "trl")):
         m = memory[side]
-        print(f"  {name:14s} {m['peak_rss'] / GiB:5.2f} GiB ({(m['peak_rss'] - m['start_rss']) / GiB:+.2f} GiB)")
+        print(f"  {name:14s} {m['peak'] / GiB:5.2f} GiB ({(m['peak'] - m['start']) / GiB:+.2f} GiB)")
     return statistics.median(trl_s) / statistics.median(ours_s)
 
 
 def scaling(args) -> None:
     """Our step's time and peak memory against completions per step and model size, as a markdown table."""
-    rows = ["| model | completions/step | s/step (median) | completions/s | peak RSS GiB | above models GiB |",
+    rows = [f"| model | completions/step | s/step (median) | completions/s | {memory_kind(args.device)} GiB "
+            "| above models GiB |",
             "|---|---|---|---|---|---|"]
     for size in args.sizes.split(","):
         layers, width, _ = SIZES[size]
@@ -409,7 +450,7 @@ def scaling(args) -> None:
             m = run_child("ours", size, args, completions, args.steps, args.warmup)
             s = statistics.median(m["seconds"])
             rows.append(f"| {size} ({layers}x{width}) | {completions} | {s:.2f} | {completions / s:.1f} | "
-                        f"{m['peak_rss'] / GiB:.2f} | {(m['peak_rss'] - m['start_rss']) / GiB:.2f} |")
+                        f"{m['peak'] / GiB:.2f} | {(m['peak'] - m['start']) / GiB:.2f} |")
             print(rows[-1], flush=True)
     print("\n" + "\n".join(rows))
 
@@ -423,6 +464,8 @@ def main(argv=None) -> None:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
     p.add_argument("--no-compile", action="store_true", help="eager log-prob and sampling kernels on our side")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both sides run (cuda: the first GPU; the CPU figures are the reference)")
     p.add_argument("--scaling", action="store_true", help="only our step: a table over sizes x completions/step")
     p.add_argument("--completions-list", default="16,64,256", help="completions per step for --scaling")
     p.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
@@ -430,6 +473,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     args.steps = args.steps or (2 if args.scaling else 5)
     args.sizes = args.sizes or ("tiny,small,gpt2" if args.scaling else "tiny,small")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False); leave --device out")
 
     use_compiled_kernels(not args.no_compile)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -440,10 +485,11 @@ def main(argv=None) -> None:
     import trl
 
     precision = "bf16 autocast" if args.bf16 else "fp32"
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"rl_step {datetime.datetime.now():%Y-%m-%d %H:%M}: torch {torch.__version__}, trl {trl.__version__}, "
-          f"{torch.get_num_threads()} threads, {precision}, load average {os.getloadavg()[0]:.2f}")
-    rate = matmul_rate(args.bf16)
-    print(f"machine matmul rate: {rate / 1e9:.1f} GFLOP/s ({precision}, 2048^3, best of 5)")
+          f"{where}, {precision}, load average {os.getloadavg()[0]:.2f}")
+    rate, n = matmul_rate(args.device, args.bf16)
+    print(f"machine matmul rate: {rate / 1e9:.1f} GFLOP/s ({precision}, {n}^3, best of 5)")
     work = Work()
     print(f"work per step: {work.prompts} prompts of {work.min_prompt}-{work.max_prompt} tokens x k={work.k} = "
           f"{work.completions} completions of exactly {work.new_tokens} tokens, temperature 1, beta={work.beta}, "
@@ -454,7 +500,7 @@ def main(argv=None) -> None:
         scaling(args)
         return
     tokenizer = load_tokenizer(fetch("gpt2_tokenizer"))
-    reward = random_reward_model(tokenizer, args.seed)
+    reward = random_reward_model(tokenizer, args.seed, args.device)
     speedups = {size: compare(size, args, tokenizer, reward, rate) for size in args.sizes.split(",")}
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     print("speedup_vs_trl " + " ".join(f"{size}={s:.2f}" for size, s in speedups.items()))

@@ -193,15 +193,17 @@ def _logprobs_and_grads(model, rollout, weights):
     return token_lp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
 
 
-def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch):
-    """One update per batch: the sampling pass's logits stand for the head's projection (float64)."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, temperature):
+    """One update per batch: the sampling pass's logits stand for the head's projection (float64), also when
+    sampling at another temperature (the log-probs are the policy's, at temperature 1, either way)."""
     monkeypatch.setattr(policy, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
     monkeypatch.setattr(policy, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
     model = _float64_policy()
     # the k = 3 samples of each prompt share one prompt forward; EOS (3) stops some rows early
     ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)
     ids, mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
-    rollout = sample(model, ids, mask, 12, eos_token_id=3, pad_token_id=0, keep_logits=True,
+    rollout = sample(model, ids, mask, 12, temperature, eos_token_id=3, pad_token_id=0, keep_logits=True,
                      generator=torch.Generator().manual_seed(2))
     assert not rollout.completion_mask.all() and rollout.sampled_by(model)
     plain = Rollout(rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask)

@@ -39,7 +39,8 @@ class RLOOModule(L.LightningModule):
         k = self.warp.samples_per_prompt
         return sample(self.policy, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0),
                       self.warp.max_new_tokens, self.warp.temperature, eos_token_id=self.tokenizer.eos_token_id,
-                      pad_token_id=self.tokenizer.pad_token_id, generator=self.generator)
+                      pad_token_id=self.tokenizer.pad_token_id, generator=self.generator,
+                      keep_logits=self.warp.keep_sampling_logits)
 
     def decode(self, rollout) -> list[str]:
         return decode_texts(self.tokenizer, rollout)
