@@ -9,9 +9,10 @@ clip, optimizer step, EMA update of the anchor. Both sides get a randomly initia
 saved to one folder that both load), the real GPT-2 tokenizer, and the same reward model.
 
 TRL is driven by `trainer.train()`; after each of its steps a callback runs one step of ours, so the two
-alternate in one process and share whatever else loads the machine. Our side calls the project's functions
-(`policy.sample`, `policy.completion_logprobs`, `rl.*`) as `RLOOModule.training_step`, the optimizer step and
-the `EMAAnchor` callback compose them, with `sample(..., keep_logits=True)`. Peak memory is measured apart,
+alternate in one process and share whatever else loads the machine. Our side calls the project's functions as
+`RLOOModule.training_step` does (`policy.sample` with `keep_logits=True`, the default
+`warp.keep_sampling_logits`, then `module.rloo_objective`), then the optimizer step and the EMA update of the
+`EMAAnchor` callback. Peak memory is measured apart,
 in a fresh process per side, so that neither side's buffers count against the other.
 """
 
@@ -41,9 +42,8 @@ from transformers import DistilBertConfig, DistilBertForSequenceClassification, 
 
 from warp_lightning import rl
 from warp_lightning.assets import fetch
-from warp_lightning.module import decode_texts
+from warp_lightning.module import decode_texts, rloo_objective
 from warp_lightning.policy import (
-    completion_logprobs,
     left_pad,
     load_causal_lm,
     load_tokenizer,
@@ -260,14 +260,7 @@ class WarpStep:
             with probe("reward"):
                 reward = torch.as_tensor(self.reward_model(decode_texts(tok, rollout))).float().to(self.device)
             with probe("forwards"):
-                mask = rollout.completion_mask.float()
-                token_lp, _entropy, _ = completion_logprobs(self.policy, rollout, entropy_stride=8)
-                logprob = rl.sequence_logprob(token_lp, mask)
-                with torch.no_grad():
-                    anchor_lp = rl.sequence_logprob(completion_logprobs(self.anchor, rollout)[0], mask)
-                kl = rl.sampled_kl(logprob.detach(), anchor_lp)
-                advantages = rl.rloo_advantages(rl.kl_penalized_reward(reward, kl, w.beta), w.k)
-                loss = rl.rloo_loss(advantages, logprob)
+                loss = rloo_objective(self.policy, self.anchor, rollout, reward, w.beta, w.k)["loss"]
         with probe("backward"):
             loss.backward()
         with probe("optimizer"):

@@ -9,6 +9,24 @@ from warp_lightning import NonFiniteError, UserError, rl
 from warp_lightning.policy import completion_logprobs, sample
 
 
+def rloo_objective(policy, anchor, rollout, reward: torch.Tensor, kl_coef: float, k: int) -> dict:
+    """The RLOO loss of one rollout against the anchor, and the terms logged with it.
+
+    Log-probs of the policy (with grad) and of the anchor (one no-grad forward), the sampled KL folded into the
+    reward, leave-one-out advantages over the k samples of each prompt. Returns `loss`, `logprob` (per
+    completion, with grad), `kl`, `advantages`, `entropy` (of a token subsample) and the float `mask`.
+    """
+    mask = rollout.completion_mask.float()
+    token_lp, entropy, _ = completion_logprobs(policy, rollout, entropy_stride=8)
+    logprob = rl.sequence_logprob(token_lp, mask)
+    with torch.no_grad():
+        anchor_lp = rl.sequence_logprob(completion_logprobs(anchor, rollout)[0], mask)
+    kl = rl.sampled_kl(logprob.detach(), anchor_lp)
+    advantages = rl.rloo_advantages(rl.kl_penalized_reward(reward, kl, kl_coef), k)
+    return {"loss": rl.rloo_loss(advantages, logprob), "logprob": logprob, "kl": kl, "advantages": advantages,
+            "entropy": entropy, "mask": mask}
+
+
 class RLOOModule(L.LightningModule):
     """theta_m (`policy`, trained) and theta_ema (`anchor`, moved only by the `EMAAnchor` callback).
 
@@ -55,20 +73,14 @@ class RLOOModule(L.LightningModule):
         if not torch.isfinite(reward).all():
             raise NonFiniteError(f"non-finite reward at {self.where()} ({int((~torch.isfinite(reward)).sum())} of "
                                  f"{reward.numel()} completions): check the reward model; {self.KEPT}")
-        mask = rollout.completion_mask.float()
-        token_lp, entropy, _ = completion_logprobs(self.policy, rollout, entropy_stride=8)
-        logprob = rl.sequence_logprob(token_lp, mask)
-        with torch.no_grad():
-            anchor_lp = rl.sequence_logprob(completion_logprobs(self.anchor, rollout)[0], mask)
-        kl = rl.sampled_kl(logprob.detach(), anchor_lp)
-        advantages = rl.rloo_advantages(rl.kl_penalized_reward(reward, kl, w.kl_coef), w.samples_per_prompt)
-        loss = rl.rloo_loss(advantages, logprob)
+        terms = rloo_objective(self.policy, self.anchor, rollout, reward, w.kl_coef, w.samples_per_prompt)
+        loss, logprob, kl, mask = terms["loss"], terms["logprob"], terms["kl"], terms["mask"]
 
         lengths = mask.sum(-1)
         stats = {
             "reward_mean": reward.mean(), "reward_std": reward.std(), "kl_anchor": kl.mean(),
-            "completion_length": lengths.mean(), "entropy": entropy,
-            "loss": loss.detach(), "advantage_std": advantages.std(),
+            "completion_length": lengths.mean(), "entropy": terms["entropy"],
+            "loss": loss.detach(), "advantage_std": terms["advantages"].std(),
         }
         if self.init_policy is self.anchor:  # fixed anchor: theta_init is the anchor
             stats["kl_init"] = stats["kl_anchor"]
