@@ -73,10 +73,7 @@ def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
 
     Same distribution as torch.multinomial, ~25x cheaper on CPU (WARP.md, pitfalls).
     """
-    return _draw(_KERNELS["cdf"](logits, temperature), generator)
-
-
-def _draw(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    cdf = _KERNELS["cdf"](logits, temperature)
     u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
