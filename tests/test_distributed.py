@@ -1,6 +1,13 @@
 """The loop on torch.distributed with 2 CPU processes (gloo), started by Lightning's launcher."""
 
+import csv
 import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -47,3 +54,112 @@ def test_ddp_splits_each_step_over_two_processes(tiny_models, tmp_path, one_thre
     final = load_file(run_dir / "final" / "model.safetensors")
     sft = load_file(tiny_models / "models" / "sft_gpt2" / "model.safetensors")
     assert any(not torch.equal(final[k], sft[k]) for k in final if k in sft)
+
+
+def output(proc) -> str:
+    return proc.stdout + proc.stderr  # Hydra's job log goes to stdout
+
+
+def test_fsdp_shards_every_weight_and_trains_exactly_like_ddp(tiny_models, tmp_path, one_thread):
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    cli(*smoke(tiny_models, ddp, "trainer=ddp", "warp.iterations=1"), cwd=tmp_path)
+    cli(*smoke(tiny_models, fsdp, "trainer=fsdp", "warp.iterations=1"), cwd=tmp_path)
+    logs = (fsdp / "cli.log").read_text() + (fsdp / "train_ddp_process_1.log").read_text()
+    held = {int(r): (int(n), int(total)) for r, n, total in
+            re.findall(r"fsdp: process (\d) holds (\d+) of the (\d+) weights", logs)}
+    assert set(held) == {0, 1}
+    total = held[0][1]
+    assert held[0][0] + held[1][0] == total and all(n < 0.51 * total for n, _ in held.values())
+    # the same sums in the same order: with 2 processes, sharding changes where a weight lives, not its value
+    for folder in ("iter_1/slerp", "iter_1/init", "final"):
+        a, b = load_file(ddp / folder / "model.safetensors"), load_file(fsdp / folder / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), folder
+    for run in ("i1_m1", "i1_m2"):
+        a, b = (list(csv.DictReader(open(d / "logs" / run / "metrics.csv"))) for d in (ddp, fsdp))
+        assert len(a) == len(b) and a[1]["reward_mean"] != ""
+        for row_a, row_b in zip(a, b, strict=True):  # the norm of the shards' norms is summed in another order
+            assert math.isclose(float(row_a.pop("grad_norm") or 0), float(row_b.pop("grad_norm") or 0), rel_tol=1e-6)
+            assert row_a == row_b
+    assert json.loads((fsdp / "manifest.json").read_text())["processes"] == 2
+
+
+def test_fsdp_resumes_after_sigkill_bit_identically(tiny_models, tmp_path, one_thread):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    args = ("trainer=fsdp", "warp.iterations=1", "warp.checkpoint_every=1")
+    cli(*smoke(tiny_models, whole, *args), cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "warp_lightning", *smoke(tiny_models, broken, *args)],
+                            cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "WANDB_MODE": "offline"}, start_new_session=True)
+    for line in proc.stdout:  # kill both processes (the launcher's child too) once run 2 has a checkpoint
+        if "checkpoint: iteration 1 run 2 step 2" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    assert proc.wait() == -signal.SIGKILL
+    assert not (broken / "final").exists()
+    resumed = output(cli(*smoke(tiny_models, broken, *args), cwd=tmp_path))
+    assert "resuming iteration 1 run 2 at step 2" in resumed
+    for folder in ("iter_1/slerp", "final"):
+        assert (whole / folder / "model.safetensors").read_bytes() == (broken / folder / "model.safetensors").read_bytes()
+    assert (whole / "logs/i1_m2/metrics.csv").read_text() == (broken / "logs/i1_m2/metrics.csv").read_text()
+
+
+def _sharded_worker(rank: int, port: int) -> None:
+    """One of 2 gloo processes: a sharded policy and anchor against unsharded copies of the same weights."""
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from warp_lightning.distributed import full_state, shard_model, whole
+    from warp_lightning.policy import completion_logprobs, sample
+    from warp_lightning.rl import ema_update_
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        policy = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=300, n_positions=64)).eval()
+        anchor, ref_policy, ref_anchor = (copy.deepcopy(policy) for _ in range(3))
+        anchor.requires_grad_(False)
+        ref_anchor.requires_grad_(False)
+        mesh = init_device_mesh("cpu", (2,))
+        shard_model(policy, mesh)
+        shard_model(anchor, mesh)
+        assert all(whole(p).numel() > p.to_local().numel() for p in policy.parameters() if p.numel() > 1)
+        ids = torch.randint(0, 300, (4, 5))
+
+        def rollout(model):
+            return sample(model, ids, torch.ones_like(ids), 6, generator=torch.Generator().manual_seed(1),
+                          keep_logits=True, stop_at_eos=False)
+
+        r, r_ref = rollout(policy), rollout(ref_policy)
+        assert torch.equal(r.input_ids, r_ref.input_ids)  # sampling sees the whole weights
+        lp, lp_ref = completion_logprobs(policy, r)[0], completion_logprobs(ref_policy, r_ref)[0]
+        assert torch.equal(lp, lp_ref)
+        lp.sum().backward()
+        lp_ref.sum().backward()
+        grads = dict(ref_policy.named_parameters())
+        for name, p in policy.named_parameters():  # gradients reduce-scattered into each process's shard
+            assert torch.allclose(whole(p.grad), grads[name].grad, atol=1e-6), name
+        for model in (policy, ref_policy):
+            torch.optim.SGD(model.parameters(), lr=1.0).step()
+        before = completion_logprobs(anchor, r)[0]
+        ema_update_(list(anchor.parameters()), [p.detach() for p in policy.parameters()], 0.5)
+        ema_update_(list(ref_anchor.parameters()), [p.detach() for p in ref_policy.parameters()], 0.5)
+        after, after_ref = completion_logprobs(anchor, r)[0], completion_logprobs(ref_anchor, r)[0]
+        assert not torch.equal(before, after)  # the anchor computes with its updated shards, not a stale copy
+        assert torch.allclose(after, after_ref, atol=1e-5)
+        state, ref_state = full_state(anchor), ref_anchor.state_dict()
+        assert state.keys() == ref_state.keys() and state["lm_head.weight"] is state["transformer.wte.weight"]
+        assert all(torch.allclose(state[k], ref_state[k], atol=1e-6) for k in state)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_sharded_model_samples_scores_and_updates_like_the_whole_model():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_sharded_worker, args=(port,), nprocs=2)

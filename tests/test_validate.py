@@ -31,7 +31,8 @@ BAD = [
     ("warp.warmup_steps=-1", "warp.warmup_steps"),
     ("warp.grad_clip=-1", "warp.grad_clip"),
     ("policy.name_or_path=/nonexistent/policy", "policy.name_or_path"),
-    ("trainer.strategy=fsdp", "trainer.strategy"),
+    ("trainer.strategy=deepspeed", "trainer.strategy"),
+    ("trainer=fsdp warp.prompts_per_step=3", "warp.prompts_per_step"),
     ("trainer=ddp_runs trainer.devices=3", "trainer.devices"),
     ("trainer=ddp warp.prompts_per_step=3", "warp.prompts_per_step"),
 ]

@@ -32,8 +32,10 @@ class MergeRuns(L.Callback):
         self.state = state
 
     def on_fit_end(self, trainer, module):
+        from warp_lightning.distributed import full_state
+
         merges = len(self.state.merge_stats)
-        self.state.finish_run(module.policy.state_dict())
+        self.state.finish_run(full_state(module.policy))
         if len(self.state.merge_stats) > merges and trainer.logger:
             stats = self.state.merge_stats[-1]
             trainer.logger.log_metrics({f"merge/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
@@ -43,15 +45,26 @@ class MergeRuns(L.Callback):
 class Snapshots(L.Callback):
     """theta_m as a Hugging Face folder `step_TTTT/` every `every` steps and at the run's last step.
 
-    These are the checkpoints along training that the fronts of the baselines evaluate.
+    These are the checkpoints along training that the fronts of the baselines evaluate. One process writes
+    each folder (every process with trainer=ddp_runs, one run each); a sharded policy is gathered first into
+    a copy of `skeleton`.
     """
 
-    def __init__(self, every: int, folder, tokenizer):
-        self.every, self.folder, self.tokenizer = every, folder, tokenizer
+    def __init__(self, every: int, folder, tokenizer, skeleton=None):
+        self.every, self.folder, self.tokenizer, self.skeleton = every, folder, tokenizer, skeleton
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        from warp_lightning.distributed import IndependentRunsStrategy, ShardedStrategy, full_state
+        from warp_lightning.evaluate import save_policy
         from warp_lightning.io import save_hf_folder
 
         t = trainer.global_step
-        if t % self.every == 0 or t == trainer.max_steps:
-            save_hf_folder(self.folder / f"step_{t:04d}", module.policy, self.tokenizer)
+        if t % self.every and t != trainer.max_steps:
+            return
+        path = self.folder / f"step_{t:04d}"
+        if isinstance(trainer.strategy, ShardedStrategy):
+            state = full_state(module.policy)  # a collective: every process gathers
+            if trainer.is_global_zero:
+                save_policy(self.skeleton, state, self.tokenizer, path)
+        elif trainer.is_global_zero or isinstance(trainer.strategy, IndependentRunsStrategy):
+            save_hf_folder(path, module.policy, self.tokenizer)

@@ -92,7 +92,8 @@ class RunCheckpoint(L.Callback):
             atomic_torch_save(self._pending, self.path)
         else:
             trainer.strategy.save_checkpoint(self._pending, self.path)  # global rank 0 writes
-        log.info("checkpoint: iteration %d run %d step %d", self.iteration, self.run, self._pending["global_step"])
+        if self.every_rank or trainer.is_global_zero:  # the process that wrote it, once written
+            log.info("checkpoint: iteration %d run %d step %d", self.iteration, self.run, self._pending["global_step"])
         self._pending = None
 
     def on_save_checkpoint(self, trainer, module, checkpoint):

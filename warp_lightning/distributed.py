@@ -1,6 +1,6 @@
-"""The WARP loop on torch.distributed, through Lightning's DDP launcher and cluster environments.
+"""The WARP loop on torch.distributed, through Lightning's launcher and cluster environments.
 
-Two layouts (`conf/trainer/`):
+Three layouts (`conf/trainer/`):
 
 - `ddp_runs`: one process per run. The M runs of an iteration train at the same time, each in its own
   process with its own seed, prompts and optimizer (no gradient all-reduce: they are independent RL
@@ -8,6 +8,10 @@ Two layouts (`conf/trainer/`):
   With the same seeds the merged weights equal those of the sequential loop.
 - `ddp`: data-parallel training of each run. Every process takes a shard of each step's prompts (whole
   groups of k samples, so RLOO baselines stay within a process) and DDP averages the gradients.
+- `fsdp`: the same data parallelism with sharded weights (FSDP2 `fully_shard`, through Lightning's
+  `ModelParallelStrategy`): each process keeps 1/world of every weight, gradient and Adam moment of
+  theta_m, theta_ema and theta_init, and gathers a model's weights only while it computes with them
+  (each transformer block on its own, the embeddings and head for the whole call: `shard_model`).
 
 Processes are started once, before the loop, by Lightning's launcher (`python -m warp_lightning ...`
 is re-run for each local rank with the same Hydra run directory; SLURM and torchelastic environments
@@ -17,11 +21,13 @@ start them externally). Rank 0 writes every output.
 from __future__ import annotations
 
 import logging
+import types
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_only
+from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +51,47 @@ class IndependentRunsStrategy(DDPStrategy):
         rank_zero_only.rank = 0
 
 
+class ShardedStrategy(ModelParallelStrategy):
+    """FSDP2 over all processes (data parallel, no tensor parallelism); `RLOOModule.configure_model` shards.
+
+    Run checkpoints are whole files written by rank 0 (the weights and Adam moments gathered), so that
+    `run_M.ckpt` reads the same whatever the number of processes that wrote it.
+    """
+
+    strategy_name = "fsdp"
+
+    def __init__(self, process_group_backend: str | None = None):
+        super().__init__(tensor_parallel_size=1, save_distributed_checkpoint=False,
+                         process_group_backend=process_group_backend)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        if self.lightning_module is None:  # `start_processes`, before any run: the process group only
+            ParallelStrategy.setup_environment(self)
+            self._setup_distributed()
+            return
+        super().setup_environment()
+
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict:
+        # Lightning 2.6 drops `fit(..., weights_only=False)` on this strategy's path (restore after setup); a run
+        # checkpoint holds RNG states (numpy arrays) and is our own file, so it is read in full
+        return super().load_checkpoint(checkpoint_path, weights_only=False if weights_only is None else weights_only)
+
+
+STRATEGIES = {"ddp_runs": IndependentRunsStrategy, "ddp": DDPStrategy, "fsdp": ShardedStrategy}
+
+
 def strategy_for(cfg):
     name = cfg.trainer.get("strategy", "auto")
-    if name == "ddp_runs":
-        return IndependentRunsStrategy(process_group_backend=cfg.trainer.get("process_group_backend"))
-    if name == "ddp":
-        return DDPStrategy(process_group_backend=cfg.trainer.get("process_group_backend"))
+    if name in STRATEGIES:
+        return STRATEGIES[name](process_group_backend=cfg.trainer.get("process_group_backend"))
     return name
 
 
 def start_processes(trainer) -> tuple[int, int]:
     """Start the other processes now (not at the first `fit`) and join the process group: (rank, world)."""
     strategy = trainer.strategy
-    if not isinstance(strategy, DDPStrategy):
+    if not isinstance(strategy, ParallelStrategy):
         return 0, 1
     if strategy.launcher is not None and not strategy.cluster_environment.creates_processes_externally:
         strategy.launcher.launch(lambda: None)
@@ -89,4 +123,44 @@ def gather_states(state: dict[str, torch.Tensor], world: int) -> list[dict[str, 
             rebuilt[key_id] = part[offset : offset + t.numel()].view_as(t).clone()
             offset += t.numel()
         out.append({k: rebuilt[id(t)] for k, t in state.items()})
+    return out
+
+
+def shard_model(model: torch.nn.Module, mesh) -> None:
+    """FSDP2 on a Hugging Face causal LM: each transformer block (`_no_split_modules`) is its own unit, the rest
+    (embeddings, final norm, the tied head) the root's.
+
+    The policy functions read the head's weight and call `base_model` outside `model.forward`; they run through
+    `model.run_gathered(fn, ...)`, which FSDP treats as a forward (root weights gathered around the call, blocks
+    gathered one at a time inside it, gradients reduce-scattered after backward).
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+
+    if isinstance(model, FSDPModule):
+        return
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} names no transformer block class (_no_split_modules) to shard")
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model.run_gathered = types.MethodType(lambda self, fn, *args, **kwargs: fn(self, *args, **kwargs), model)
+    register_fsdp_forward_method(model, "run_gathered")
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    """A sharded tensor (DTensor) gathered on every process; any other tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@torch.no_grad()
+def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with sharded entries gathered (call it on every process); tied entries stay one tensor."""
+    gathered: dict[int, torch.Tensor] = {}
+    out = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if id(t) not in gathered:
+            gathered[id(t)] = whole(t.detach())
+        out[key] = gathered[id(t)]
     return out

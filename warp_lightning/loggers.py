@@ -37,6 +37,10 @@ def trim_logs(logger, step: int) -> None:
     """
     import csv
 
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # trainer=ddp or fsdp: rank 0 alone logs (its logger is a stand-in elsewhere)
+        return
     name = type(logger).__name__ if logger else ""
     if name == "TensorBoardLogger":
         logger._kwargs["purge_step"] = step

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 
 from warp_lightning import NonFiniteError, UserError, rl
 from warp_lightning.policy import completion_logprobs, sample
+
+log = logging.getLogger(__name__)
 
 
 def rloo_objective(policy, anchor, rollout, reward: torch.Tensor, kl_coef: float, k: int) -> dict:
@@ -52,6 +56,18 @@ class RLOOModule(L.LightningModule):
         self.policy.eval()
         self.anchor.eval()
         return self
+
+    def configure_model(self):
+        """trainer=fsdp: shard theta_m, theta_ema and theta_init over the processes (`distributed.shard_model`)."""
+        from warp_lightning.distributed import shard_model
+
+        if self.device_mesh is None:
+            return
+        for model in {id(m): m for m in (self.policy, self.anchor, self.init_policy) if m is not None}.values():
+            shard_model(model, self.device_mesh["data_parallel"])
+        held = sum(getattr(p, "_local_tensor", p).numel() for p in self.policy.parameters())
+        log.info("fsdp: process %d holds %d of the %d weights of theta_m (as much of theta_ema and theta_init)",
+                 self.global_rank, held, sum(p.numel() for p in self.policy.parameters()))
 
     def rollout(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
         k = self.warp.samples_per_prompt
@@ -110,8 +126,10 @@ class RLOOModule(L.LightningModule):
         check_finite_weights(self.policy, f"after the update of {self.where()}", self.KEPT)
 
     def on_before_optimizer_step(self, optimizer):
+        from warp_lightning.distributed import whole
+
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        self.log("grad_norm", torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        self.log("grad_norm", whole(torch.nn.utils.get_total_norm(grads)))
 
     def configure_optimizers(self):
         w = self.warp
@@ -123,7 +141,9 @@ class RLOOModule(L.LightningModule):
 
 def check_finite_weights(model, when: str, kept: str = "") -> None:
     """Raise `NonFiniteError` naming the first parameter of `model` holding a NaN or inf."""
-    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()])
+    from warp_lightning.distributed import whole
+
+    finite = whole(torch.stack([torch.isfinite(p).all() for p in model.parameters()]))
     if not finite.all():
         name = next(n for (n, _), ok in zip(model.named_parameters(), finite, strict=True) if not ok)
         raise NonFiniteError(f"non-finite weights {when} (first: {name}): lower warp.lr or set warp.grad_clip"

@@ -227,6 +227,25 @@ def _prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: tor
     return hidden[group]
 
 
+def gathers_weights(fn):
+    """`fn(model, ...)` reads the model's weights outside `model.forward`. For a model sharded by
+    `distributed.shard_model` it runs inside FSDP's forward hooks (`model.run_gathered`): the weights are
+    gathered around the call and freed after it, or after backward when the result carries gradients (a gathered
+    copy kept longer would miss the next optimizer or EMA update of the shards)."""
+
+    @functools.wraps(fn)
+    def call(model, *args, **kwargs):
+        if not hasattr(model, "run_gathered"):
+            return fn(model, *args, **kwargs)
+        out = model.run_gathered(fn, *args, **kwargs)
+        if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in (out if isinstance(out, tuple) else ())):
+            model.reshard()  # no backward to come (sampling, the anchor): free the gathered root weights now
+        return out
+
+    return call
+
+
+@gathers_weights
 @torch.no_grad()
 def sample(
     model,
@@ -491,6 +510,7 @@ def _logprobs_from_kept(weight, rollout: Rollout, hidden: torch.Tensor, keep: to
     return token_lp, entropy, None
 
 
+@gathers_weights
 def completion_logprobs(
     model, rollout: Rollout, entropy_stride: int = 0, full: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

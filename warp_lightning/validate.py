@@ -38,18 +38,19 @@ def validate_train_config(cfg) -> None:
 def validate_trainer(cfg) -> None:
     t = cfg.trainer
     strategy = t.get("strategy", "auto")
-    _check(strategy in ("auto", "ddp", "ddp_runs"), "trainer.strategy", strategy, "choose auto, ddp or ddp_runs")
+    _check(strategy in ("auto", "ddp", "ddp_runs", "fsdp"), "trainer.strategy", strategy,
+           "choose auto, ddp, ddp_runs or fsdp")
     for key in ("devices", "num_nodes"):
         value = t.get(key, 1)
         _check(strategy == "auto" or (isinstance(value, int) and value >= 1), f"trainer.{key}", value,
-               "must be an integer >= 1 with trainer.strategy=ddp or ddp_runs")
+               f"must be an integer >= 1 with trainer.strategy={strategy}")
     world = t.devices * t.get("num_nodes", 1) if strategy != "auto" else 1
     if strategy == "ddp_runs":
         _check(world == cfg.warp.runs, "trainer.devices", t.devices,
                f"ddp_runs trains one run per process: devices * num_nodes must equal warp.runs={cfg.warp.runs}")
-    if strategy == "ddp":
+    if strategy in ("ddp", "fsdp"):
         _check(cfg.warp.prompts_per_step % world == 0, "warp.prompts_per_step", cfg.warp.prompts_per_step,
-               f"ddp splits each step's prompts over {world} processes: use a multiple of {world}")
+               f"{strategy} splits each step's prompts over {world} processes: use a multiple of {world}")
 
 
 def _looks_local(name: str) -> bool:

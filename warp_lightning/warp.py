@@ -199,6 +199,7 @@ class Loop:
         """Run m of iteration i from theta_init (or from its checkpoint); returns its manifest record."""
         from warp_lightning import checkpoint as ckpt
         from warp_lightning.callbacks import EMAAnchor, MergeRuns, Snapshots
+        from warp_lightning.distributed import full_state
         from warp_lightning.loggers import finish_logger, trim_logs
         from warp_lightning.module import RLOOModule
 
@@ -216,7 +217,8 @@ class Loop:
         callbacks += [ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m,
                                          every_rank=self.parallel)]
         if w.snapshot_every:
-            callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer))
+            callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer,
+                                       self.policy))
         trainer = build_trainer(self.cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
         resume_from = ckpt.run_checkpoint(ckpt_dir, i, m)
         start = ckpt.checkpoint_step(resume_from) if resume_from else 0
@@ -224,7 +226,7 @@ class Loop:
             log.info("resuming iteration %d run %d at step %d from %s", i, m, start, resume_from)
             trim_logs(trainer.logger, start)
         prompts = PromptBatches(self.train_ids, w.steps, w.prompts_per_step, seed, self.tokenizer.pad_token_id,
-                                start, shard=self.cfg.trainer.get("strategy") == "ddp")
+                                start, shard=self.cfg.trainer.get("strategy") in ("ddp", "fsdp"))
         run_started = time.time()
         trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own checkpoint
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -232,7 +234,7 @@ class Loop:
         log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
                  trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
                  final.get("kl_anchor", float("nan")))
-        self.theta_m = module.policy.state_dict()
+        self.theta_m = full_state(module.policy)
         return {"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step), "resumed_at_step": start,
                 "seconds": round(time.time() - run_started, 1), "final": final}
 
@@ -257,7 +259,7 @@ def run(cfg) -> dict | None:
     ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
     rank, world = 0, 1
-    if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs"):  # models exist: start the other processes
+    if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs", "fsdp"):  # models exist: start the other processes
         rank, world = start_processes(build_trainer(cfg, out_dir, None, [], 1))
 
     tokenizer = load_tokenizer(cfg.policy.name_or_path)
