@@ -114,13 +114,15 @@ def gather_states(state: dict[str, torch.Tensor], world: int) -> list[dict[str, 
     dtypes = {t.dtype for t in unique.values()}
     if dtypes - {torch.float32}:
         raise ValueError(f"gather_states sends float32 weights, got {sorted(map(str, dtypes))}")
+    if dist.get_backend() == "nccl":  # NCCL sends from GPU memory only
+        flat = flat.to(torch.device("cuda", torch.cuda.current_device()))
     parts = [torch.empty_like(flat) for _ in range(world)]
     dist.all_gather(parts, flat.contiguous())
     out = []
     for part in parts:
         rebuilt, offset = {}, 0
         for key_id, t in unique.items():
-            rebuilt[key_id] = part[offset : offset + t.numel()].view_as(t).clone()
+            rebuilt[key_id] = part[offset : offset + t.numel()].view_as(t).to("cpu", copy=True)
             offset += t.numel()
         out.append({k: rebuilt[id(t)] for k, t in state.items()})
     return out

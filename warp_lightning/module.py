@@ -89,6 +89,7 @@ class RLOOModule(L.LightningModule):
         if not torch.isfinite(reward).all():
             raise NonFiniteError(f"non-finite reward at {self.where()} ({int((~torch.isfinite(reward)).sum())} of "
                                  f"{reward.numel()} completions): check the reward model; {self.KEPT}")
+        reward = reward.to(rollout.input_ids.device)  # the reward model scores text on its own device
         terms = rloo_objective(self.policy, self.anchor, rollout, reward, w.kl_coef, w.samples_per_prompt)
         loss, logprob, kl, mask = terms["loss"], terms["logprob"], terms["kl"], terms["mask"]
 

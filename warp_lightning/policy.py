@@ -68,13 +68,20 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
     return ids, mask
 
 
+def _uniforms(rows: int, generator: torch.Generator | None, dtype: torch.dtype, device: torch.device):
+    """[rows, 1] uniforms in [0, 1) from `generator` on its own device, then moved: a CPU generator (the training
+    module's, saved in its checkpoints) draws the same stream for a model on any device."""
+    where = generator.device if generator is not None else device
+    return torch.rand(rows, 1, generator=generator, dtype=dtype, device=where).to(device)
+
+
 def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """One token per row by inverse-CDF sampling: one uniform per row, cumsum + searchsorted.
 
     Same distribution as torch.multinomial, ~25x cheaper on CPU (WARP.md, pitfalls).
     """
     cdf = _KERNELS["cdf"](logits, temperature)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    u = _uniforms(cdf.shape[0], generator, cdf.dtype, cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
 
 
@@ -114,7 +121,7 @@ def _sample_slices(logits: torch.Tensor, vocab: int, temperature: float, generat
     mass, top, lse = _KERNELS["slice_mass"](slices, temperature)
     cum = mass.cumsum(-1)
     # u in (0, total]: u = 0 would pick the first column whatever its probability
-    u = (1 - torch.rand(rows, 1, generator=generator, dtype=cum.dtype, device=cum.device)) * cum[:, -1:]
+    u = (1 - _uniforms(rows, generator, cum.dtype, cum.device)) * cum[:, -1:]
     j = torch.searchsorted(cum, u).clamp_(max=slices.shape[1] - 1)
     chosen = mass.gather(1, j).clamp_(min=torch.finfo(cum.dtype).tiny)
     cdf = _KERNELS["slice_cdf"](slices[torch.arange(rows, device=j.device), j[:, 0]], top, temperature)

@@ -33,13 +33,14 @@ def derive_seed(seed: int, iteration: int, run: int) -> int:
 
 
 def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A detached copy that keeps tied weights tied (GPT-2's wte and lm_head stay one tensor)."""
+    """A detached copy in CPU memory (where the loop merges) that keeps tied weights tied (GPT-2's wte and lm_head
+    stay one tensor)."""
     copies: dict[tuple, torch.Tensor] = {}
     out = {}
     for key, t in state.items():
         alias = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
         if t.numel() == 0 or alias not in copies:
-            copies[alias] = t.detach().clone()
+            copies[alias] = t.detach().to("cpu", copy=True)
         out[key] = copies[alias]
     return out
 
