@@ -134,6 +134,7 @@ def _sharded_worker(rank: int, port: int) -> None:
 
         r, r_ref = rollout(policy), rollout(ref_policy)
         assert torch.equal(r.input_ids, r_ref.input_ids)  # sampling sees the whole weights
+        assert r.sampled_by(policy)  # the kept sampling logits stand for the head until the shards change
         lp, lp_ref = completion_logprobs(policy, r)[0], completion_logprobs(ref_policy, r_ref)[0]
         assert torch.equal(lp, lp_ref)
         lp.sum().backward()
@@ -143,6 +144,9 @@ def _sharded_worker(rank: int, port: int) -> None:
             assert torch.allclose(whole(p.grad), grads[name].grad, atol=1e-6), name
         for model in (policy, ref_policy):
             torch.optim.SGD(model.parameters(), lr=1.0).step()
+        assert not r.sampled_by(policy)
+        r2, r2_ref = rollout(policy), rollout(ref_policy)  # no block stays gathered from the last sampling
+        assert torch.allclose(r2.logits, r2_ref.logits, atol=1e-5) and not torch.allclose(r2.logits, r.logits)
         before = completion_logprobs(anchor, r)[0]
         ema_update_(list(anchor.parameters()), [p.detach() for p in policy.parameters()], 0.5)
         ema_update_(list(ref_anchor.parameters()), [p.detach() for p in ref_policy.parameters()], 0.5)

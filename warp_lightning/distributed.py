@@ -20,6 +20,7 @@ start them externally). Rank 0 writes every output.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
 
@@ -147,8 +148,27 @@ def shard_model(model: torch.nn.Module, mesh) -> None:
         if type(module).__name__ in blocks:
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    # the shards themselves: while gathered, `model.parameters()` are copies refreshed without a version bump
+    model.shards = tuple(model.parameters())
     model.run_gathered = types.MethodType(lambda self, fn, *args, **kwargs: fn(self, *args, **kwargs), model)
     register_fsdp_forward_method(model, "run_gathered")
+
+
+@contextlib.contextmanager
+def blocks_kept(model: torch.nn.Module):
+    """Within: each sharded block of `model`, once gathered, stays gathered, and all are freed on exit. A decoding
+    loop runs every block once per token: one gather per block instead of one per block and token."""
+    from torch.distributed.fsdp import FSDPModule
+
+    blocks = [m for m in model.modules() if m is not model and isinstance(m, FSDPModule)]
+    for block in blocks:
+        block.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            block.set_reshard_after_forward(True, recurse=False)
+            block.reshard()
 
 
 def whole(t: torch.Tensor) -> torch.Tensor:

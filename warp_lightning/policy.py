@@ -7,6 +7,7 @@ distribution (WARP.md, pitfalls). Both `sample` and `completion_logprobs` below 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -151,8 +152,9 @@ def _reserved(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) 
 
 
 def _param_versions(model) -> tuple[int, ...]:
-    # every in-place change of a parameter (optimizer step, EMA, load_state_dict) bumps its version
-    return tuple(p._version for p in model.parameters())
+    # every in-place change of a parameter (optimizer step, EMA, load_state_dict) bumps its version; a sharded
+    # model's are its shards (`distributed.shard_model`)
+    return tuple(p._version for p in getattr(model, "shards", None) or model.parameters())
 
 
 @dataclass
@@ -234,17 +236,23 @@ def _prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: tor
     return hidden[group]
 
 
-def gathers_weights(fn):
+def gathers_weights(fn=None, *, all_blocks: bool = False):
     """`fn(model, ...)` reads the model's weights outside `model.forward`. For a model sharded by
     `distributed.shard_model` it runs inside FSDP's forward hooks (`model.run_gathered`): the weights are
     gathered around the call and freed after it, or after backward when the result carries gradients (a gathered
-    copy kept longer would miss the next optimizer or EMA update of the shards)."""
+    copy kept longer would miss the next optimizer or EMA update of the shards). With `all_blocks`, the blocks
+    too stay gathered for the whole call (`distributed.blocks_kept`), for loops that run them once per token."""
+    if fn is None:
+        return functools.partial(gathers_weights, all_blocks=all_blocks)
 
     @functools.wraps(fn)
     def call(model, *args, **kwargs):
         if not hasattr(model, "run_gathered"):
             return fn(model, *args, **kwargs)
-        out = model.run_gathered(fn, *args, **kwargs)
+        from warp_lightning.distributed import blocks_kept
+
+        with blocks_kept(model) if all_blocks else contextlib.nullcontext():
+            out = model.run_gathered(fn, *args, **kwargs)
         if not any(isinstance(t, torch.Tensor) and t.requires_grad for t in (out if isinstance(out, tuple) else ())):
             model.reshard()  # no backward to come (sampling, the anchor): free the gathered root weights now
         return out
@@ -252,7 +260,7 @@ def gathers_weights(fn):
     return call
 
 
-@gathers_weights
+@gathers_weights(all_blocks=True)
 @torch.no_grad()
 def sample(
     model,
