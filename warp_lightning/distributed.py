@@ -11,7 +11,8 @@ Three layouts (`conf/trainer/`):
 - `fsdp`: the same data parallelism with sharded weights (FSDP2 `fully_shard`, through Lightning's
   `ModelParallelStrategy`): each process keeps 1/world of every weight, gradient and Adam moment of
   theta_m, theta_ema and theta_init, and gathers a model's weights only while it computes with them
-  (each transformer block on its own, the embeddings and head for the whole call: `shard_model`).
+  (each transformer block on its own, all of them while sampling, the embeddings and head for the whole
+  call: `shard_model`).
 
 Processes are started once, before the loop, by Lightning's launcher (`python -m warp_lightning ...`
 is re-run for each local rank with the same Hydra run directory; SLURM and torchelastic environments
@@ -135,7 +136,7 @@ def shard_model(model: torch.nn.Module, mesh) -> None:
 
     The policy functions read the head's weight and call `base_model` outside `model.forward`; they run through
     `model.run_gathered(fn, ...)`, which FSDP treats as a forward (root weights gathered around the call, blocks
-    gathered one at a time inside it, gradients reduce-scattered after backward).
+    gathered one at a time inside it or all at once with `blocks_kept`, gradients reduce-scattered after backward).
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 

@@ -65,7 +65,7 @@ class RLOOModule(L.LightningModule):
             return
         for model in {id(m): m for m in (self.policy, self.anchor, self.init_policy) if m is not None}.values():
             shard_model(model, self.device_mesh["data_parallel"])
-        held = sum(getattr(p, "_local_tensor", p).numel() for p in self.policy.parameters())
+        held = sum(p.to_local().numel() for p in self.policy.parameters())
         log.info("fsdp: process %d holds %d of the %d weights of theta_m (as much of theta_ema and theta_init)",
                  self.global_rank, held, sum(p.numel() for p in self.policy.parameters()))
 
