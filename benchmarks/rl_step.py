@@ -40,17 +40,14 @@ import torch
 from torch.utils import flop_counter
 from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from warp_lightning import rl
-from warp_lightning.assets import fetch
-from warp_lightning.module import decode_texts, rloo_objective
-from warp_lightning.policy import (
-    left_pad,
-    load_causal_lm,
-    load_tokenizer,
-    sample,
-    use_compiled_kernels,
-)
-from warp_lightning.reward import RewardModel
+from warp_lightning.algo import rl
+from warp_lightning.data.assets import fetch
+from warp_lightning.data.prompts import left_pad
+from warp_lightning.policy.kernels import use_compiled_kernels
+from warp_lightning.policy.models import load_causal_lm, load_tokenizer
+from warp_lightning.policy.sampling import decode_texts, sample
+from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.train.module import rloo_objective
 
 SIZES = {  # name: (layers, width, heads)
     "tiny": (2, 128, 2),

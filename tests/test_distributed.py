@@ -110,9 +110,10 @@ def _sharded_worker(rank: int, port: int) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from warp_lightning.distributed import full_state, shard_model, whole
-    from warp_lightning.policy import completion_logprobs, sample
-    from warp_lightning.rl import ema_update_
+    from warp_lightning.algo.rl import ema_update_
+    from warp_lightning.policy.logprobs import completion_logprobs
+    from warp_lightning.policy.sampling import sample
+    from warp_lightning.policy.sharding import full_state, shard_model, whole
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)

@@ -6,9 +6,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from warp_lightning.evaluate import distinct_n, mean_ci95, subsample_indices
-from warp_lightning.policy import Rollout, completion_logprobs
-from warp_lightning.rl import exact_kl_from_logprobs
+from warp_lightning.algo.rl import exact_kl_from_logprobs
+from warp_lightning.eval.protocol import subsample_indices
+from warp_lightning.eval.stats import distinct_n, mean_ci95
+from warp_lightning.policy.logprobs import completion_logprobs
+from warp_lightning.policy.sampling import Rollout
 
 
 def test_ci95_matches_hand_computation():
@@ -56,7 +58,7 @@ def test_exact_kl_equals_brute_force_sum_and_is_zero_against_itself():
 def test_models_are_named_by_key_or_by_their_last_two_path_parts():
     from omegaconf import OmegaConf
 
-    from warp_lightning.evaluate import named_models
+    from warp_lightning.eval.protocol import named_models
 
     assert named_models("outputs/train/x/final") == {"x/final": "outputs/train/x/final"}
     assert named_models(OmegaConf.create({"WARP": "/r/final"})) == {"WARP": "/r/final"}
@@ -64,7 +66,7 @@ def test_models_are_named_by_key_or_by_their_last_two_path_parts():
 
 
 def test_results_table_is_model_reward_kl_with_intervals():
-    from warp_lightning.evaluate import results_table
+    from warp_lightning.eval.protocol import results_table
 
     m = {"reward_mean": 0.8, "reward_ci95": 0.0371, "kl_mean": 9.935, "kl_ci95": 0.331, "completion_length_mean": 23.0,
          "completion_length_ci95": 0.62, "distinct_1": 0.179, "distinct_2": 0.587}

@@ -13,8 +13,9 @@ import pytest
 import torch
 from conftest import cli
 
-from warp_lightning import merging
-from warp_lightning.report import claims, fmt_ci, markdown_table, matched_kl_gap, read_front, sweep_table
+from warp_lightning.algo import merging
+from warp_lightning.eval.report import claims, matched_kl_gap, read_front, sweep_table
+from warp_lightning.eval.stats import fmt_ci, markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,7 +147,8 @@ def test_front_evaluates_each_curve_with_sft_once(reproduced):
 @pytest.mark.slow
 def test_snapshots_are_the_runs_last_weights_that_the_merge_used(reproduced):
     """The linear-merge front rests on iter_i/run_m/step_T being theta_m: SLERP of them gives iter_i/slerp."""
-    from warp_lightning.front import load_state, read_run, snapshots
+    from warp_lightning.eval.front import read_run, snapshots
+    from warp_lightning.policy.models import load_state
 
     main = reproduced / "sweep" / "T3_seed0"
     w = read_run(main)["warp"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from warp_lightning import merging
+from warp_lightning.algo import merging
 
 
 def _random_sds(n_models, seed=0, dtype=torch.float32):

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from warp_lightning import NonFiniteError, UserError
-from warp_lightning.checkpoint import RunCheckpoint, run_path
-from warp_lightning.module import RLOOModule, check_finite_weights
-from warp_lightning.warp import PromptBatches
+from warp_lightning.data.prompts import PromptBatches
+from warp_lightning.train.checkpoint import RunCheckpoint, run_path
+from warp_lightning.train.module import RLOOModule, check_finite_weights
 
 SMOKE = ["+experiment=smoke", "warp.checkpoint_every=1", "eval.prompts=4"]
 
@@ -103,7 +103,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path):
 
 
 def tiny_module(gpt2_tokenizer, reward, steps=4):
-    from warp_lightning.policy import load_tokenizer
+    from warp_lightning.policy.models import load_tokenizer
 
     gpt2_tokenizer = load_tokenizer(gpt2_tokenizer.name_or_path)  # with the pad token the project adds
     torch.manual_seed(0)

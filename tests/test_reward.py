@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from warp_lightning import UserError
-from warp_lightning.reward import RewardModel, bradley_terry_loss, center_scores
+from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.reward.training import bradley_terry_loss, center_scores
 
 
 def test_bradley_terry_loss_matches_hand_computation():
@@ -20,7 +21,7 @@ def test_bradley_terry_loss_matches_hand_computation():
 
 @pytest.fixture(scope="module")
 def minilm(asset_cache):
-    from warp_lightning.assets import fetch
+    from warp_lightning.data.assets import fetch
 
     folder = fetch("minilm", cache=asset_cache)
     torch.manual_seed(0)
@@ -50,7 +51,7 @@ def test_centering_makes_balanced_texts_score_zero_on_average(minilm):
 
 
 def test_reward_model_with_several_outputs_is_a_clear_error(asset_cache):
-    from warp_lightning.assets import fetch
+    from warp_lightning.data.assets import fetch
 
     folder = fetch("minilm", cache=asset_cache)
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)

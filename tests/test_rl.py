@@ -6,8 +6,12 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from warp_lightning import policy, rl
-from warp_lightning.policy import Rollout, completion_logprobs, left_pad, sample, sample_tokens
+from warp_lightning.algo import rl
+from warp_lightning.data.prompts import left_pad
+from warp_lightning.policy import kernels
+from warp_lightning.policy.kernels import sample_tokens
+from warp_lightning.policy.logprobs import completion_logprobs
+from warp_lightning.policy.sampling import Rollout, sample
 
 
 def test_rloo_advantages_hand_computation():
@@ -82,11 +86,11 @@ def test_inverse_cdf_sampling_matches_the_distribution():
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sliced_sampling_matches_the_distribution(monkeypatch, temperature):
     """The sampler picks a vocabulary slice by its mass, then a token by the slice's own CDF."""
-    monkeypatch.setattr(policy, "HEAD_CHUNK", 4)
+    monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)
     probs = torch.tensor([0.05, 0.1, 0.0, 0.15, 0.2, 0.02, 0.08, 0.1, 0.25, 0.05])  # 3 slices, the last padded
     logits = torch.full((40000, 12), float("-inf"))
     logits[:, :10] = probs.log() + 3.0
-    draws, lse = policy._sample_slices(logits, 10, temperature, torch.Generator().manual_seed(0))
+    draws, lse = kernels._sample_slices(logits, 10, temperature, torch.Generator().manual_seed(0))
     expected = torch.softmax(probs.log() / temperature, -1)
     freq = torch.bincount(draws, minlength=10).float() / len(draws)
     assert torch.allclose(freq, expected, atol=0.01) and freq[2] == 0
@@ -131,7 +135,7 @@ def test_sampling_stops_at_eos_and_masks_after():
 
 
 def test_fused_linear_logprob_matches_log_softmax_and_its_gradients():
-    from warp_lightning.policy import linear_logprob
+    from warp_lightning.policy.kernels import linear_logprob
 
     torch.manual_seed(0)
     h = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
@@ -148,7 +152,7 @@ def test_fused_linear_logprob_matches_log_softmax_and_its_gradients():
 
 @pytest.mark.slow
 def test_compiled_kernels_match_eager_in_bf16():
-    from warp_lightning.policy import linear_logprob, use_compiled_kernels
+    from warp_lightning.policy.kernels import linear_logprob, use_compiled_kernels
 
     torch.manual_seed(0)
     h, w, y = torch.randn(33, 16), 0.3 * torch.randn(101, 16), torch.randint(0, 101, (33,))
@@ -197,8 +201,8 @@ def _logprobs_and_grads(model, rollout, weights):
 def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, temperature):
     """One update per batch: the sampling pass's logits stand for the head's projection (float64), also when
     sampling at another temperature (the log-probs are the policy's, at temperature 1, either way)."""
-    monkeypatch.setattr(policy, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
-    monkeypatch.setattr(policy, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
+    monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
+    monkeypatch.setattr(kernels, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
     model = _float64_policy()
     # the k = 3 samples of each prompt share one prompt forward; EOS (3) stops some rows early
     ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)
@@ -241,7 +245,7 @@ def test_shared_prompt_forward_matches_each_row_alone():
 
 
 def test_kept_logits_are_used_only_by_the_sampler_with_unchanged_weights(monkeypatch):
-    monkeypatch.setattr(policy, "HEAD_CHUNK", 4)
+    monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)
     model = _float64_policy()
     other = _float64_policy()
     ids, mask = left_pad([[1, 2]] * 2, pad_id=0)

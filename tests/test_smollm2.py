@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from warp_lightning.policy import left_pad, load_causal_lm, load_tokenizer, sample
-from warp_lightning.smollm2 import build_smollm2
+from warp_lightning.data.prompts import left_pad
+from warp_lightning.policy.models import load_causal_lm, load_tokenizer
+from warp_lightning.policy.sampling import sample
+from warp_lightning.policy.smollm2 import build_smollm2
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 
 from warp_lightning import UserError
 from warp_lightning.cli import CONF_DIR
-from warp_lightning.validate import validate_train_config
+from warp_lightning.utils.validate import validate_train_config
 
 BAD = [
     ("warp.iterations=0", "warp.iterations"),

@@ -3,8 +3,9 @@
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from warp_lightning import merging
-from warp_lightning.warp import PromptBatches, WarpState, clone_state, derive_seed
+from warp_lightning.algo import merging
+from warp_lightning.algo.state import WarpState, clone_state, derive_seed
+from warp_lightning.data.prompts import PromptBatches
 
 
 def tiny_gpt2(seed: int) -> GPT2LMHeadModel:

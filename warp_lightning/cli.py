@@ -13,18 +13,20 @@ import sys
 from pathlib import Path
 
 from warp_lightning import UserError
+from warp_lightning.utils.io import write_metrics
+from warp_lightning.utils.paths import cfg_output_dir
 
 CONF_DIR = Path(os.environ.get("WARP_LIGHTNING_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
 # command -> (module with `run(cfg)`, one-line description)
 COMMANDS = {
-    "assets": ("warp_lightning.assets", "fetch the offline models and data of ASSETS.md into the cache"),
-    "sft": ("warp_lightning.sft", "train the offline SFT policy (a small GPT-2) on movie reviews"),
-    "reward": ("warp_lightning.reward", "train a Bradley-Terry reward model on preference pairs"),
-    "train": ("warp_lightning.warp", "run WARP: RLOO with an EMA anchor, SLERP of M runs, LITI, I times"),
-    "evaluate": ("warp_lightning.evaluate", "mean reward and KL to the SFT policy, with 95% intervals"),
-    "front": ("warp_lightning.front", "reward vs KL fronts of a run (LITI over eta) and of baselines"),
-    "report": ("warp_lightning.report", "tables, plots and the paper's claims from the experiments, in reports/"),
+    "assets": ("warp_lightning.data.assets", "fetch the offline models and data of ASSETS.md into the cache"),
+    "sft": ("warp_lightning.train.sft", "train the offline SFT policy (a small GPT-2) on movie reviews"),
+    "reward": ("warp_lightning.reward.training", "train a Bradley-Terry reward model on preference pairs"),
+    "train": ("warp_lightning.train.loop", "run WARP: RLOO with an EMA anchor, SLERP of M runs, LITI, I times"),
+    "evaluate": ("warp_lightning.eval.evaluate", "mean reward and KL to the SFT policy, with 95% intervals"),
+    "front": ("warp_lightning.eval.front", "reward vs KL fronts of a run (LITI over eta) and of baselines"),
+    "report": ("warp_lightning.eval.report", "tables, plots and the paper's claims from the experiments, in reports/"),
 }
 
 log = logging.getLogger("warp_lightning")
@@ -40,8 +42,6 @@ def usage() -> str:
 
 def run_command(name: str, cfg) -> dict:
     """Run a command's `run(cfg)`, turning a UserError into one line on stderr and exit status 2."""
-    from warp_lightning.io import write_metrics
-
     module = importlib.import_module(COMMANDS[name][0])
     try:
         metrics = module.run(cfg)
@@ -51,12 +51,6 @@ def run_command(name: str, cfg) -> dict:
     if metrics is not None:
         write_metrics(Path(cfg_output_dir()) / "metrics.json", metrics)
     return metrics
-
-
-def cfg_output_dir() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.output_dir
 
 
 def check_overrides(name: str, args: list[str]) -> None:

@@ -11,160 +11,37 @@ or in the run's `RLOOModule` (theta_m = `policy`, theta_ema = `anchor`).
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from warp_lightning import merging
+from warp_lightning.algo.state import WarpState, clone_state, derive_seed
+from warp_lightning.builds import ensure_model
+from warp_lightning.data.prompts import PromptBatches, prompt_splits
+from warp_lightning.eval.protocol import quick_eval
+from warp_lightning.policy.kernels import use_compiled_kernels
+from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
+from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.train import checkpoint as ckpt
+from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots
+from warp_lightning.train.checkpoint import AtomicCheckpointIO
+from warp_lightning.train.module import RLOOModule
+from warp_lightning.train.strategies import start_processes, strategy_for
+from warp_lightning.utils.io import atomic_write_json
+from warp_lightning.utils.loggers import build_logger, finish_logger, trim_logs
+from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
 
-def derive_seed(seed: int, iteration: int, run: int) -> int:
-    """Run m of iteration i gets its own seed, a stable function of (seed, i, m)."""
-    digest = hashlib.sha256(f"warp-{seed}-{iteration}-{run}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
-
-
-def clone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A detached copy in CPU memory (where the loop merges) that keeps tied weights tied (GPT-2's wte and lm_head
-    stay one tensor)."""
-    copies: dict[tuple, torch.Tensor] = {}
-    out = {}
-    for key, t in state.items():
-        alias = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-        if t.numel() == 0 or alias not in copies:
-            copies[alias] = t.detach().to("cpu", copy=True)
-        out[key] = copies[alias]
-    return out
-
-
-@dataclass
-class WarpState:
-    """Where the weights of WARP live and who changes them.
-
-    theta_sft   the starting policy; never changes.
-    theta_init  where every run of the current iteration starts; changed only by `finish_run` (LITI)
-                when the M-th run of an iteration ends.
-    theta_slerp the merge of the iteration's runs; set only by `finish_run`.
-    runs        theta_m of the runs finished in the current iteration (handed over by `MergeRuns`).
-    theta_m and theta_ema themselves live in `RLOOModule.policy` / `.anchor` while a run trains.
-    """
-
-    theta_sft: dict[str, torch.Tensor]
-    runs_per_iteration: int
-    merge: str = "slerp"
-    slerp_lambda: float | None = 0.5
-    liti_eta: float = 0.5
-    theta_init: dict[str, torch.Tensor] = None
-    theta_slerp: dict[str, torch.Tensor] | None = None
-    runs: list[dict[str, torch.Tensor]] = field(default_factory=list)
-    iteration: int = 1
-    merge_stats: list[dict] = field(default_factory=list)
-
-    def __post_init__(self):
-        if self.theta_init is None:
-            self.theta_init = clone_state(self.theta_sft)
-
-    def finish_run(self, theta_m: dict[str, torch.Tensor]) -> None:
-        self.runs.append(clone_state(theta_m))
-        if len(self.runs) == self.runs_per_iteration:
-            self._merge_and_interpolate()
-
-    def _merge_and_interpolate(self) -> None:
-        # lambda applies to two runs (WARP.md); M != 2 uses the recursive 1/m scheme
-        lam = self.slerp_lambda if len(self.runs) == 2 else None
-        merge_fn = merging.slerp if self.merge == "slerp" else merging.linear
-        self.theta_slerp = merge_fn(self.theta_init, self.runs, lam)
-        self.merge_stats.append({"iteration": self.iteration,
-                                 **merging.merge_stats(self.theta_init, self.runs, self.theta_slerp)})
-        self.theta_init = merging.liti(self.theta_init, self.theta_slerp, self.liti_eta)
-        self.runs = []
-        self.iteration += 1
-
-
-class PromptBatches(torch.utils.data.Dataset):
-    """T batches of P prompts in a seeded order (whole passes over the prompts, reshuffled per pass).
-
-    Iterating starts at batch `start` (the prompt stream position of a resumed run); the length stays T so
-    that Lightning's restored loop progress lines up with it. With `shard`, each process of a
-    data-parallel run takes every world_size-th prompt of a batch (with all its k samples).
-    """
-
-    def __init__(self, prompts: list[list[int]], steps: int, per_step: int, seed: int, pad_id: int,
-                 start: int = 0, shard: bool = False):
-        g = torch.Generator().manual_seed(seed)
-        need, order = steps * per_step, []
-        while len(order) < need:
-            order += torch.randperm(len(prompts), generator=g).tolist()
-        self.prompts, self.order, self.per_step, self.pad_id = prompts, order[:need], per_step, pad_id
-        self.start, self.shard = start, shard
-
-    def __len__(self) -> int:
-        return len(self.order) // self.per_step
-
-    def __getitem__(self, t: int):
-        from warp_lightning.policy import left_pad
-
-        if not 0 <= t < len(self):
-            raise IndexError(t)
-        rows = self.order[t * self.per_step : (t + 1) * self.per_step]
-        if self.shard and torch.distributed.is_initialized():  # data parallel: this process's prompts
-            rows = rows[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
-        return left_pad([self.prompts[r] for r in rows], self.pad_id)
-
-    def __iter__(self):
-        return (self[t] for t in range(self.start, len(self)))
-
-    # Lightning treats an iterable with these two methods as resumable (no mid-epoch warning); the
-    # position itself is set from the run checkpoint's step before `fit`.
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
-    """Build a missing offline model with the project's own command (`sft`, `reward`) or the gguf (`smollm2`)."""
-    import subprocess
-    import sys
-
-    from hydra.core.hydra_config import HydraConfig
-
-    from warp_lightning import UserError
-
-    path = Path(str(model_cfg.name_or_path))
-    if path.exists() or not model_cfg.get("build"):
-        return
-    if model_cfg.build == "smollm2":
-        from warp_lightning.smollm2 import build_smollm2
-
-        build_smollm2(path, cache=cache_dir)
-        return
-    log.info("%s not found at %s: building it with `python -m warp_lightning %s` (first use only)",
-             kind, path, model_cfg.build)
-    choice = HydraConfig.get().runtime.choices.get(kind) if HydraConfig.initialized() else None
-    cmd = [sys.executable, "-m", "warp_lightning", model_cfg.build, f"save_to={path}",
-           *([f"{kind}={choice}"] if choice else []), *([f"paths.cache_dir={cache_dir}"] if cache_dir else []),
-           *model_cfg.get("build_overrides", [])]
-    if subprocess.run(cmd).returncode != 0 or not path.exists():
-        raise UserError(f"{kind}.name_or_path: building {path} with `{' '.join(cmd[1:])}` failed; run it "
-                        "yourself to see why")
-
-
 def build_trainer(cfg, out_dir: Path, run_name: str | None, callbacks: list, max_steps: int) -> L.Trainer:
     """The Lightning Trainer of one run (`run_name=None`: no logger, used to start the processes)."""
-    from warp_lightning.checkpoint import AtomicCheckpointIO
-    from warp_lightning.distributed import strategy_for
-    from warp_lightning.loggers import build_logger
-
     logger = build_logger(cfg.logger, out_dir, run_name, group=cfg.experiment_name) if run_name else False
     return L.Trainer(max_steps=max_steps, max_epochs=1, accelerator=cfg.trainer.accelerator,
                      devices=cfg.trainer.devices, num_nodes=cfg.trainer.get("num_nodes", 1),
@@ -185,7 +62,6 @@ def resume_config(cfg) -> dict:
 @dataclass
 class Loop:
     """What every run of the loop shares: config, models, prompts, the WarpState, where outputs go."""
-
     cfg: object
     out_dir: Path
     policy: torch.nn.Module
@@ -198,12 +74,6 @@ class Loop:
 
     def train_run(self, i: int, m: int) -> dict:
         """Run m of iteration i from theta_init (or from its checkpoint); returns its manifest record."""
-        from warp_lightning import checkpoint as ckpt
-        from warp_lightning.callbacks import EMAAnchor, MergeRuns, Snapshots
-        from warp_lightning.distributed import full_state
-        from warp_lightning.loggers import finish_logger, trim_logs
-        from warp_lightning.module import RLOOModule
-
         w, ckpt_dir = self.cfg.warp, self.out_dir / "checkpoints"
         seed = derive_seed(w.seed, i, m)
         torch.manual_seed(seed)
@@ -213,7 +83,7 @@ class Loop:
         init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.kl_to_init_every else None)
         module = RLOOModule(run_policy, anchor, self.reward_model, self.tokenizer, w, sample_seed=seed + 1,
                             init_policy=init_policy, tags={"iteration": i, "run": m})
-        callbacks = [] if self.parallel else [MergeRuns(self.state)]  # parallel: merged after the gather
+        callbacks = [MergeRuns(self.state)]
         callbacks += [EMAAnchor(w.ema_rate)] if w.anchor == "ema" else []
         callbacks += [ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m,
                                          every_rank=self.parallel)]
@@ -235,21 +105,11 @@ class Loop:
         log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
                  trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
                  final.get("kl_anchor", float("nan")))
-        self.theta_m = full_state(module.policy)
         return {"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step), "resumed_at_step": start,
                 "seconds": round(time.time() - run_started, 1), "final": final}
 
 
 def run(cfg) -> dict | None:
-    from warp_lightning import checkpoint as ckpt
-    from warp_lightning.cli import cfg_output_dir
-    from warp_lightning.data import prompt_splits
-    from warp_lightning.distributed import gather_states, start_processes
-    from warp_lightning.evaluate import quick_eval, save_policy
-    from warp_lightning.policy import load_causal_lm, load_tokenizer, use_compiled_kernels
-    from warp_lightning.reward import RewardModel
-    from warp_lightning.validate import validate_train_config
-
     started = time.time()
     validate_train_config(cfg)
     w = cfg.warp
@@ -295,9 +155,7 @@ def run(cfg) -> dict | None:
             record = loop.train_run(i, rank + 1)
             records = [None] * world
             torch.distributed.all_gather_object(records, record)
-            run_records += records
-            for theta_m in gather_states(clone_state(loop.theta_m), world):
-                state.finish_run(theta_m)
+            run_records += records  # the M theta_m were gathered and merged by `MergeRuns` in every process
             finish(i, w.runs)
         for m in range(1, w.runs + 1) if not parallel else ():
             if (i, m) > done:  # else finished before an interruption: its theta_m is in `state`
@@ -323,7 +181,6 @@ def run(cfg) -> dict | None:
     manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": run_records,
                 "merges": state.merge_stats, "train_prompts": len(loop.train_ids),
                 "test_prompts": len(test_prompts), "processes": world, "evaluation": evaluation, "metrics": metrics}
-    from warp_lightning.io import atomic_write_json
 
     atomic_write_json(out_dir / "manifest.json", manifest)
     return metrics

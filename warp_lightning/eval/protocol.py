@@ -7,36 +7,27 @@ The sampled k1 estimate (what training uses) is reported beside it.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from warp_lightning import rl
-from warp_lightning.policy import completion_logprobs, left_pad, sample
-
-
-def model_from_state(skeleton, state: dict[str, torch.Tensor]):
-    model = copy.deepcopy(skeleton)
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
-
-
-def save_policy(skeleton, state: dict[str, torch.Tensor], tokenizer, path: Path) -> Path:
-    """A Hugging Face folder (weights + tokenizer), written atomically."""
-    from warp_lightning.io import save_hf_folder
-
-    model = model_from_state(skeleton, state)
-
-    return save_hf_folder(path, model, tokenizer)
+from warp_lightning import UserError
+from warp_lightning.algo import rl
+from warp_lightning.builds import ensure_model
+from warp_lightning.data.prompts import left_pad, prompt_splits
+from warp_lightning.eval.stats import distinct_n, fmt_ci, markdown_table, mean_ci95
+from warp_lightning.policy.logprobs import completion_logprobs
+from warp_lightning.policy.models import load_causal_lm, load_tokenizer, model_from_state
+from warp_lightning.policy.sampling import decode_texts, sample
+from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.utils.io import atomic_write_bytes
 
 
 @torch.no_grad()
 def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: list[list[int]], n_per_prompt: int,
                       max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64) -> dict:
     """Sample n completions per prompt from `model`; per completion: reward, exact and sampled KL, length."""
-    from warp_lightning.module import decode_texts
 
     g = torch.Generator().manual_seed(seed)
     rows = [p for p in prompt_ids for _ in range(n_per_prompt)]
@@ -77,38 +68,9 @@ def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_
     return results
 
 
-# two-sided 95% Student t critical values t_{0.975, df}
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-
-
-def t975(df: int) -> float:
-    if df in _T975:
-        return _T975[df]
-    below = [d for d in _T975 if d < df]
-    return _T975[max(below)] if df <= 30 else 1.96
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of the 95% interval of the mean (Student t over the values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, t975(n - 1) * (var / n) ** 0.5
-
-
-def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct n-grams over all n-grams of the completions (word level)."""
-    grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
-    return len(set(grams)) / max(1, len(grams))
-
-
 def subsample_indices(n_prompts: int, subsamples: int, size: int, seed: int) -> list[list[int]]:
     """S seeded subsamples of N held-out prompts; the same for every model compared."""
     if size > n_prompts:
-        from warp_lightning import UserError
 
         raise UserError(f"eval.prompts={size} is invalid: only {n_prompts} held-out prompts exist")
     return [torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + s))[:size].tolist()
@@ -145,7 +107,6 @@ class Protocol:
     Every model evaluated through one Protocol sees the same subsamples and sampling seeds, so that
     differences between models are not differences between prompts.
     """
-
     tokenizer: object
     sft: torch.nn.Module
     reward_model: object
@@ -160,12 +121,6 @@ class Protocol:
 
 def load_protocol(cfg) -> Protocol:
     """The Protocol of an `evaluate`-like config (`sft`, `reward_model`, `data`, `eval`, `trainer.precision`)."""
-    from warp_lightning import UserError
-    from warp_lightning.data import prompt_splits
-    from warp_lightning.policy import load_causal_lm, load_tokenizer
-    from warp_lightning.reward import RewardModel
-    from warp_lightning.warp import ensure_model
-
     if not Path(str(cfg.sft)).exists():
         raise UserError(f"sft={cfg.sft} does not exist: pass the SFT policy's Hugging Face folder")
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
@@ -192,8 +147,6 @@ def named_models(value) -> dict[str, str]:
 
 def results_table(results: dict[str, dict]) -> str:
     """Experiment 1's table: model | mean reward | mean KL (with 95% intervals) | length | distinct-1/2."""
-    from warp_lightning.report import fmt_ci, markdown_table
-
     rows = [[name, fmt_ci(m["reward_mean"], m["reward_ci95"]), fmt_ci(m["kl_mean"], m["kl_ci95"], 2),
              fmt_ci(m["completion_length_mean"], m["completion_length_ci95"], 1),
              f"{m['distinct_1']:.3f} / {m['distinct_2']:.3f}"] for name, m in results.items()]
@@ -205,7 +158,6 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     import csv
     import io
 
-    from warp_lightning.io import atomic_write_bytes
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
@@ -214,42 +166,3 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
     return atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def run(cfg) -> dict:
-    """`python -m warp_lightning evaluate model=PATH`: reward and KL(pi || pi_sft) with intervals.
-
-    Experiment 1 of WARP.md: with `with_sft=true` (the default) the SFT policy is evaluated too, on the
-    same subsamples, and the table `model | mean reward | mean KL` is printed and saved as `table.md`.
-    """
-    from warp_lightning import UserError
-    from warp_lightning.cli import cfg_output_dir
-    from warp_lightning.io import atomic_write_bytes
-    from warp_lightning.policy import load_causal_lm
-
-    sft_path = str(cfg.sft)
-
-    def is_sft(path: str) -> bool:
-        return Path(path).resolve() == Path(sft_path).resolve()
-
-    models = {}
-    for name, path in named_models(cfg.model).items():
-        if not Path(path).exists():
-            raise UserError(f"model={path} does not exist: pass a Hugging Face folder, e.g. "
-                            "model=outputs/train/.../final")
-        models["SFT" if is_sft(path) else name] = path
-    protocol = load_protocol(cfg)
-    if cfg.with_sft and not any(map(is_sft, models.values())):
-        models = {"SFT": sft_path, **models}
-    results, rows = {}, []
-    for name, path in models.items():
-        model = protocol.sft if is_sft(path) else load_causal_lm(path).eval()
-        metrics, completions = protocol.evaluate(model)
-        results[name] = {**metrics, "path": path}
-        rows += [{"model": name, **r} for r in completions]
-    out = Path(cfg_output_dir())
-    write_csv(out / "completions.csv", rows)
-    table = results_table(results)
-    atomic_write_bytes(out / "table.md", (table + "\n").encode())
-    print(table)
-    name = next((n for n, p in models.items() if not is_sft(p)), next(iter(models)))  # the model asked for
-    main = {k: v for k, v in results[name].items() if k != "path"}
-    return {**main, "model": models[name], "sft": sft_path, "models": results}

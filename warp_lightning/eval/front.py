@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from warp_lightning import UserError, merging
+from warp_lightning import UserError
+from warp_lightning.algo import merging
+from warp_lightning.eval.plots import plot_front
+from warp_lightning.eval.protocol import load_protocol, write_csv
+from warp_lightning.policy.models import load_state, model_from_state
+from warp_lightning.utils.paths import cfg_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +42,6 @@ class Curve:
     iteration: int
     source: str
     points: Callable[[], Iterator[tuple[dict, StateDict | None]]]
-
-
-def load_state(folder: Path) -> StateDict:
-    from warp_lightning.policy import load_causal_lm
-
-    return load_causal_lm(folder).state_dict()
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -78,7 +77,6 @@ def training_points(steps: dict[int, Path]) -> Iterator:
 
 def linear_endpoint(run_dir: Path, w: dict, iteration: int, theta_sft: StateDict) -> Callable[[], StateDict]:
     """The linear merge of iteration i's runs (their last snapshots) from that iteration's theta_init."""
-
     def merge() -> StateDict:
         theta_init = theta_sft if iteration == 1 else load_state(run_dir / f"iter_{iteration - 1}" / "init")
         runs = [load_state(snapshots(run_dir, iteration, m)[w["steps"]]) for m in range(1, w["runs"] + 1)]
@@ -125,8 +123,6 @@ def check_same_sft(run_dir: Path, sft: str) -> None:
 
 def evaluate_curves(curves: list[Curve], protocol) -> list[dict]:
     """Evaluate every point with the protocol; theta_sft (eta = 0, step 0) once for all curves."""
-    from warp_lightning.evaluate import model_from_state
-
     sft_metrics, rows = None, []
     for curve in curves:
         for where, state in curve.points():
@@ -147,10 +143,6 @@ def evaluate_curves(curves: list[Curve], protocol) -> list[dict]:
 
 
 def run(cfg) -> dict:
-    from warp_lightning.cli import cfg_output_dir
-    from warp_lightning.evaluate import load_protocol, write_csv
-    from warp_lightning.plots import plot_front
-
     started = time.time()
     etas, linear_etas = [float(e) for e in cfg.etas], [float(e) for e in cfg.linear_etas or []]
     for key, values in (("etas", etas), ("linear_etas", linear_etas)):

@@ -7,8 +7,11 @@ import logging
 import lightning as L
 import torch
 
-from warp_lightning import NonFiniteError, UserError, rl
-from warp_lightning.policy import completion_logprobs, sample
+from warp_lightning import NonFiniteError, UserError
+from warp_lightning.algo import rl
+from warp_lightning.policy.logprobs import completion_logprobs
+from warp_lightning.policy.sampling import decode_texts, sample
+from warp_lightning.policy.sharding import shard_model, whole
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,6 @@ class RLOOModule(L.LightningModule):
     One batch of P prompts is one RL step: k samples per prompt, reward, KL to the anchor folded into
     the reward, leave-one-out advantages, one gradient step on -mean(A * log pi_theta(y|x)).
     """
-
     def __init__(self, policy, anchor, reward_model, tokenizer, warp, sample_seed: int,
                  init_policy=None, tags: dict | None = None):
         super().__init__()
@@ -59,8 +61,6 @@ class RLOOModule(L.LightningModule):
 
     def configure_model(self):
         """trainer=fsdp: shard theta_m, theta_ema and theta_init over the processes (`distributed.shard_model`)."""
-        from warp_lightning.distributed import shard_model
-
         if self.device_mesh is None:
             return
         for model in {id(m): m for m in (self.policy, self.anchor, self.init_policy) if m is not None}.values():
@@ -127,7 +127,6 @@ class RLOOModule(L.LightningModule):
         check_finite_weights(self.policy, f"after the update of {self.where()}", self.KEPT)
 
     def on_before_optimizer_step(self, optimizer):
-        from warp_lightning.distributed import whole
 
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         self.log("grad_norm", whole(torch.nn.utils.get_total_norm(grads)))
@@ -142,8 +141,6 @@ class RLOOModule(L.LightningModule):
 
 def check_finite_weights(model, when: str, kept: str = "") -> None:
     """Raise `NonFiniteError` naming the first parameter of `model` holding a NaN or inf."""
-    from warp_lightning.distributed import whole
-
     finite = whole(torch.stack([torch.isfinite(p).all() for p in model.parameters()]))
     if not finite.all():
         name = next(n for (n, _), ok in zip(model.named_parameters(), finite, strict=True) if not ok)
@@ -151,7 +148,3 @@ def check_finite_weights(model, when: str, kept: str = "") -> None:
                              + (f"; {kept}" if kept else ""))
 
 
-def decode_texts(tokenizer, rollout) -> list[str]:
-    """Prompt + completion as text (what the reward model reads), padding and EOS dropped."""
-    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
-            for ids, mask in zip(rollout.input_ids, rollout.attention_mask, strict=True)]

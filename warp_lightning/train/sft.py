@@ -16,6 +16,15 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from warp_lightning.data.assets import fetch
+from warp_lightning.data.prompts import left_pad
+from warp_lightning.data.texts import load_texts
+from warp_lightning.policy.models import load_tokenizer
+from warp_lightning.policy.sampling import sample
+from warp_lightning.utils.io import save_hf_folder
+from warp_lightning.utils.loggers import build_logger
+from warp_lightning.utils.paths import cfg_output_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +78,6 @@ class CausalLMModule(L.LightningModule):
 
 @torch.no_grad()
 def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
-    from warp_lightning.policy import left_pad, sample
 
     ids, mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
     rollout = sample(model.eval(), ids, mask, max_new_tokens, temperature=1.0,
@@ -81,13 +89,6 @@ def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: i
 
 def run(cfg) -> dict:
     """`python -m warp_lightning sft`: train, measure held-out perplexity, save the policy folder."""
-    from warp_lightning.assets import fetch
-    from warp_lightning.cli import cfg_output_dir
-    from warp_lightning.data import load_texts
-    from warp_lightning.io import save_hf_folder
-    from warp_lightning.loggers import build_logger
-    from warp_lightning.policy import load_tokenizer
-
     s = cfg.sft
     started = time.time()
     L.seed_everything(s.seed, workers=True)

@@ -21,15 +21,12 @@ start them externally). Rank 0 writes every output.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import types
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, ParallelStrategy
 from lightning.pytorch.utilities import rank_zero_only
-from torch.distributed.tensor import DTensor
 
 log = logging.getLogger(__name__)
 
@@ -130,60 +127,3 @@ def gather_states(state: dict[str, torch.Tensor], world: int) -> list[dict[str, 
     return out
 
 
-def shard_model(model: torch.nn.Module, mesh) -> None:
-    """FSDP2 on a Hugging Face causal LM: each transformer block (`_no_split_modules`) is its own unit, the rest
-    (embeddings, final norm, the tied head) the root's.
-
-    The policy functions read the head's weight and call `base_model` outside `model.forward`; they run through
-    `model.run_gathered(fn, ...)`, which FSDP treats as a forward (root weights gathered around the call, blocks
-    gathered one at a time inside it or all at once with `blocks_kept`, gradients reduce-scattered after backward).
-    """
-    from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
-
-    if isinstance(model, FSDPModule):
-        return
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} names no transformer block class (_no_split_modules) to shard")
-    for module in model.modules():
-        if type(module).__name__ in blocks:
-            fully_shard(module, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    # the shards themselves: while gathered, `model.parameters()` are copies refreshed without a version bump
-    model.shards = tuple(model.parameters())
-    model.run_gathered = types.MethodType(lambda self, fn, *args, **kwargs: fn(self, *args, **kwargs), model)
-    register_fsdp_forward_method(model, "run_gathered")
-
-
-@contextlib.contextmanager
-def blocks_kept(model: torch.nn.Module):
-    """Within: each sharded block of `model`, once gathered, stays gathered, and all are freed on exit. A decoding
-    loop runs every block once per token: one gather per block instead of one per block and token."""
-    from torch.distributed.fsdp import FSDPModule
-
-    blocks = [m for m in model.modules() if m is not model and isinstance(m, FSDPModule)]
-    for block in blocks:
-        block.set_reshard_after_forward(False, recurse=False)
-    try:
-        yield
-    finally:
-        for block in blocks:
-            block.set_reshard_after_forward(True, recurse=False)
-            block.reshard()
-
-
-def whole(t: torch.Tensor) -> torch.Tensor:
-    """A sharded tensor (DTensor) gathered on every process; any other tensor as it is."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-@torch.no_grad()
-def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """`model.state_dict()` with sharded entries gathered (call it on every process); tied entries stay one tensor."""
-    gathered: dict[int, torch.Tensor] = {}
-    out = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if id(t) not in gathered:
-            gathered[id(t)] = whole(t.detach())
-        out[key] = gathered[id(t)]
-    return out

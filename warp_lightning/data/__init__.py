@@ -1,0 +1,1 @@
+"""Offline assets, labelled texts, prompts and preference pairs."""

@@ -1,0 +1,85 @@
+"""Per-token log-probs of sampled completions: the LM head only at completion tokens, or the sampler's kept logits."""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from warp_lightning.algo.rl import entropy_from_logprobs
+from warp_lightning.policy.kernels import _KERNELS, _matmul_dtype, _SampledLogprob, linear_logprob
+from warp_lightning.policy.models import position_ids_from_mask
+from warp_lightning.policy.sampling import Rollout, _prompt_forward
+from warp_lightning.policy.sharding import gathers_weights
+
+
+def _completion_hidden(model, rollout: Rollout) -> torch.Tensor:
+    """[B, Lc, d]: the final hidden state that predicts each completion token (columns Lp - 1 .. L - 2).
+
+    The prompt runs once per distinct prompt (see `_prompt_forward`), then the completions attend to its
+    cache; the last completion token predicts nothing and is not fed.
+    """
+    ids, mask, lp = rollout.input_ids, rollout.attention_mask, rollout.prompt_len
+    positions = position_ids_from_mask(mask)
+    cache = DynamicCache()
+    prompt = _prompt_forward(model, ids[:, :lp], mask[:, :lp], positions[:, :lp], cache)[:, -1:]
+    if ids.shape[1] - lp < 2:
+        return prompt
+    completion = model.base_model(input_ids=ids[:, lp:-1], attention_mask=mask[:, :-1],
+                                  position_ids=positions[:, lp:-1], past_key_values=cache,
+                                  use_cache=True).last_hidden_state
+    return torch.cat([prompt, completion], 1)
+
+
+def _logprobs_from_kept(weight, rollout: Rollout, hidden: torch.Tensor, keep: torch.Tensor, entropy_stride: int):
+    """`completion_logprobs` from the sampler's kept logits (see `_SampledLogprob`), rows token-major like them."""
+    keep_t = keep.T
+    h, targets = hidden.transpose(0, 1)[keep_t], rollout.completion_ids.T[keep_t]
+    index = None if keep.all() else keep_t.flatten().nonzero().squeeze(-1)
+    dtype = _matmul_dtype(h.device.type, h.dtype)
+    with torch.autocast(h.device.type, enabled=False):
+        values = _SampledLogprob.apply(h, weight, targets, rollout.logits.flatten(0, 1), index,
+                                       rollout.logsumexp.T[keep_t], dtype)
+    token_lp = values.new_zeros(keep.shape)  # float32 (float64 for a float64 model)
+    token_lp.T[keep_t] = values
+    entropy = None
+    if entropy_stride:
+        with torch.no_grad():
+            b, t = keep.nonzero()[::entropy_stride].T  # the tokens `completion_logprobs` takes without kept logits
+            entropy = _KERNELS["entropy"](rollout.logits[t, b, : weight.shape[0]]).mean()
+    return token_lp, entropy, None
+
+
+@gathers_weights
+def completion_logprobs(
+    model, rollout: Rollout, entropy_stride: int = 0, full: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-token log pi(y_t | x, y_<t) of the completion tokens, in float32.
+
+    The LM head runs only at completion positions that count (mask = 1): at these sizes the
+    vocabulary projection is most of the arithmetic. If `model` sampled `rollout` with
+    `keep_logits=True` and its weights have not changed since, its sampling logits stand for the head
+    (see `_SampledLogprob`). Returns (token_logprobs [B, Lc], the mean full-vocabulary entropy over
+    every `entropy_stride`-th counted token (None if 0; a subsample, since it is for logging), and
+    with `full=True` the log-probs [N_valid, V] over the vocabulary).
+    """
+    keep = rollout.completion_mask.bool()
+    hidden = _completion_hidden(model, rollout)
+    head = model.get_output_embeddings()
+    if not full and getattr(head, "bias", None) is None and rollout.logits is not None and rollout.sampled_by(model):
+        return _logprobs_from_kept(head.weight, rollout, hidden, keep, entropy_stride)
+    logprobs = entropy = None
+    h, targets = hidden[keep], rollout.completion_ids[keep]
+    if full or getattr(head, "bias", None) is not None:
+        logprobs = torch.log_softmax(head(h).float(), dim=-1)
+        values = logprobs.gather(-1, targets[:, None]).squeeze(-1)
+    else:
+        values = linear_logprob(h, head.weight, targets)
+    token_lp = values.new_zeros(keep.shape)  # float32 (float64 for a float64 model)
+    token_lp[keep] = values
+    if entropy_stride:
+        with torch.no_grad():
+            if logprobs is not None:
+                entropy = entropy_from_logprobs(logprobs[::entropy_stride]).mean()
+            else:
+                entropy = _KERNELS["entropy"](head(h[::entropy_stride].detach())).mean()
+    return token_lp, entropy, logprobs

@@ -1,0 +1,1 @@
+"""Infrastructure shared by every command: atomic writes, loggers, config checks, output paths."""
