@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from warp_lightning import UserError
+from warp_lightning.utils.console import quiet_third_party
 from warp_lightning.utils.io import write_metrics
 from warp_lightning.utils.paths import cfg_output_dir
 
@@ -43,6 +44,7 @@ def usage() -> str:
 def run_command(name: str, cfg) -> dict:
     """Run a command's `run(cfg)`, turning a UserError into one line on stderr and exit status 2."""
     module = importlib.import_module(COMMANDS[name][0])
+    quiet_third_party()  # after the imports: Lightning adds its own console handler when it is imported
     try:
         metrics = module.run(cfg)
     except UserError as err:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from warp_lightning import UserError
 from warp_lightning.algo import merging
+from warp_lightning.algo.state import clone_state
 from warp_lightning.eval.plots import plot_front
 from warp_lightning.eval.protocol import load_protocol, write_csv
 from warp_lightning.policy.models import load_state, model_from_state
@@ -154,7 +155,7 @@ def run(cfg) -> dict:
     for run_dir in runs.values():
         check_same_sft(run_dir, str(cfg.sft))
     protocol = load_protocol(cfg)
-    theta_sft = protocol.sft.state_dict()
+    theta_sft = clone_state(protocol.sft.state_dict())  # in CPU memory, where the fronts interpolate
     curves = [c for name, run_dir in runs.items()
               for c in run_curves(name, run_dir, theta_sft, etas, linear_etas if name == cfg.name else None)]
     rows = evaluate_curves(curves, protocol)

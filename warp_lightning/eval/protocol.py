@@ -20,8 +20,10 @@ from warp_lightning.eval.stats import distinct_n, fmt_ci, markdown_table, mean_c
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, model_from_state
 from warp_lightning.policy.sampling import decode_texts, sample
-from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.reward.scorer import load_reward_model
 from warp_lightning.utils.io import atomic_write_bytes
+from warp_lightning.utils.precision import autocast
+from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
 
 
 @torch.no_grad()
@@ -29,17 +31,18 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
                       max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64) -> dict:
     """Sample n completions per prompt from `model`; per completion: reward, exact and sampled KL, length."""
 
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # in CPU memory on any device: the same stream on CPU and GPU
+    device = next(model.parameters()).device
     rows = [p for p in prompt_ids for _ in range(n_per_prompt)]
     out = {"reward": [], "kl": [], "kl_k1": [], "kl_k3": [], "length": [], "text": []}
     for start in range(0, len(rows), batch_size):
-        ids, mask = left_pad(rows[start : start + batch_size], tokenizer.pad_token_id)
+        ids, mask = (t.to(device) for t in left_pad(rows[start : start + batch_size], tokenizer.pad_token_id))
         rollout = sample(model, ids, mask, max_new_tokens, temperature, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, generator=g)
         cmask = rollout.completion_mask.bool()
         lp_tok, _, lp_full = completion_logprobs(model, rollout, full=True)
         ref_tok, _, ref_full = completion_logprobs(sft_model, rollout, full=True)
-        per_token_kl = torch.zeros(cmask.shape)
+        per_token_kl = torch.zeros(cmask.shape, device=device)
         per_token_kl[cmask] = rl.exact_kl_from_logprobs(lp_full, ref_full)
         log_ratio = (ref_tok - lp_tok) * cmask  # log pi_sft/pi at the sampled tokens
         texts = decode_texts(tokenizer, rollout)
@@ -52,13 +55,15 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
     return out
 
 
-def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_prompts, eval_cfg) -> dict:
-    """Mean reward, exact KL to the first state (the SFT policy) and length, for each named state."""
+def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_prompts, eval_cfg,
+               device: str | torch.device = "cpu") -> dict:
+    """Mean reward, exact KL to the first state (the SFT policy) and length, for each named state, the models
+    on `device`."""
     prompts = list(test_prompts.shuffle(seed=eval_cfg.seed)["input_ids"][: eval_cfg.prompts])
-    sft = model_from_state(skeleton, next(iter(states.values())))
+    sft = model_from_state(skeleton, next(iter(states.values()))).to(device)
     results = {}
     for name, state in states.items():
-        scores = score_completions(model_from_state(skeleton, state), sft, tokenizer, reward_model, prompts,
+        scores = score_completions(model_from_state(skeleton, state).to(device), sft, tokenizer, reward_model, prompts,
                                    eval_cfg.samples_per_prompt, eval_cfg.max_new_tokens, eval_cfg.temperature,
                                    eval_cfg.seed, eval_cfg.batch_size)
         results[name] = {"reward_mean": sum(scores["reward"]) / len(scores["reward"]),
@@ -112,27 +117,30 @@ class Protocol:
     reward_model: object
     test_prompts: object
     ecfg: object
-    bf16: bool = False  # matmuls in bf16 (as training with trainer.precision=bf16-mixed); KL, rewards in fp32
+    device: torch.device = torch.device("cpu")  # where the models compute
+    precision: str = "32-true"  # bf16-mixed: matmuls in bf16 (trainer.precision); KL, rewards in fp32
 
     def evaluate(self, model) -> tuple[dict, list[dict]]:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return evaluate_policy(model, self.sft, self.tokenizer, self.reward_model, self.test_prompts, self.ecfg)
+        """The protocol's figures and per-completion rows for `model` (moved to the protocol's device)."""
+        with autocast(self.precision, self.device):
+            return evaluate_policy(model.to(self.device), self.sft, self.tokenizer, self.reward_model,
+                                   self.test_prompts, self.ecfg)
 
 
 def load_protocol(cfg) -> Protocol:
-    """The Protocol of an `evaluate`-like config (`sft`, `reward_model`, `data`, `eval`, `trainer.precision`)."""
+    """The Protocol of an `evaluate`-like config (`sft`, `reward_model`, `data`, `eval`, `trainer`)."""
     if not Path(str(cfg.sft)).exists():
         raise UserError(f"sft={cfg.sft} does not exist: pass the SFT policy's Hugging Face folder")
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
+    device = trainer_device(cfg.trainer)
+    log_device(cfg.trainer)
     tokenizer = load_tokenizer(cfg.sft)
-    reward_model = RewardModel.from_pretrained(cfg.reward_model.name_or_path, sigmoid=cfg.reward_model.sigmoid,
-                                               max_length=cfg.reward_model.max_length,
-                                               batch_size=cfg.reward_model.batch_size)
+    reward_model = load_reward_model(cfg.reward_model, device)
     _, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
                                     cfg.data.max_prompt_tokens, cfg.eval.prompt_seed, cache=cfg.paths.cache_dir,
                                     path=cfg.data.get("path"))
-    return Protocol(tokenizer, load_causal_lm(cfg.sft).eval(), reward_model, test_prompts, cfg.eval,
-                    bf16=str(cfg.trainer.precision).startswith("bf16"))
+    return Protocol(tokenizer, load_causal_lm(cfg.sft).eval().to(device), reward_model, test_prompts, cfg.eval,
+                    device, trainer_precision(cfg.trainer))
 
 
 def named_models(value) -> dict[str, str]:

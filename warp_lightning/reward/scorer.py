@@ -51,3 +51,9 @@ class RewardModel:
             scores.append(logits[:, 0])
         out = torch.cat(scores).cpu()
         return torch.sigmoid(out) if self.sigmoid else out
+
+
+def load_reward_model(reward_cfg, device: str | torch.device = "cpu") -> RewardModel:
+    """The reward model of `conf/reward_model/*.yaml` (a folder or hub name) on `device`."""
+    return RewardModel.from_pretrained(reward_cfg.name_or_path, device=device, sigmoid=reward_cfg.sigmoid,
+                                       max_length=reward_cfg.max_length, batch_size=reward_cfg.batch_size)

@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -22,6 +23,10 @@ from warp_lightning.reward.scorer import RewardModel, resolve_pretrained
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.precision import autocast
+from warp_lightning.utils.progress import ProgressLog
+from warp_lightning.utils.schedules import warmup_schedule
+from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device, trainer_precision
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +37,12 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 
 
 class RewardModule(L.LightningModule):
-    """Bradley-Terry fine-tuning of a scalar-head sequence classifier."""
-    def __init__(self, model, tokenizer, lr: float, max_length: int, warmup_steps: int, total_steps: int):
+    """Bradley-Terry fine-tuning of a scalar-head sequence classifier (`reward_training.optimizer`)."""
+
+    def __init__(self, model, tokenizer, optimizer, max_length: int, warmup_steps: int, total_steps: int):
         super().__init__()
         self.model, self.tokenizer = model.train(), tokenizer  # from_pretrained returns eval mode: dropout on
-        self.lr, self.max_length = lr, max_length
+        self.optimizer, self.max_length = optimizer, max_length
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
 
     def collate(self, rows: list[dict]) -> dict:
@@ -61,11 +67,8 @@ class RewardModule(L.LightningModule):
                        "val/pair_accuracy": (chosen > rejected).float().mean()}, batch_size=chosen.shape[0])
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.01)
-        warm, total = max(1, self.warmup_steps), max(1, self.total_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = instantiate(self.optimizer)(self.model.parameters())
+        return {"optimizer": opt, "lr_scheduler": warmup_schedule(opt, self.warmup_steps, self.total_steps, "linear")}
 
 
 @torch.no_grad()
@@ -109,21 +112,23 @@ def run(cfg) -> dict:
     val_pairs = preference_pairs(val_texts, seed=tcfg.seed)
     steps_per_epoch = -(-len(train_pairs) // tcfg.batch_size)
     total = tcfg.max_steps if tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
-    module = RewardModule(model, tokenizer, tcfg.lr, tcfg.max_length, tcfg.warmup_steps, total)
+    module = RewardModule(model, tokenizer, tcfg.optimizer, tcfg.max_length, tcfg.warmup_steps, total)
     train_dl = DataLoader(train_pairs, batch_size=tcfg.batch_size, shuffle=True, collate_fn=module.collate,
                           generator=torch.Generator().manual_seed(tcfg.seed))
     val_dl = DataLoader(val_pairs, batch_size=2 * tcfg.batch_size, collate_fn=module.collate)
     out_dir = Path(cfg_output_dir())
-    trainer = L.Trainer(max_steps=total, max_epochs=tcfg.epochs, accelerator=cfg.trainer.accelerator,
-                        devices=1, precision=tcfg.precision, logger=build_logger(cfg.logger, out_dir, "reward"),
-                        enable_checkpointing=False, enable_progress_bar=cfg.trainer.enable_progress_bar,
-                        log_every_n_steps=10, num_sanity_val_steps=0, val_check_interval=None,
-                        check_val_every_n_epoch=1, gradient_clip_val=1.0, deterministic=True)
+    device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
+    log_device(cfg.trainer)
+    trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=total,
+                            max_epochs=tcfg.epochs, logger=build_logger(cfg.logger, out_dir, "reward"),
+                            log_every_n_steps=10, val_check_interval=None, check_val_every_n_epoch=1,
+                            gradient_clip_val=1.0, deterministic=True,
+                            callbacks=[ProgressLog(tcfg.log_every, "reward", ("train/loss", "train/pair_accuracy"))])
     trainer.fit(module, train_dl, val_dl)
-    model = module.model.float().eval()
+    model = module.model.float().eval().to(device)
 
     # scored in the precision RL will use (bf16 matmuls under autocast when training used them)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(tcfg.precision).startswith("bf16")):
+    with autocast(precision, device):
         offset = center_scores(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
         scorer = RewardModel(model, tokenizer, sigmoid=False, max_length=tcfg.max_length)
         metrics = {"val_pair_accuracy": _pair_accuracy(scorer, val_pairs, tcfg.max_length)}
@@ -136,7 +141,7 @@ def run(cfg) -> dict:
     metrics.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs), steps=int(trainer.global_step),
                    bias_offset=offset, seconds=round(time.time() - started, 1), saved_to=str(cfg.save_to))
 
-    save_hf_folder(cfg.save_to, model, tokenizer)
+    save_hf_folder(cfg.save_to, model.cpu(), tokenizer)
     log.info("reward model saved to %s: %s", cfg.save_to, metrics)
     return metrics
 

@@ -26,7 +26,7 @@ from warp_lightning.data.prompts import PromptBatches, prompt_splits
 from warp_lightning.eval.protocol import quick_eval
 from warp_lightning.policy.kernels import use_compiled_kernels
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
-from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.reward.scorer import load_reward_model
 from warp_lightning.train import checkpoint as ckpt
 from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots
 from warp_lightning.train.checkpoint import AtomicCheckpointIO
@@ -35,21 +35,20 @@ from warp_lightning.train.strategies import start_processes, strategy_for
 from warp_lightning.utils.io import atomic_write_json
 from warp_lightning.utils.loggers import build_logger, finish_logger, trim_logs
 from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.precision import autocast
+from warp_lightning.utils.progress import ProgressLog
+from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device, trainer_precision
 from warp_lightning.utils.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg, out_dir: Path, run_name: str | None, callbacks: list, max_steps: int) -> L.Trainer:
+def run_trainer(cfg, out_dir: Path, run_name: str | None, callbacks: list, max_steps: int) -> L.Trainer:
     """The Lightning Trainer of one run (`run_name=None`: no logger, used to start the processes)."""
     logger = build_logger(cfg.logger, out_dir, run_name, group=cfg.experiment_name) if run_name else False
-    return L.Trainer(max_steps=max_steps, max_epochs=1, accelerator=cfg.trainer.accelerator,
-                     devices=cfg.trainer.devices, num_nodes=cfg.trainer.get("num_nodes", 1),
-                     strategy=strategy_for(cfg), precision=cfg.trainer.precision, logger=logger,
-                     callbacks=callbacks, enable_checkpointing=False, plugins=[AtomicCheckpointIO()],
-                     enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
-                     log_every_n_steps=1, gradient_clip_val=cfg.warp.grad_clip or None,
-                     num_sanity_val_steps=0, limit_val_batches=0)
+    return build_trainer(cfg.trainer, max_steps=max_steps, max_epochs=1, strategy=strategy_for(cfg), logger=logger,
+                         callbacks=callbacks, plugins=[AtomicCheckpointIO()], log_every_n_steps=1,
+                         gradient_clip_val=cfg.warp.grad_clip or None, limit_val_batches=0)
 
 
 def resume_config(cfg) -> dict:
@@ -85,12 +84,13 @@ class Loop:
                             init_policy=init_policy, tags={"iteration": i, "run": m})
         callbacks = [MergeRuns(self.state)]
         callbacks += [EMAAnchor(w.ema_rate)] if w.anchor == "ema" else []
+        callbacks += [ProgressLog(w.log_every, f"iteration {i} run {m}", ("reward_mean", "kl_anchor", "completion_length"))]
         callbacks += [ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m,
                                          every_rank=self.parallel)]
         if w.snapshot_every:
             callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer,
                                        self.policy))
-        trainer = build_trainer(self.cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
+        trainer = run_trainer(self.cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
         resume_from = ckpt.run_checkpoint(ckpt_dir, i, m)
         start = ckpt.checkpoint_step(resume_from) if resume_from else 0
         if resume_from:
@@ -121,13 +121,13 @@ def run(cfg) -> dict | None:
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
     rank, world = 0, 1
     if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs", "fsdp"):  # models exist: start the other processes
-        rank, world = start_processes(build_trainer(cfg, out_dir, None, [], 1))
+        rank, world = start_processes(run_trainer(cfg, out_dir, None, [], 1))
 
+    device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
+    compute = log_device(cfg.trainer)
     tokenizer = load_tokenizer(cfg.policy.name_or_path)
-    policy = load_causal_lm(cfg.policy.name_or_path)
-    reward_model = RewardModel.from_pretrained(cfg.reward_model.name_or_path, sigmoid=cfg.reward_model.sigmoid,
-                                               max_length=cfg.reward_model.max_length,
-                                               batch_size=cfg.reward_model.batch_size)
+    policy = load_causal_lm(cfg.policy.name_or_path)  # the skeleton, in CPU memory; each run's copies go to `device`
+    reward_model = load_reward_model(cfg.reward_model, device)
     train_prompts, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
                                                 cfg.data.max_prompt_tokens, w.seed, cache=cfg.paths.cache_dir,
                                                 path=cfg.data.get("path"))
@@ -166,9 +166,9 @@ def run(cfg) -> dict | None:
     save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")
 
     # matmuls in the training precision; log-probs, KL and rewards are float32 either way
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=str(cfg.trainer.precision).startswith("bf16")):
+    with autocast(precision, device):
         evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, policy, tokenizer,
-                                reward_model, test_prompts, cfg.eval)
+                                reward_model, test_prompts, cfg.eval, device)
     metrics = {
         "final_reward_mean": evaluation["final"]["reward_mean"],
         "sft_reward_mean": evaluation["sft"]["reward_mean"],
@@ -180,7 +180,7 @@ def run(cfg) -> dict | None:
     }
     manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": run_records,
                 "merges": state.merge_stats, "train_prompts": len(loop.train_ids),
-                "test_prompts": len(test_prompts), "processes": world, "evaluation": evaluation, "metrics": metrics}
+                "test_prompts": len(test_prompts), "processes": world, "compute": compute, "evaluation": evaluation, "metrics": metrics}
 
     atomic_write_json(out_dir / "manifest.json", manifest)
     return metrics

@@ -6,12 +6,14 @@ import logging
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 
 from warp_lightning import NonFiniteError, UserError
 from warp_lightning.algo import rl
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import decode_texts, sample
 from warp_lightning.policy.sharding import shard_model, whole
+from warp_lightning.utils.schedules import warmup_schedule
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ class RLOOModule(L.LightningModule):
             raise NonFiniteError(f"non-finite loss at {self.where()} (KL to anchor {kl.mean():.3g}, log-prob "
                                  f"{logprob.detach().mean():.3g}): lower warp.lr or raise warp.kl_coef; {self.KEPT}")
         stats["lr"] = torch.tensor(self.optimizers().param_groups[0]["lr"])
+        shown = {k: stats.pop(k) for k in ("reward_mean", "kl_anchor")}  # on the progress bar too
+        self.log_dict(shown, prog_bar=True, batch_size=reward.shape[0])
         self.log_dict({**stats, **{k: float(v) for k, v in self.tags.items()}}, batch_size=reward.shape[0])
         return loss
 
@@ -133,10 +137,8 @@ class RLOOModule(L.LightningModule):
 
     def configure_optimizers(self):
         w = self.warp
-        opt = torch.optim.Adam(self.policy.parameters(), lr=w.lr, betas=(0.9, 0.999), eps=1e-8)
-        warm = max(1, w.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = instantiate(w.optimizer)(self.policy.parameters())  # conf/warp: Adam, its lr, betas and eps
+        return {"optimizer": opt, "lr_scheduler": warmup_schedule(opt, w.warmup_steps, decay="constant")}
 
 
 def check_finite_weights(model, when: str, kept: str = "") -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -24,6 +25,9 @@ from warp_lightning.policy.sampling import sample
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.progress import ProgressLog
+from warp_lightning.utils.schedules import warmup_schedule
+from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,12 @@ def unigram_perplexity(train: torch.Tensor, test: torch.Tensor, vocab_size: int)
 
 
 class CausalLMModule(L.LightningModule):
-    def __init__(self, model, lr: float, warmup_steps: int, total_steps: int, weight_decay: float = 0.1):
+    """Next-token cross-entropy; AdamW (`sft.optimizer`) without weight decay on biases and norms."""
+
+    def __init__(self, model, optimizer, warmup_steps: int, total_steps: int, floor: float):
         super().__init__()
-        self.model = model
-        self.lr, self.warmup_steps, self.total_steps, self.weight_decay = lr, warmup_steps, total_steps, weight_decay
+        self.model, self.optimizer = model, optimizer
+        self.warmup_steps, self.total_steps, self.floor = warmup_steps, total_steps, floor
 
     def training_step(self, batch, _):
         loss = self.model(input_ids=batch, labels=batch).loss
@@ -60,26 +66,19 @@ class CausalLMModule(L.LightningModule):
         self.log("val/loss", self.model(input_ids=batch, labels=batch).loss, prog_bar=True)
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=(0.9, 0.95))
-        warm, total = max(1, self.warmup_steps), max(1, self.total_steps)
-
-        def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        make = instantiate(self.optimizer)
+        opt = make([{"params": decay, "weight_decay": make.keywords.get("weight_decay", 0.0)},
+                    {"params": no_decay, "weight_decay": 0.0}])
+        return {"optimizer": opt, "lr_scheduler": warmup_schedule(opt, self.warmup_steps, self.total_steps,
+                                                                  "cosine", self.floor)}
 
 
 @torch.no_grad()
 def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
-
-    ids, mask = left_pad([tokenizer(p)["input_ids"] for p in prompts], tokenizer.pad_token_id)
+    ids, mask = (t.to(model.device) for t in left_pad([tokenizer(p)["input_ids"] for p in prompts],
+                                                       tokenizer.pad_token_id))
     rollout = sample(model.eval(), ids, mask, max_new_tokens, temperature=1.0,
                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                      generator=torch.Generator().manual_seed(seed))
@@ -107,21 +106,22 @@ def run(cfg) -> dict:
                         pad_token_id=tokenizer.eos_token_id, activation_function="gelu_pytorch_tanh",
                         resid_pdrop=s.dropout, embd_pdrop=s.dropout, attn_pdrop=s.dropout)
     model = GPT2LMHeadModel(config)
-    module = CausalLMModule(model, s.lr, s.warmup_steps, s.max_steps)
+    module = CausalLMModule(model, s.optimizer, s.warmup_steps, s.max_steps, s.lr_floor)
     out_dir = Path(cfg_output_dir())
-    trainer = L.Trainer(max_steps=s.max_steps, accelerator=cfg.trainer.accelerator, devices=1,
-                        precision=s.precision, logger=build_logger(cfg.logger, out_dir, "sft"),
-                        enable_checkpointing=False, enable_progress_bar=cfg.trainer.enable_progress_bar,
-                        log_every_n_steps=10, val_check_interval=min(s.val_every, s.max_steps),
-                        check_val_every_n_epoch=None, num_sanity_val_steps=0, gradient_clip_val=1.0,
-                        limit_val_batches=s.limit_val_batches)
+    device = trainer_device(cfg.trainer)
+    log_device(cfg.trainer)
+    trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=s.max_steps,
+                            logger=build_logger(cfg.logger, out_dir, "sft"), log_every_n_steps=10,
+                            val_check_interval=min(s.val_every, s.max_steps), check_val_every_n_epoch=None,
+                            gradient_clip_val=1.0, limit_val_batches=s.limit_val_batches,
+                            callbacks=[ProgressLog(s.log_every, "sft")])
     g = torch.Generator().manual_seed(s.seed)
     trainer.fit(module, DataLoader(train_blocks, batch_size=s.batch_size, shuffle=True, generator=g),
                 DataLoader(val_blocks, batch_size=s.batch_size))
 
-    model = module.model.float().eval()
+    model = module.model.float().eval().to(device)
     with torch.no_grad():
-        losses = [model(input_ids=b, labels=b).loss.item() for b in val_blocks.split(s.batch_size)]
+        losses = [model(input_ids=b.to(device), labels=b.to(device)).loss.item() for b in val_blocks.split(s.batch_size)]
     metrics = {
         "val_perplexity": math.exp(sum(losses) / len(losses)),
         "unigram_perplexity": unigram_perplexity(train_blocks, val_blocks, len(tokenizer)),
@@ -134,7 +134,7 @@ def run(cfg) -> dict:
         "saved_to": str(cfg.save_to),
     }
 
-    save_hf_folder(cfg.save_to, model, tokenizer)
+    save_hf_folder(cfg.save_to, model.cpu(), tokenizer)
     log.info("SFT policy saved to %s (val perplexity %.1f vs unigram %.1f)", cfg.save_to,
              metrics["val_perplexity"], metrics["unigram_perplexity"])
     return metrics

@@ -1,0 +1,60 @@
+"""A clean console: every log record printed once (through Hydra's handlers, which also write the job's log
+file), and third-party tips, repeated notices and deprecation noise dropped. `WARP_LIGHTNING_VERBOSE=1` keeps
+everything."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+VERBOSE_ENV = "WARP_LIGHTNING_VERBOSE"
+
+# INFO lines Lightning repeats for every Trainer (one per run: I x M times in `train`) or that advertise
+NOTICES = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "LOCAL_RANK:", "`Trainer.fit` stopped:",
+           "Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision",
+           "Trainer already configured with model summary callbacks")
+WARNINGS = (
+    r".*module\(s\) in eval mode.*",  # the anchor and the frozen reference are in eval mode on purpose
+    r".*does not have many workers.*",  # prompts are a few token ids per step: no workers needed
+    r".*`torch.jit.script_method` is deprecated.*",
+    r".*The `srun` command is available on your system but is not used.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+)
+
+
+class _DropNotices(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not any(n in record.getMessage() for n in NOTICES)
+
+
+def quiet_third_party() -> None:
+    """Call once Hydra has configured logging (inside the Hydra app)."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):  # Lightning's own stream handler: the root's (Hydra's) prints it
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).addFilter(_DropNotices())
+    for pattern in WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # "Writing model shards" bars, one per saved folder
+        transformers.utils.logging.set_verbosity_error()  # advice about padding and loss types we handle
+    except ImportError:
+        pass
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
