@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WHEELS ?= $(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^global.find-links='\(.*\)'/\1/p")
 UV_FLAGS := --python $(BIN)/python --compile-bytecode $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: install test train lint bench reproduce clean
+.PHONY: install test train lint bench gpu-check reproduce clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,13 @@ lint:
 bench:
 	$(BIN)/uv pip install $(UV_FLAGS) -e ".[dev,bench]"
 	$(BIN)/python benchmarks/rl_step.py $(BENCH_ARGS)
+
+# `make gpu-check`: everything that needs a GPU in one script, about 8 minutes on one GPU (benchmarks/gpu_check.py):
+# the tests marked gpu, the CLI on the GPU (smoke, then the offline default with I=1 M=2 T=20), the benchmark
+# against TRL; summary in benchmarks/gpu_check/GPU_CHECK.md. GPU_PY: another Python (one with CUDA torch);
+# GPU_CHECK_ARGS: options, e.g. --wheels DIR to install missing packages offline.
+gpu-check:
+	$(or $(GPU_PY),$(BIN)/python) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # `make reproduce`: experiments 1-3 of WARP.md on the offline default into outputs/reproduce/, then reports/
 # (markdown tables, PNG plots, the paper's claims). At most 90 minutes on 2 cores: the budget is in
