@@ -45,7 +45,7 @@ TINY_REWARD = ["reward_training.max_steps=3", "reward_training.max_train_texts=6
 
 def cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "warp_lightning", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "WANDB_MODE": "offline"})
+                          text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -59,3 +59,12 @@ def tiny_models(tmp_path_factory, asset_cache):
     cli("sft", *TINY_SFT, f"paths.models_dir={models}", f"hydra.run.dir={root / 'sft'}", cwd=root)
     cli("reward", *TINY_REWARD, f"paths.models_dir={models}", f"hydra.run.dir={root / 'reward'}", cwd=root)
     return root
+
+
+def warp_cfg(**overrides):
+    """conf/warp/default.yaml (the real defaults, optimizer included) with `overrides`."""
+    from omegaconf import OmegaConf
+
+    from warp_lightning.cli import CONF_DIR
+
+    return OmegaConf.merge(OmegaConf.load(CONF_DIR / "warp" / "default.yaml"), overrides)

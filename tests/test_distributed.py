@@ -89,7 +89,7 @@ def test_fsdp_resumes_after_sigkill_bit_identically(tiny_models, tmp_path, one_t
     cli(*smoke(tiny_models, whole, *args), cwd=tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "warp_lightning", *smoke(tiny_models, broken, *args)],
                             cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "WANDB_MODE": "offline"}, start_new_session=True)
+                            start_new_session=True)
     for line in proc.stdout:  # kill both processes (the launcher's child too) once run 2 has a checkpoint
         if "checkpoint: iteration 1 run 2 step 2" in line:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -11,8 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import cli
-from omegaconf import OmegaConf
+from conftest import cli, warp_cfg
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from warp_lightning import NonFiniteError, UserError
@@ -108,9 +107,8 @@ def tiny_module(gpt2_tokenizer, reward, steps=4):
     gpt2_tokenizer = load_tokenizer(gpt2_tokenizer.name_or_path)  # with the pad token the project adds
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64))
-    warp = OmegaConf.create({"samples_per_prompt": 2, "max_new_tokens": 4, "temperature": 1.0, "kl_coef": 0.1,
-                             "kl_to_init_every": 0, "lr": 1e-3, "warmup_steps": 0,
-                             "keep_sampling_logits": True})
+    warp = warp_cfg(samples_per_prompt=2, max_new_tokens=4, temperature=1.0, kl_coef=0.1, kl_to_init_every=0,
+                    lr=1e-3, warmup_steps=0, keep_sampling_logits=True)
     module = RLOOModule(policy, GPT2LMHeadModel(policy.config).requires_grad_(False), reward, gpt2_tokenizer,
                         warp, sample_seed=1, tags={"iteration": 1, "run": 1})
     prompts = [gpt2_tokenizer("a fine film about")["input_ids"], gpt2_tokenizer("the plot")["input_ids"]]
