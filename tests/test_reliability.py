@@ -89,7 +89,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path):
     """A real SIGKILL while `atomic_torch_save` writes 400 MB: the target keeps its old content."""
     target = tmp_path / "run.ckpt"
     torch.save({"step": 1}, target)
-    code = ("import sys, torch; from warp_lightning.io import atomic_torch_save; "
+    code = ("import sys, torch; from warp_lightning.utils.io import atomic_torch_save; "
             "atomic_torch_save({'step': 2, 'w': torch.ones(100_000_000)}, sys.argv[1])")
     proc = subprocess.Popen([sys.executable, "-c", code, str(target)])
     deadline = time.time() + 60
