@@ -80,15 +80,15 @@ def read_json(path: Path) -> dict:
 
 def install(check: Check, wheels: str | None) -> None:
     missing = [req for mod, req in NEEDS.items() if importlib.util.find_spec(mod) is None]
-    if not missing:
+    if not missing and not wheels:
         check.stages.append({"stage": "install", "rc": 0, "seconds": 0.0, "command": "(nothing missing)"})
         return
     target = check.out / "site"
     command = [sys.executable, "-m", "pip", "install", "-q", "--target", str(target)]
     command += ["--no-index", "--no-deps", *[str(w) for w in sorted(Path(wheels).glob("*.whl"))]] if wheels else missing
     check.run("install", command, 120)
-    check.env["PYTHONPATH"] = os.pathsep.join([check.env["PYTHONPATH"], str(target)])
-    sys.path.append(str(target))
+    check.env["PYTHONPATH"] = os.pathsep.join([check.env["PYTHONPATH"], str(target)])  # before site-packages
+    sys.path.insert(1, str(target))
 
 
 def machine() -> dict:
@@ -110,7 +110,8 @@ def machine() -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu_check"))
-    p.add_argument("--wheels", help="install missing packages from these wheels only (offline machines)")
+    p.add_argument("--wheels", help="install these wheels (every *.whl in the folder, no index: offline machines) "
+                   "ahead of the installed packages")
     p.add_argument("--budget", type=float, default=480, help="seconds for the whole check (default 8 minutes)")
     p.add_argument("--bench-sizes", default="gpt2,small,tiny")
     args = p.parse_args(argv)
