@@ -111,8 +111,8 @@ def test_subsamples_are_deterministic_disjoint_and_sized():
     a, b = subsample_indices(300, 5, 50, seed=0), subsample_indices(300, 5, 50, seed=0)
     assert a == b and all(len(s) == 50 for s in a)
     assert len({i for s in a for i in s}) == 250  # disjoint
-    whole = subsample_indices(1001, 5, None, seed=0)
-    assert [len(s) for s in whole] == [200] * 5 and len({i for s in whole for i in s}) == 1000
+    whole = subsample_indices(1002, 5, None, seed=0)  # the whole split
+    assert [len(s) for s in whole] == [200, 200, 201, 200, 201] and len({i for s in whole for i in s}) == 1002
     with pytest.raises(UserError, match="disjoint"):
         subsample_indices(300, 5, 100, seed=0)
 

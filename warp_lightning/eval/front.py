@@ -42,8 +42,6 @@ class Curve:
     """One line of the plot. `points()` yields (eta or step fields, state); a None state is theta_sft itself."""
 
     name: str
-    arm: str  # the run's name (`name` of the WARP run, or a baseline's key): its curves over seeds
-    seed: int  # the run's warp.seed
     kind: str  # "liti": interpolations towards theta_sft; "training": checkpoints along one RL run
     merge: str  # slerp | linear | none
     anchor: str
@@ -51,6 +49,8 @@ class Curve:
     iteration: int
     source: str
     points: Callable[[], Iterator[tuple[dict, StateDict | None]]]
+    arm: str = ""  # the run's name (`name` of the WARP run, or a baseline's key): its curves over seeds
+    seed: int = 0  # the run's warp.seed
 
 
 def read_run(run_dir: str | Path) -> dict:

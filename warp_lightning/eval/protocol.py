@@ -82,14 +82,15 @@ def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_
 
 
 def subsample_indices(n_prompts: int, subsamples: int, size: int | None, seed: int) -> list[list[int]]:
-    """S disjoint seeded subsamples of N held-out prompts (N = None: all of them, in S parts); the same for
-    every model compared."""
-    size = n_prompts // subsamples if size is None else size
-    if size < 1 or subsamples * size > n_prompts:
+    """S disjoint seeded subsamples of N held-out prompts (N = None: all of them, in S parts as equal as can
+    be); the same for every model compared."""
+    if size is not None and (size < 1 or subsamples * size > n_prompts) or subsamples > n_prompts:
         raise UserError(f"eval.subsamples={subsamples} x eval.prompts={size} is invalid: the split holds "
                         f"{n_prompts} prompts, and the subsamples are disjoint")
     order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed)).tolist()
-    return [order[s * size : (s + 1) * size] for s in range(subsamples)]
+    total = subsamples * size if size is not None else n_prompts
+    bounds = [s * total // subsamples for s in range(subsamples + 1)]
+    return [order[bounds[s] : bounds[s + 1]] for s in range(subsamples)]
 
 
 def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecfg,
@@ -111,7 +112,7 @@ def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecf
                                "kl_k3": "kl_k3", "length": "completion_length"}, ecfg.seed)
     texts = [r["text"] for r in rows]
     metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2), subsamples=ecfg.subsamples,
-                   prompts_per_subsample=len(rows) // ecfg.samples_per_prompt // ecfg.subsamples,
+                   prompts_per_subsample=round(len(rows) / ecfg.samples_per_prompt / ecfg.subsamples, 1),
                    prompts=len(rows) // ecfg.samples_per_prompt, split=ecfg.get("split", "test"),
                    kl_estimator="exact per-token KL over the vocabulary, summed over completion tokens, on "
                    "completions sampled from the model",

@@ -38,7 +38,7 @@ from warp_lightning.eval.stats import (
     results_table,
     verdict,
 )
-from warp_lightning.utils.io import atomic_write_bytes
+from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,8 @@ def experiment1(evaluation_dir: Path) -> str:
                   f"texts), accuracy {judge['accuracy']:.3f} on its {judge['n_test']} held-out texts; the policy "
                   "never trains against it." if judge else "")
     prompts = first.get("prompts", first["subsamples"] * first["prompts_per_subsample"])
-    return (f"{results_table(models)}\n\n{prompts} {first.get('split', 'held-out')} prompts ({first['subsamples']} "
-            f"disjoint seeded subsamples of {first['prompts_per_subsample']}, one completion each), the same prompts "
+    return (f"{results_table(models)}\n\n{prompts} {first.get('split', 'held-out')} prompts in {first['subsamples']} "
+            "disjoint seeded subsamples (each with its own sampling seed; one completion per prompt), the same prompts "
             "and sampling random numbers for every model. Means with the half-width of their 95% interval; "
             "differences to SFT are paired (per prompt) with their 95% interval "
             f"({first.get('interval', 'Student t over subsamples')}).{judge_text} KL: {first['kl_estimator']}.")
@@ -326,8 +326,8 @@ def _comparison_text(what: str, found: dict[str, dict]) -> str:
     d = c["diff"]
     design = [f"{d.n} prompts", f"seeds {d.seeds[0]} vs {d.seeds[1]}"] if d is not None else []
     if "outside" in c:
-        design.append(f"{c['points']} points at matched KL" + (f", {c['outside']} beyond A's KL range"
-                                                               if c["outside"] else ""))
+        design.append(f"{c['points']} point{'s' * (c['points'] != 1)} of B at matched KL"
+                      + (f", {c['outside']} beyond A's KL range" if c["outside"] else ""))
     return f"{what}: " + ", ".join(parts) + (f" ({', '.join(design)})" if design else "")
 
 
@@ -424,7 +424,7 @@ def write_front(front_dir: Path, out: Path) -> tuple[list[Path], list[dict]]:
                     "compared paired and stay unresolved; run `front` again", front_dir)
     shutil.copyfile(Path(front_dir) / "front.csv", out / "front.csv")
     found = claims(rows, scores)
-    atomic_write_bytes(out / "claims.json", json.dumps(found, indent=2).encode())
+    atomic_write_json(out / "claims.json", found)
     return [_write(out / "front.md", front_markdown(rows)), out / "front.csv", plot_front(rows, out / "front.png"),
             _write(out / "claims.md", claims_markdown(found)), out / "claims.json"], found
 

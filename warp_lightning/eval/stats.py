@@ -175,7 +175,8 @@ def distinct_n(texts: list[str], n: int) -> float:
 
 
 def _missing(x) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
+    """No value: None, NaN, or a string (metrics.json writes a NaN as "nan")."""
+    return x is None or isinstance(x, str) or (isinstance(x, float) and math.isnan(x))
 
 
 def fmt_ci(mean: float, ci: float, digits: int = 3) -> str:
