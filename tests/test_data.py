@@ -182,6 +182,16 @@ def test_heldout_prompt_options_are_checked(asset_cache, gpt2_tokenizer):
         prompt_splits("reviews", gpt2_tokenizer, 5, 20, 0, cache=asset_cache).get("dev")
 
 
+def test_an_empty_split_is_named_when_asked_for(tmp_path, gpt2_tokenizer):
+    texts = tmp_path / "few.txt"
+    texts.write_text("\n".join(f"text number {i} is long enough to give a prompt of five tokens" for i in range(5)))
+    splits = prompt_splits("file", gpt2_tokenizer, 5, 20, 0, path=texts)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (4, 0, 1)
+    assert len(splits.get("test")) == 1
+    with pytest.raises(UserError, match="the validation split holds no prompt"):
+        splits.get("validation")
+
+
 def test_first_token_held_out_prompts_split_the_held_out_reviews(asset_cache, gpt2_tokenizer):
     splits = prompt_splits("reviews", gpt2_tokenizer, 5, 20, seed=0, cache=asset_cache)
     held = load_texts("reviews", "test", cache=asset_cache)["text"]

@@ -164,6 +164,9 @@ class PromptSplits(NamedTuple):
     def get(self, split: str):
         if split not in SPLIT_NAMES:
             raise UserError(f"eval.split={split!r} is invalid: choose one of {', '.join(SPLIT_NAMES)}")
+        if not len(getattr(self, split)):
+            raise UserError(f"the {split} split holds no prompt: give more texts, or change "
+                            "data.validation_fraction (the held-out texts' share of validation prompts)")
         return getattr(self, split)
 
 
@@ -220,7 +223,6 @@ def _heldout_rows(texts: list[str], labels: list[int], heldout: str, per_text: i
             candidates += [(i, j, sentences[j], sentences[j]) for j in rng.permutation(len(sentences)).tolist()]
     seen = SeenText([c[3] for c in candidates])
     seen.scan(seen_texts)
-    seen.scan(train_texts)
     lengths = rng.integers(min_tokens, max_tokens + 1, size=len(candidates)).tolist()
     ids = _first_tokens(tokenizer, [c[2] for c in candidates], lengths)
     # a held-out prompt equal to a train prompt (the start of a train text) for some prompt length is dropped
@@ -232,7 +234,7 @@ def _heldout_rows(texts: list[str], labels: list[int], heldout: str, per_text: i
         if taken[i] >= per_text:
             continue
         if len(ids[k]) < min_tokens:
-            dropped["shorter than min_prompt_tokens"] += 1
+            dropped[f"with fewer than {min_tokens} tokens"] += 1
             continue
         if seen.seen[k]:
             dropped[f"sentence shares {SHINGLE} words with a seen text"] += 1
@@ -275,10 +277,11 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
       first tokens, `heldout="sentences"` up to `per_text` of its sentences (picked at random), each cut to its
       first n tokens. Held-out prompts do not depend on `seed`.
 
-    A held-out sentence that shares `SHINGLE` consecutive words with a train text or with a text of the sets in
-    `exclude_seen` (what the SFT policy and the reward model trained on), a held-out prompt equal to the start of
-    a train text, and a repeated prompt are dropped; validation and test prompts come from different texts, and
-    a test prompt equal to a validation prompt is dropped too. Each count is logged.
+    A held-out sentence that shares `SHINGLE` consecutive words with a text of the sets in `exclude_seen` (what
+    the SFT policy and the reward model trained on: text set names, every row of each, or "train" for the train
+    texts of `name`), a held-out prompt equal to the start of a train text (a train prompt for some length), and a
+    repeated prompt are dropped; validation and test prompts come from different texts, and a test prompt equal to
+    a validation prompt is dropped too. Each count is logged.
     """
     if heldout not in ("first", "sentences"):
         raise UserError(f"data.heldout_prompts={heldout!r} is invalid: choose first or sentences")
@@ -293,7 +296,8 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
     train = make_prompts(train_texts, tokenizer, min_tokens, max_tokens, seed)
     held = load_texts(name, "test", cache, path)
     texts, labels = list(held["text"]), list(held["label"])
-    seen_texts = [t for s in exclude_seen for t in load_texts(str(s), None, cache)["text"]]
+    seen_texts = [t for s in exclude_seen
+                  for t in (train_texts if str(s) == "train" else load_texts(str(s), None, cache))["text"]]
     columns, dropped = _heldout_rows(texts, labels, heldout, per_text, tokenizer, min_tokens, max_tokens,
                                      seen_texts, list(train_texts["text"]))
     test_rows, validation_rows = split_indices(labels, validation_fraction, HELDOUT_SEED)
