@@ -263,7 +263,7 @@ def test_snapshots_are_the_runs_last_weights_that_the_merge_used(reproduced):
 @pytest.mark.slow
 def test_experiment1_table_has_the_sft_row_and_the_aligned_model(reproduced):
     table = (reproduced / "evaluate" / "table.md").read_text()
-    assert table.splitlines()[0].startswith("| model | mean reward | mean KL")
+    assert table.splitlines()[0].startswith("| model | mean reward (proxy) | mean judge | reward - SFT (paired) |")
     sft_row, warp_row = table.splitlines()[2:4]
     assert sft_row.startswith("| SFT |") and "| 0.00 ± 0.00 |" in sft_row and warp_row.startswith("| WARP |")
     metrics = json.loads((reproduced / "evaluate" / "metrics.json").read_text())
