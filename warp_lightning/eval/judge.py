@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from warp_lightning.data.texts import load_texts
+
 DEFAULTS = {"name": "tfidf_lr", "train_data": "sentences", "ngram_max": 1, "C": 8.0}
 
 
@@ -52,8 +54,6 @@ def fit_judge(train_texts, train_labels, ngram_max: int = 1, C: float = 8.0):
 
 @functools.lru_cache(maxsize=4)
 def _build(name: str, train_data: str, ngram_max: int, C: float, cache: str | None) -> Judge:
-    from warp_lightning.data.texts import load_texts
-
     train, test = load_texts(train_data, "train", cache), load_texts(train_data, "test", cache)
     pipeline = fit_judge(train["text"], train["label"], ngram_max, C)
     accuracy = float(pipeline.score(list(test["text"]), list(test["label"])))
