@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
 
 from warp_lightning import UserError
-from warp_lightning.data.prompts import make_prompts, prompt_splits
+from warp_lightning.data.prompts import (
+    SPLIT_NAMES,
+    make_prompts,
+    prompt_splits,
+    split_sentences,
+    splits_for,
+    words,
+)
 from warp_lightning.data.texts import load_texts, normalize_text, preference_pairs, read_polarity_csv
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(("name", "total", "test"), [("reviews", 1500, 300), ("sentences", 4000, 800)])
@@ -111,14 +121,89 @@ def test_make_prompts_skips_empty_and_short_texts(gpt2_tokenizer, caplog):
     assert prompts["label"] == [1, 0, 1]
 
 
-def test_train_and_test_prompts_come_from_disjoint_reviews(asset_cache, gpt2_tokenizer):
-    train, test = prompt_splits("reviews", gpt2_tokenizer, 5, 20, seed=0, cache=asset_cache)
+def _corpus(names, split_of, cache) -> list[str]:
+    return [t for name in names for t in load_texts(name, split_of(name), cache=cache)["text"]]
+
+
+def test_prompt_splits_are_disjoint_from_each_other_and_from_what_the_models_trained_on(asset_cache, gpt2_tokenizer):
+    """train / validation / test prompts (conf/data/reviews.yaml) are pairwise disjoint, come from different
+    reviews, and no held-out prompt's sentence shares 8 consecutive words with a text of the SFT corpus
+    (conf/sft.yaml `corpus`, the splits `sft` reads), of the reward model's data (conf/reward_model/minilm_rt.yaml
+    `train_data`, both splits: train and validation) or with a train review (RL's prompts)."""
+    from itertools import combinations
+
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.load(REPO / "conf" / "data" / "reviews.yaml")
+    splits = splits_for(data, gpt2_tokenizer, seed=0, cache=asset_cache)
+    assert len(splits.train) == 1200 and len(splits.validation) >= 600 and len(splits.test) >= 1000
+    keys = {name: [normalize_text(p) for p in splits.get(name)["prompt"]] for name in SPLIT_NAMES}
+    for name in ("validation", "test"):
+        assert len(set(keys[name])) == len(keys[name])  # distinct prompts
+    for a, b in combinations(SPLIT_NAMES, 2):
+        assert not set(keys[a]) & set(keys[b]), (a, b)
+    for seed in (1, 2):  # nor equal to the train prompts of another seed (other prompt lengths)
+        other = {normalize_text(p) for p in splits_for(data, gpt2_tokenizer, seed, asset_cache).train["prompt"]}
+        assert not other & (set(keys["validation"]) | set(keys["test"]))
+
     train_texts = load_texts("reviews", "train", cache=asset_cache)["text"]
-    test_texts = load_texts("reviews", "test", cache=asset_cache)["text"]
-    assert len(train) == 1200 and len(test) == 300
-    used_train = {train_texts[i] for i in train["source_index"]}
-    used_test = {test_texts[i] for i in test["source_index"]}
-    assert not used_train & used_test
+    held = load_texts("reviews", "test", cache=asset_cache)["text"]
+    sources = {name: {held[i] for i in splits.get(name)["source_index"]} for name in ("validation", "test")}
+    assert not sources["validation"] & sources["test"]
+    assert len(sources["validation"]) == 100 and len(sources["test"]) == 200
+    assert not {normalize_text(t) for t in train_texts} & {normalize_text(t) for t in held}
+
+    sentences = []
+    for name in ("validation", "test"):
+        for row in splits.get(name):
+            sentence = split_sentences(held[row["source_index"]])[row["sentence_index"]]
+            assert sentence.startswith(row["prompt"]) and 5 <= len(row["input_ids"]) <= 20
+            sentences.append(tuple(words(sentence)))
+
+    sft = OmegaConf.load(REPO / "conf" / "sft.yaml").sft.corpus
+    reward_data = OmegaConf.load(REPO / "conf" / "reward_model" / "minilm_rt.yaml").train_data
+    seen = (_corpus(sft, lambda n: "train" if n in ("reviews", "rt_snippets") else None, asset_cache)  # as `sft`
+            + _corpus([reward_data], lambda n: None, asset_cache) + list(train_texts))
+    held_grams = {s[i : i + 8] for s in sentences for i in range(len(s) - 7)}
+    shared, short = set(), {s for s in sentences if len(s) < 8}
+    for text in seen:
+        w = tuple(words(text))
+        shared |= {w[i : i + 8] for i in range(len(w) - 7)} & held_grams
+        shared |= {tuple(words(x)) for x in split_sentences(text)} & short
+    assert not shared, sorted(shared)[:5]
+
+
+def test_heldout_prompt_options_are_checked(asset_cache, gpt2_tokenizer):
+    with pytest.raises(UserError, match="heldout_prompts"):
+        prompt_splits("reviews", gpt2_tokenizer, 5, 20, 0, cache=asset_cache, heldout="middle")
+    with pytest.raises(UserError, match="validation_fraction"):
+        prompt_splits("reviews", gpt2_tokenizer, 5, 20, 0, cache=asset_cache, validation_fraction=1.0)
+    with pytest.raises(UserError, match="eval.split"):
+        prompt_splits("reviews", gpt2_tokenizer, 5, 20, 0, cache=asset_cache).get("dev")
+
+
+def test_an_empty_split_is_named_when_asked_for(tmp_path, gpt2_tokenizer):
+    texts = tmp_path / "few.txt"
+    texts.write_text("\n".join(f"text number {i} is long enough to give a prompt of five tokens" for i in range(5)))
+    splits = prompt_splits("file", gpt2_tokenizer, 5, 20, 0, path=texts)
+    assert (len(splits.train), len(splits.validation), len(splits.test)) == (4, 0, 1)
+    assert len(splits.get("test")) == 1
+    with pytest.raises(UserError, match="the validation split holds no prompt"):
+        splits.get("validation")
+
+
+def test_first_token_held_out_prompts_split_the_held_out_reviews(asset_cache, gpt2_tokenizer):
+    splits = prompt_splits("reviews", gpt2_tokenizer, 5, 20, seed=0, cache=asset_cache)
+    held = load_texts("reviews", "test", cache=asset_cache)["text"]
+    assert len(splits.validation) + len(splits.test) <= 300
+    assert not set(splits.validation["source_index"]) & set(splits.test["source_index"])
+    assert all(held[i].startswith(p) for i, p in zip(splits.test["source_index"], splits.test["prompt"], strict=True))
+
+
+def test_sentences_and_words():
+    assert split_sentences("one line . \nanother one .\n\nA third. And a fourth! <br />fifth") == [
+        "one line .", "another one .", "A third.", "And a fourth!", "fifth"]
+    assert words("It's Café-au-lait &amp; 2 more_words") == ["it", "s", "cafe", "au", "lait", "2", "more", "words"]
 
 
 def test_preference_pairs(asset_cache):

@@ -9,28 +9,40 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import cli
 
 from warp_lightning.algo import merging
-from warp_lightning.eval.report import claims, matched_kl_gap, read_front, sweep_table
-from warp_lightning.eval.stats import fmt_ci, markdown_table
+from warp_lightning.eval.report import (
+    by_seed,
+    claims,
+    matched_kl_difference,
+    matched_kl_gap,
+    point_key,
+    read_front,
+    read_front_prompts,
+    sweep_selection,
+    sweep_table,
+)
+from warp_lightning.eval.stats import CONTRADICTED, HOLDS, NOT_MEASURED, UNRESOLVED, fmt_ci, markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 # ---- pure functions: no models ------------------------------------------------------------------------------
 
-def point(curve, kind, kl, reward, merge="slerp", anchor="ema", iteration=1, eta="", step=""):
-    return {"curve": curve, "kind": kind, "merge": merge, "anchor": anchor, "kl_coef": 0.1, "iteration": iteration,
-            "eta": eta, "step": step, "reward_mean": reward, "reward_ci95": 0.01, "kl_mean": kl, "kl_ci95": 0.1}
+def point(curve, kind, kl, reward, merge="slerp", anchor="ema", iteration=1, eta="", step="", seed=0.0):
+    return {"curve": curve, "arm": curve.split(" i")[0], "seed": seed, "kind": kind, "merge": merge,
+            "anchor": anchor, "kl_coef": 0.1, "iteration": iteration, "eta": eta, "step": step, "reward_mean": reward,
+            "reward_ci95": 0.01, "judge_mean": reward / 2, "judge_ci95": 0.01, "kl_mean": kl, "kl_ci95": 0.1}
 
 
-def front(name, merge, iteration, slope, top_kl=10.0):
+def front(name, merge, iteration, slope, top_kl=10.0, seed=0.0):
     """A LITI front from (0, 0.3): reward rises by `slope` per nat of KL, KL linear in eta."""
-    return [point(name, "liti", eta * top_kl, 0.3 + slope * eta * top_kl, merge=merge, iteration=iteration, eta=eta)
-            for eta in (0.0, 0.5, 1.0)]
+    return [point(name, "liti", eta * top_kl, 0.3 + slope * eta * top_kl, merge=merge, iteration=iteration, eta=eta,
+                  seed=seed) for eta in (0.0, 0.5, 1.0)]
 
 
 def training(name, anchor, slope, kls=(2.0, 4.0, 8.0)):
@@ -39,39 +51,111 @@ def training(name, anchor, slope, kls=(2.0, 4.0, 8.0)):
         for j, kl in enumerate(kls)]
 
 
+def scores_of(rows, noise=0.02, prompts=200, seed=0):
+    """Per-prompt scores whose means are the rows' means: a prompt effect shared by every point (what pairing
+    removes) plus `noise` of each point's own."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 0.2, prompts)
+    out = {}
+    for r in rows:
+        values = {}
+        for metric in ("reward", "judge"):
+            own = rng.normal(0, noise, prompts)
+            values[metric] = r[f"{metric}_mean"] + shared - shared.mean() + own - own.mean()
+        out[point_key(r)] = {"ids": np.arange(prompts), **values}
+    return out
+
+
 def test_matched_kl_gap_interpolates_the_front_in_kl_and_skips_sft_and_outside_points():
     f = front("f", "slerp", 1, 0.05)  # (0, .3), (5, .55), (10, .8)
     pts = training("c", "ema", 0.02, kls=(2.5, 7.5, 12.0))  # 12.0 lies beyond the front's KL range
     gap = matched_kl_gap(f, pts)
     assert gap["compared"] == 2 and gap["outside"] == 1 and gap["above"] == 2
     assert gap["mean_gap"] == pytest.approx(((0.425 - 0.35) + (0.675 - 0.45)) / 2)
+    # the paired version: per prompt, the same gap (the prompt effect cancels), and one point beyond the range
+    found = matched_kl_difference(by_seed(f), by_seed(pts), "reward", scores_of(f + pts, noise=0.0))
+    assert found["diff"].mean == pytest.approx(gap["mean_gap"]) and (found["points"], found["outside"]) == (2, 1)
+    assert found["diff"].low == pytest.approx(gap["mean_gap"]) == pytest.approx(found["diff"].high)
 
 
-def test_claims_verdicts_follow_their_criteria():
-    rows = (front("WARP i1", "slerp", 1, 0.04) + front("WARP i2", "slerp", 2, 0.05, top_kl=12)
-            + front("WARP linear i1", "linear", 1, 0.035) + front("WARP linear i2", "linear", 2, 0.06, top_kl=8)
-            + training("EMA", "ema", 0.03) + training("SFT b0.1", "sft", 0.02) + training("SFT b0.01", "sft", 0.01))
-    verdicts = {c["claim"]: c["verdict"] for c in claims(rows)}
-    assert verdicts == {
-        "EMA anchor beats the fixed SFT anchor": "holds",
-        "SLERP beats linear merging in reward": "holds",  # eta = 1: .70 > .65 (i1), .90 > .78 (i2)
-        "the LITI front lies above the RL training curve": "holds",
-        "iteration 2 improves on iteration 1": "holds",
-    }
-    worse = [r | {"reward_mean": 0.95} if r["curve"] == "WARP linear i1" and r["eta"] == 1.0 else r for r in rows]
-    assert {c["claim"]: c["verdict"] for c in claims(worse)}["SLERP beats linear merging in reward"] == "does not hold"
+ROWS = (front("WARP i1", "slerp", 1, 0.04) + front("WARP i2", "slerp", 2, 0.05, top_kl=12)
+        + front("WARP linear i1", "linear", 1, 0.035) + front("WARP linear i2", "linear", 2, 0.06, top_kl=8)
+        + training("EMA", "ema", 0.03) + training("SFT b0.1", "sft", 0.02) + training("SFT b0.01", "sft", 0.01))
+CLAIMS = ("EMA anchor beats the fixed SFT anchor", "SLERP beats linear merging in reward",
+          "the LITI front lies above the RL training curve", "iteration 2 improves on iteration 1")
+
+
+def verdicts(rows, scores):
+    return {c["claim"]: (c["verdict"], c["verdict_judge"]) for c in claims(rows, scores)}
+
+
+def test_claims_hold_when_every_paired_interval_lies_above_zero():
+    found = claims(ROWS, scores_of(ROWS))
+    assert {c["claim"]: (c["verdict"], c["verdict_judge"]) for c in found} == {c: (HOLDS, HOLDS) for c in CLAIMS}
+    slerp = next(c for c in found if c["claim"] == CLAIMS[1])
+    # eta = 1: .70 - .65 at iteration 1, .90 - .78 at iteration 2, with intervals and the detectable difference
+    assert [c["reward"]["mean"] for c in slerp["comparisons"]] == pytest.approx([0.05, 0.12])
+    assert "reward +0.050 [" in slerp["evidence"] and "MDE" in slerp["evidence"] and "200 prompts" in slerp["evidence"]
+
+
+def test_claims_are_contradicted_when_an_interval_lies_below_zero():
+    worse = [r | {"reward_mean": 0.95} if r["curve"] == "WARP linear i1" and r["eta"] == 1.0 else r for r in ROWS]
+    assert verdicts(worse, scores_of(worse))[CLAIMS[1]] == (CONTRADICTED, HOLDS)  # the judge still prefers SLERP
+    flipped = [r | {"reward_mean": 0.3 + 0.04 * r["kl_mean"]} if r["curve"] == "SFT b0.1" else r for r in ROWS]
+    assert verdicts(flipped, scores_of(flipped))[CLAIMS[0]][0] == CONTRADICTED  # SFT b0.1 above EMA (0.03 / nat)
+
+
+def test_claims_stay_unresolved_when_the_interval_straddles_zero_with_the_detectable_difference():
+    close = [r | {"reward_mean": r["reward_mean"] - 0.04} if r["curve"] == "WARP i1" and r["eta"] == 1.0 else r
+             for r in ROWS]  # .66 against .65: a 0.01 gain, under noise of 0.5 per prompt and point
+    found = {c["claim"]: c for c in claims(close, scores_of(close, noise=0.5))}
+    slerp = found[CLAIMS[1]]
+    assert slerp["verdict"] == UNRESOLVED
+    d = slerp["comparisons"][0]["reward"]
+    assert d["low"] < 0 < d["high"] and d["mde"] == pytest.approx(2.8016 * d["se"], rel=1e-3) and d["mde"] > 0.01
+
+
+def test_claims_without_overlapping_kl_range_are_unresolved():
+    far = [r for r in ROWS if not r["curve"].startswith("SFT")] + training("SFT far", "sft", 0.001, kls=(20, 30, 40))
+    found = {c["claim"]: c for c in claims(far, scores_of(far))}
+    assert (found[CLAIMS[0]]["verdict"], found[CLAIMS[0]]["verdict_judge"]) == (UNRESOLVED, UNRESOLVED)
+    assert "no overlapping KL range" in found[CLAIMS[0]]["evidence"]
+
+
+def test_claims_need_their_runs_and_per_prompt_scores():
     only_warp = front("WARP i1", "slerp", 1, 0.04)
-    assert {c["verdict"] for c in claims(only_warp)} == {"not measured"}
+    assert {c["verdict"] for c in claims(only_warp, scores_of(only_warp))} == {NOT_MEASURED}
+    no_scores = claims(ROWS, None)
+    assert {c["verdict"] for c in no_scores} == {UNRESOLVED}
+    assert all("front_prompts.csv" in c["evidence"] for c in no_scores)
 
 
-def test_sweep_table_means_and_t_intervals_over_seeds():
+def test_claims_resample_the_seeds_of_an_arm_with_several():
+    rows = [r for r in ROWS if not r["curve"].startswith("WARP")]
+    for seed, slope in ((0.0, 0.04), (1.0, 0.045), (2.0, 0.035)):
+        rows += front("WARP i1", "slerp", 1, slope, seed=seed) + front("WARP i2", "slerp", 2, slope + 0.01, 12, seed)
+        rows += front("WARP linear i1", "linear", 1, slope - 0.005, seed=seed)
+    found = {c["claim"]: c for c in claims(rows, scores_of(rows))}
+    liti = found[CLAIMS[2]]["comparisons"][0]["reward"]
+    assert liti["seeds"] == [3, 1] and liti["low"] < liti["mean"] < liti["high"]
+    slerp = found[CLAIMS[1]]["comparisons"][0]["reward"]
+    assert slerp["seeds"] == [3, 3] and slerp["mean"] == pytest.approx(0.05)  # same runs: seeds paired
+    assert found[CLAIMS[3]]["verdict"] == HOLDS
+
+
+def test_sweep_table_means_and_t_intervals_over_seeds_and_the_validation_selection():
     jobs = [{"steps": t, "seed": s, "iterations": 2, "runs": 2, "reward": r, "kl": 2 * r, "sft_reward": 0.3,
-             "seconds": 60.0} for t, s, r in ((50, 0, 0.5), (50, 1, 0.6), (50, 2, 0.7), (100, 0, 0.8), (100, 1, 0.8))]
+             "judge": r / 2, "seconds": 60.0, "split": "validation", "objective": "final_reward_mean", "mode": "max",
+             "objective_value": r}
+            for t, s, r in ((50, 0, 0.5), (50, 1, 0.6), (50, 2, 0.7), (100, 0, 0.8), (100, 1, 0.8))]
     table = sweep_table(jobs)
     assert [r["steps"] for r in table] == [50, 100] and table[0]["seeds"] == [0, 1, 2]
-    assert table[0]["reward_mean"] == pytest.approx(0.6)
-    assert table[0]["reward_ci95"] == pytest.approx(4.303 * 0.1 / math.sqrt(3), rel=1e-3)  # sd 0.1, t_{.975,2}
+    assert table[0]["reward_mean"] == pytest.approx(0.6) and table[0]["judge_mean"] == pytest.approx(0.3)
+    assert table[0]["reward_ci95"] == pytest.approx(4.3027 * 0.1 / math.sqrt(3), rel=1e-4)  # sd 0.1, t_{.975,2}
     assert table[1]["reward_ci95"] == pytest.approx(0.0, abs=1e-12) and table[0]["kl_mean"] == pytest.approx(1.2)
+    assert sweep_selection(jobs, table)["steps"] == 100
+    on_test = [j | {"split": "test"} for j in jobs]
+    assert sweep_selection(on_test, table)["steps"] is None  # never select on test prompts
 
 
 def test_markdown_helpers():
@@ -104,13 +188,19 @@ EXPECTED_CURVES = {"WARP i1", "WARP linear i1", "WARP i2", "WARP linear i2", "SF
 @pytest.mark.slow
 def test_reproduce_smoke_writes_every_report(reproduced):
     reports = reproduced / "reports"
-    for name in ("README.md", "sft_vs_warp.md", "sweep_T.md", "sweep_T.csv", "front.md", "front.csv", "claims.md"):
+    for name in ("README.md", "sft_vs_warp.md", "sweep_T.md", "sweep_T.csv", "front.md", "front.csv", "claims.md",
+                 "claims.json"):
         assert (reports / name).stat().st_size > 100, name
     for name in ("sweep_T.png", "front.png", "warp_curves.png"):
         assert (reports / name).stat().st_size > 10_000, name
-    claims_md = (reports / "claims.md").read_text().splitlines()[2:]
+    claims_md = [line for line in (reports / "claims.md").read_text().splitlines()[2:] if line.startswith("| ")]
     assert len(claims_md) == 4
-    assert all(("**holds**" in line) != ("**does not hold**" in line) for line in claims_md)
+    verdicts = ("**holds**", "**contradicted**", "**unresolved at this sample size**")
+    for line in claims_md:  # every claim is measured by the smoke chain, on the proxy reward and on the judge
+        cells = [c.strip() for c in line.split(" | ")]
+        assert cells[1] in verdicts and cells[2] in verdicts, line
+        assert "MDE" in line and "prompts" in line
+    assert "MDE" in (reports / "claims.md").read_text().split("\n\n")[-1]
     readme = (reports / "README.md").read_text()
     assert "![" in readme and "Experiment 1" in readme and "claims" in readme
 
@@ -122,11 +212,15 @@ def test_sweep_report_aggregates_every_job_of_the_multirun(reproduced):
     rows = (reproduced / "reports" / "sweep_T.csv").read_text().splitlines()[1:]
     assert len(rows) == 4
     for line in rows:
-        steps, seed, reward, kl, _ = line.split(",")
+        steps, seed, reward, kl, _, judge = line.split(",")
         metrics = json.loads((reproduced / "sweep" / f"T{steps}_seed{seed}" / "metrics.json").read_text())
         assert float(reward) == metrics["final_reward_mean"] and float(kl) == metrics["final_kl_to_sft"]
+        assert float(judge) == metrics["final_judge_mean"] and metrics["eval_split"] == "validation"
+        assert metrics["judge_accuracy"] >= 0.70
+        assert metrics["reward_gain_low"] <= metrics["reward_gain"] <= metrics["reward_gain_high"]
     table = (reproduced / "reports" / "sweep_T.md").read_text()
     assert "| 2 | 0, 1 |" in table and "| 3 | 0, 1 |" in table and "±" in table
+    assert "Selected by the sweep's objective `final_reward_mean`: **T = " in table
 
 
 @pytest.mark.slow
@@ -142,6 +236,12 @@ def test_front_evaluates_each_curve_with_sft_once(reproduced):
     assert len({(r["reward_mean"], r["kl_mean"]) for r in sft_points}) == 1 and sft_points[0]["kl_mean"] == 0.0
     anchors = {r["curve"]: (r["anchor"], r["kl_coef"]) for r in rows}
     assert anchors["SFT anchor beta 0.01"] == ("sft", 0.01) and anchors["EMA anchor no merge"] == ("ema", 0.1)
+    assert all(0.0 <= r["judge_mean"] <= 1.0 for r in rows)
+    scores = read_front_prompts(reproduced / "front")  # the same 8 test prompts for every point
+    assert len(scores) == len(rows) and {len(s["ids"]) for s in scores.values()} == {8}
+    assert len({tuple(s["ids"]) for s in scores.values()}) == 1
+    sft = [scores[point_key(r)] for r in sft_points]
+    assert all(np.array_equal(s["reward"], sft[0]["reward"]) for s in sft) and not sft[0]["kl"].any()
 
 
 @pytest.mark.slow
@@ -163,12 +263,21 @@ def test_snapshots_are_the_runs_last_weights_that_the_merge_used(reproduced):
 @pytest.mark.slow
 def test_experiment1_table_has_the_sft_row_and_the_aligned_model(reproduced):
     table = (reproduced / "evaluate" / "table.md").read_text()
-    assert table.splitlines()[0].startswith("| model | mean reward | mean KL")
+    assert table.splitlines()[0].startswith("| model | mean reward (proxy) | mean judge | reward - SFT (paired) |")
     sft_row, warp_row = table.splitlines()[2:4]
     assert sft_row.startswith("| SFT |") and "| 0.00 ± 0.00 |" in sft_row and warp_row.startswith("| WARP |")
     metrics = json.loads((reproduced / "evaluate" / "metrics.json").read_text())
     assert list(metrics["models"]) == ["SFT", "WARP"] and metrics["model"].endswith("T3_seed0/final")
     assert metrics["reward_mean"] == metrics["models"]["WARP"]["reward_mean"]
+    assert metrics["split"] == "test" and metrics["prompts"] == 8 and metrics["judge"]["accuracy"] >= 0.70
+    assert 0 <= metrics["judge_mean"] <= 1 and metrics["judge_ci95"] >= 0
+    for key in ("reward", "judge"):  # the paired difference WARP - SFT, same prompts and random numbers
+        assert metrics[f"{key}_diff_low"] <= metrics[f"{key}_diff_mean"] <= metrics[f"{key}_diff_high"]
+        assert metrics[f"{key}_diff_mean"] == pytest.approx(metrics[f"{key}_mean"]
+                                                             - metrics["models"]["SFT"][f"{key}_mean"])
+    assert "reward_diff_mean" not in metrics["models"]["SFT"]
+    completions = (reproduced / "evaluate" / "completions.csv").read_text().splitlines()
+    assert len(completions) >= 17 and "judge" in completions[0]
     assert (reproduced / "reports" / "sft_vs_warp.md").read_text().startswith(table.splitlines()[0])
 
 

@@ -1,16 +1,23 @@
-"""Prompts: the first 5-20 tokens of a review, the train/test prompt splits, left-padded batches, and the
-seeded stream of prompt batches a run trains on."""
+"""Prompts: the first 5-20 tokens of a text, the train/validation/test prompt splits, left-padded batches,
+and the seeded stream of prompt batches a run trains on."""
 
 from __future__ import annotations
 
+import bisect
+import collections
+import html
 import logging
+import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from warp_lightning.data.texts import load_texts
+from warp_lightning import UserError
+from warp_lightning.data.texts import load_texts, normalize_text, split_indices
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +145,184 @@ def make_prompts(texts, tokenizer, min_tokens: int = 5, max_tokens: int = 20, se
     return Dataset.from_dict(columns, features=features)
 
 
+# ---- the three prompt splits -------------------------------------------------------------------------------
+
+SPLIT_NAMES = ("train", "validation", "test")
+VALIDATION_FRACTION = 1 / 3  # of the held-out texts: validation prompts; the rest give the test prompts
+HELDOUT_SEED = 20240608      # held-out prompts do not depend on a run's seed: every run is judged on the same ones
+SHINGLE = 8                  # a held-out sentence sharing this many consecutive words with a seen text is dropped
+_WORD = re.compile(r"[^\W_]+")
+_SENTENCE_END = re.compile(r"\n+|<br\s*/?>|(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+class PromptSplits(NamedTuple):
+    """Prompts for RL (`train`), for any selection (`validation`) and for final figures only (`test`)."""
+    train: object
+    validation: object
+    test: object
+
+    def get(self, split: str):
+        if split not in SPLIT_NAMES:
+            raise UserError(f"eval.split={split!r} is invalid: choose one of {', '.join(SPLIT_NAMES)}")
+        if not len(getattr(self, split)):
+            raise UserError(f"the {split} split holds no prompt: give more texts, or change "
+                            "data.validation_fraction (the held-out texts' share of validation prompts)")
+        return getattr(self, split)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words (letters and digits) of a text, accents and HTML entities removed: the unit of the
+    seen-text check (Pang & Lee's tokenised "it 's" and a critic's "it's" give the same words)."""
+    text = html.unescape(text).casefold()
+    if not text.isascii():
+        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return _WORD.findall(text)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a text: its lines (Pang & Lee reviews hold one sentence per line), each also cut after
+    . ! ? followed by a capitalised word (raw text such as IMDB's); HTML line breaks count as line ends."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+class SeenText:
+    """What a held-out sentence must not share with the texts a model trained on: any run of `SHINGLE`
+    consecutive words, or, for a sentence shorter than that, the whole sentence as one of their sentences."""
+
+    def __init__(self, sentences: Sequence[str]):
+        self.words = [tuple(words(s)) for s in sentences]
+        self.shingles = {w[i : i + SHINGLE] for w in self.words for i in range(len(w) - SHINGLE + 1)}
+        self.short = {w for w in self.words if len(w) < SHINGLE}
+        self.seen = [False] * len(sentences)
+
+    def scan(self, texts: Sequence[str]) -> None:
+        """Mark the sentences found in `texts` (one pass over their words)."""
+        hits: set = set()
+        for text in texts:
+            sentences = [tuple(words(s)) for s in split_sentences(text)]
+            w = tuple(x for s in sentences for x in s)
+            hits.update(g for g in (w[i : i + SHINGLE] for i in range(len(w) - SHINGLE + 1)) if g in self.shingles)
+            hits.update(s for s in sentences if s in self.short)
+        for i, w in enumerate(self.words):
+            if not self.seen[i]:
+                self.seen[i] = (w in hits) if len(w) < SHINGLE else any(
+                    w[j : j + SHINGLE] in hits for j in range(len(w) - SHINGLE + 1))
+
+
+def _heldout_rows(texts: list[str], labels: list[int], heldout: str, per_text: int, tokenizer, min_tokens: int,
+                  max_tokens: int, seen_texts: Sequence[str], train_texts: Sequence[str]) -> tuple[dict, dict]:
+    """Prompt columns cut from held-out texts (the start of each text, or of up to `per_text` of its sentences
+    picked at random), and the counts of what was dropped and why."""
+    rng = np.random.default_rng(HELDOUT_SEED)
+    candidates = []  # (text index, sentence index, where the prompt starts, the sentence checked against seen texts)
+    for i, text in enumerate(texts):
+        sentences = split_sentences(text) or [text.strip()]
+        if heldout == "first":
+            candidates.append((i, 0, text.strip(), sentences[0]))
+        else:
+            candidates += [(i, j, sentences[j], sentences[j]) for j in rng.permutation(len(sentences)).tolist()]
+    seen = SeenText([c[3] for c in candidates])
+    seen.scan(seen_texts)
+    lengths = rng.integers(min_tokens, max_tokens + 1, size=len(candidates)).tolist()
+    ids = _first_tokens(tokenizer, [c[2] for c in candidates], lengths)
+    # a held-out prompt equal to a train prompt (the start of a train text) for some prompt length is dropped
+    train_starts = sorted(normalize_text(t[: 8 * max_tokens + 64]) for t in train_texts)
+    columns = {"prompt": [], "input_ids": [], "label": [], "source_index": [], "sentence_index": []}
+    taken, keys = collections.Counter(), set()
+    dropped = collections.Counter()
+    for k, (i, j, _, _) in enumerate(candidates):
+        if taken[i] >= per_text:
+            continue
+        if len(ids[k]) < min_tokens:
+            dropped[f"with fewer than {min_tokens} tokens"] += 1
+            continue
+        if seen.seen[k]:
+            dropped[f"sentence shares {SHINGLE} words with a seen text"] += 1
+            continue
+        tok = ids[k][: lengths[k]]
+        prompt = tokenizer.decode(tok, clean_up_tokenization_spaces=False)
+        key = normalize_text(prompt)
+        at = bisect.bisect_left(train_starts, key)
+        if at < len(train_starts) and train_starts[at].startswith(key):
+            dropped["equal to the start of a train text"] += 1
+            continue
+        if key in keys:
+            dropped["repeated prompt"] += 1
+            continue
+        keys.add(key)
+        taken[i] += 1
+        for name, value in (("prompt", prompt), ("input_ids", tok), ("label", int(labels[i])), ("source_index", i),
+                            ("sentence_index", j)):
+            columns[name].append(value)
+    return columns, dict(dropped)
+
+
+def _dataset(columns: dict):
+    from datasets import Dataset, Features, List, Value
+
+    features = Features({"prompt": Value("string"), "input_ids": List(Value("int64")), "label": Value("int64"),
+                         "source_index": Value("int64"), "sentence_index": Value("int64")})
+    return Dataset.from_dict(columns, features=features)
+
+
 def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: int,
-                  cache: str | Path | None = None, path: str | Path | None = None):
-    """(train prompts, test prompts) from the train and test texts of `name` (disjoint texts)."""
-    train = make_prompts(load_texts(name, "train", cache, path), tokenizer, min_tokens, max_tokens, seed)
-    test = make_prompts(load_texts(name, "test", cache, path), tokenizer, min_tokens, max_tokens, seed)
-    log.info("%s prompts of %d-%d tokens: %d train, %d test", name, min_tokens, max_tokens, len(train), len(test))
-    return train, test
+                  cache: str | Path | None = None, path: str | Path | None = None, *, heldout: str = "first",
+                  per_text: int = 1, validation_fraction: float = VALIDATION_FRACTION,
+                  exclude_seen: Sequence[str] = ()) -> PromptSplits:
+    """The train, validation and test prompts of text set `name`.
+
+    - train: the first n tokens of each train text (`make_prompts`, lengths drawn with `seed`);
+    - validation / test: the held-out texts (`load_texts(name, "test")`) divided, stratified by label, into
+      `validation_fraction` and the rest (the same division for every run); `heldout="first"` cuts each one's
+      first tokens, `heldout="sentences"` up to `per_text` of its sentences (picked at random), each cut to its
+      first n tokens. Held-out prompts do not depend on `seed`.
+
+    A held-out sentence that shares `SHINGLE` consecutive words with a text of the sets in `exclude_seen` (what
+    the SFT policy and the reward model trained on: text set names, every row of each, or "train" for the train
+    texts of `name`), a held-out prompt equal to the start of a train text (a train prompt for some length), and a
+    repeated prompt are dropped; validation and test prompts come from different texts, and a test prompt equal to
+    a validation prompt is dropped too. Each count is logged.
+    """
+    if heldout not in ("first", "sentences"):
+        raise UserError(f"data.heldout_prompts={heldout!r} is invalid: choose first or sentences")
+    if not (isinstance(per_text, int) and per_text >= 1):
+        raise UserError(f"data.prompts_per_text={per_text!r} is invalid: must be an integer >= 1")
+    if not 0 < validation_fraction < 1:
+        raise UserError(f"data.validation_fraction={validation_fraction!r} is invalid: must be in (0, 1)")
+    if min_tokens < 1 or min_tokens > max_tokens:
+        raise UserError(f"data.min_prompt_tokens={min_tokens} is invalid: must be between 1 and "
+                        f"data.max_prompt_tokens={max_tokens}")
+    train_texts = load_texts(name, "train", cache, path)
+    train = make_prompts(train_texts, tokenizer, min_tokens, max_tokens, seed)
+    held = load_texts(name, "test", cache, path)
+    texts, labels = list(held["text"]), list(held["label"])
+    seen_texts = [t for s in exclude_seen
+                  for t in (train_texts if str(s) == "train" else load_texts(str(s), None, cache))["text"]]
+    columns, dropped = _heldout_rows(texts, labels, heldout, per_text, tokenizer, min_tokens, max_tokens,
+                                     seen_texts, list(train_texts["text"]))
+    test_rows, validation_rows = split_indices(labels, validation_fraction, HELDOUT_SEED)
+    in_validation = set(validation_rows)
+    parts = {"validation": [k for k, i in enumerate(columns["source_index"]) if i in in_validation]}
+    validation_keys = {normalize_text(columns["prompt"][k]) for k in parts["validation"]}
+    parts["test"] = [k for k, i in enumerate(columns["source_index"]) if i not in in_validation
+                     and normalize_text(columns["prompt"][k]) not in validation_keys]
+    dropped_test = sum(i not in in_validation for i in columns["source_index"]) - len(parts["test"])
+    if dropped_test:
+        dropped["test prompt equal to a validation prompt"] = dropped_test
+    validation, test = ({c: [v[k] for k in parts[split]] for c, v in columns.items()}
+                        for split in ("validation", "test"))
+    if dropped:
+        log.info("%s held-out prompts dropped: %s", name, ", ".join(f"{n} {why}" for why, n in dropped.items()))
+    log.info("%s prompts of %d-%d tokens: %d train, %d validation (from %d texts), %d test (from %d texts)", name,
+             min_tokens, max_tokens, len(train), len(validation["prompt"]), len(set(validation["source_index"])),
+             len(test["prompt"]), len(set(test["source_index"])))
+    return PromptSplits(train, _dataset(validation), _dataset(test))
+
+
+def splits_for(data, tokenizer, seed: int, cache: str | Path | None = None) -> PromptSplits:
+    """`prompt_splits` of a `data` config (conf/data/*.yaml)."""
+    return prompt_splits(data.name, tokenizer, data.min_prompt_tokens, data.max_prompt_tokens, seed, cache=cache,
+                         path=data.get("path"), heldout=data.get("heldout_prompts", "first"),
+                         per_text=data.get("prompts_per_text", 1),
+                         validation_fraction=float(data.get("validation_fraction", VALIDATION_FRACTION)),
+                         exclude_seen=list(data.get("exclude_seen") or ()))

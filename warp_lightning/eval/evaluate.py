@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from warp_lightning import UserError
-from warp_lightning.eval.protocol import load_protocol, named_models, results_table, write_csv
+from warp_lightning.eval.protocol import load_protocol, named_models, write_csv
+from warp_lightning.eval.stats import compare_rows, results_table
 from warp_lightning.policy.models import load_causal_lm
 from warp_lightning.utils.io import atomic_write_bytes
 from warp_lightning.utils.paths import cfg_output_dir
@@ -15,7 +16,9 @@ def run(cfg) -> dict:
     """`python -m warp_lightning evaluate model=PATH`: reward and KL(pi || pi_sft) with intervals.
 
     Experiment 1 of WARP.md: with `with_sft=true` (the default) the SFT policy is evaluated too, on the
-    same subsamples, and the table `model | mean reward | mean KL` is printed and saved as `table.md`.
+    same prompts with the same sampling random numbers, and each model gets the paired difference to it (model
+    minus SFT, per prompt, 95% bootstrap interval over prompts) of the reward and of the judge's score. The table
+    `model | reward | judge | differences | KL | ...` is printed and saved as `table.md`.
     """
     sft_path = str(cfg.sft)
 
@@ -31,12 +34,19 @@ def run(cfg) -> dict:
     protocol = load_protocol(cfg)
     if cfg.with_sft and not any(map(is_sft, models.values())):
         models = {"SFT": sft_path, **models}
-    results, rows = {}, []
+    results, rows, per_model = {}, [], {}
     for name, path in models.items():
         model = protocol.sft if is_sft(path) else load_causal_lm(path).eval()
         metrics, completions = protocol.evaluate(model)
         results[name] = {**metrics, "path": path}
+        per_model[name] = completions
         rows += [{"model": name, **r} for r in completions]
+    sft_name = next((n for n, p in models.items() if is_sft(p)), None)
+    for name in models if sft_name and metrics["prompts"] > 1 else ():
+        for key in ("reward", "judge") if name != sft_name else ():
+            if key in per_model[name][0]:
+                diff = compare_rows(per_model[name], per_model[sft_name], key, cfg.eval.seed)
+                results[name].update(diff.as_dict(f"{key}_diff_"))
     out = Path(cfg_output_dir())
     write_csv(out / "completions.csv", rows)
     table = results_table(results)

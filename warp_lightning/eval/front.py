@@ -3,8 +3,12 @@
 For each iteration i of a WARP run, the LITI front (1 - eta) * theta_sft + eta * theta_slerp_i over `etas`;
 when the run saved its runs' last weights (`warp.snapshot_every > 0`), the same front for the linear merge
 of the same runs. Each baseline run adds curves: a single RL run (I = M = 1) its training curve (theta_m at
-each snapshot along training), a merged run the LITI fronts of its merges. Every point is evaluated with the
-protocol of `evaluate` (same subsamples and seeds for all) into front.csv; front.png plots reward against KL.
+each snapshot along training), a merged run the LITI fronts of its merges. `run` and each baseline may be a
+list of runs that differ by their seed (an arm with several seeds): each run gives its own curves, with its
+seed in the `seed` column. Every point is evaluated with the protocol of `evaluate` (the same prompts and
+sampling random numbers for all) into front.csv (means with 95% intervals, reward and judge) and
+front_prompts.csv (each point's per-prompt reward, judge score and KL: what `report` compares paired);
+front.png plots the proxy reward and the judge's score against KL.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from warp_lightning.algo import merging
 from warp_lightning.algo.state import clone_state
 from warp_lightning.eval.plots import plot_front
 from warp_lightning.eval.protocol import load_protocol, write_csv
+from warp_lightning.eval.stats import per_prompt
 from warp_lightning.policy.models import load_state, model_from_state
 from warp_lightning.utils.paths import cfg_output_dir
 
 log = logging.getLogger(__name__)
 
 StateDict = merging.StateDict
-COLUMNS = ["curve", "kind", "merge", "anchor", "kl_coef", "iteration", "eta", "step", "reward_mean",
-           "reward_ci95", "kl_mean", "kl_ci95", "kl_k1_mean", "completion_length_mean", "source"]
+COLUMNS = ["curve", "arm", "seed", "kind", "merge", "anchor", "kl_coef", "iteration", "eta", "step", "reward_mean",
+           "reward_ci95", "judge_mean", "judge_ci95", "kl_mean", "kl_ci95", "kl_k1_mean", "completion_length_mean",
+           "source"]
+PROMPT_COLUMNS = ["curve", "seed", "eta", "step", "prompt_index", "reward", "judge", "kl"]
 
 
 @dataclass
@@ -43,6 +50,8 @@ class Curve:
     iteration: int
     source: str
     points: Callable[[], Iterator[tuple[dict, StateDict | None]]]
+    arm: str = ""  # the run's name (`name` of the WARP run, or a baseline's key): its curves over seeds
+    seed: int = 0  # the run's warp.seed
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -91,7 +100,8 @@ def run_curves(name: str, run_dir: Path, theta_sft: StateDict, etas, linear_etas
     """The curves of one train run: its training curve (I = M = 1) or the LITI front of each merge (and with
     `linear_etas`, of the linear merge of the same runs)."""
     w = read_run(run_dir)["warp"]
-    meta = {"anchor": w["anchor"], "kl_coef": float(w["kl_coef"]), "source": str(run_dir)}
+    meta = {"arm": name, "seed": int(w["seed"]), "anchor": w["anchor"], "kl_coef": float(w["kl_coef"]),
+            "source": str(run_dir)}
     if w["iterations"] == 1 and w["runs"] == 1:
         steps = snapshots(run_dir, 1, 1)
         if not steps:
@@ -122,25 +132,44 @@ def check_same_sft(run_dir: Path, sft: str) -> None:
                         "run's own SFT policy (pass sft=... or the run's paths.models_dir=...)")
 
 
-def evaluate_curves(curves: list[Curve], protocol) -> list[dict]:
-    """Evaluate every point with the protocol; theta_sft (eta = 0, step 0) once for all curves."""
-    sft_metrics, rows = None, []
+def evaluate_curves(curves: list[Curve], protocol) -> tuple[list[dict], list[dict]]:
+    """Evaluate every point with the protocol; theta_sft (eta = 0, step 0) once for all curves.
+
+    Returns the points (means with intervals) and their per-prompt rows (reward, judge, KL averaged over each
+    prompt's completions), which line up across points: same prompts, same sampling random numbers."""
+    sft, rows, prompt_rows = None, [], []
     for curve in curves:
         for where, state in curve.points():
             if state is None:
-                sft_metrics = sft_metrics or protocol.evaluate(protocol.sft)[0]
-                metrics = sft_metrics
+                sft = sft or protocol.evaluate(protocol.sft)
+                metrics, completions = sft
             else:
-                metrics = protocol.evaluate(model_from_state(protocol.sft, state))[0]
-            row = {"curve": curve.name, "kind": curve.kind, "merge": curve.merge, "anchor": curve.anchor,
-                   "kl_coef": curve.kl_coef, "iteration": curve.iteration, "eta": where.get("eta", ""),
-                   "step": where.get("step", ""), **{k: metrics[k] for k in COLUMNS if k in metrics},
-                   "source": curve.source}
+                metrics, completions = protocol.evaluate(model_from_state(protocol.sft, state))
+            point = {"curve": curve.name, "seed": curve.seed, "eta": where.get("eta", ""),
+                     "step": where.get("step", "")}
+            row = {**point, "arm": curve.arm, "kind": curve.kind, "merge": curve.merge, "anchor": curve.anchor,
+                   "kl_coef": curve.kl_coef, "iteration": curve.iteration,
+                   **{k: metrics[k] for k in COLUMNS if k in metrics}, "source": curve.source}
             rows.append(row)
-            log.info("front: %s %s: reward %.3f +- %.3f, KL %.2f +- %.2f", curve.name,
-                     " ".join(f"{k}={v}" for k, v in where.items()), row["reward_mean"], row["reward_ci95"],
-                     row["kl_mean"], row["kl_ci95"])
-    return rows
+            ids = None
+            for key in ("reward", "judge", "kl"):
+                if key in completions[0]:
+                    ids, values = per_prompt(completions, key)
+                    point[key] = values
+            prompt_rows += [{**{k: v for k, v in point.items() if k not in ("reward", "judge", "kl")},
+                             "prompt_index": i, **{k: float(point[k][j]) for k in ("reward", "judge", "kl")
+                                                   if k in point}} for j, i in enumerate(ids)]
+            log.info("front: %s (seed %d) %s: reward %.3f +- %.3f, judge %.3f, KL %.2f +- %.2f", curve.name,
+                     curve.seed, " ".join(f"{k}={v}" for k, v in where.items()), row["reward_mean"],
+                     row["reward_ci95"], row.get("judge_mean", float("nan")), row["kl_mean"], row["kl_ci95"])
+    return rows, prompt_rows
+
+
+def run_dirs(value) -> list[Path]:
+    """`run=DIR` or `run=[DIR, ...]` (the runs of one arm, differing by seed) as paths."""
+    from omegaconf import ListConfig
+
+    return [Path(str(v)) for v in value] if isinstance(value, ListConfig | list | tuple) else [Path(str(value))]
 
 
 def run(cfg) -> dict:
@@ -150,19 +179,25 @@ def run(cfg) -> dict:
         if not all(0.0 <= e <= 1.0 for e in values) or (key == "etas" and not values):
             raise UserError(f"{key}={values} is invalid: give values in [0, 1]")
     # curve names: "SFT_anchor_beta_0.1" (a Hydra dict key has no spaces) reads "SFT anchor beta 0.1"
-    runs = {cfg.name: Path(str(cfg.run)),
-            **{str(k).replace("_", " "): Path(str(v)) for k, v in (cfg.baselines or {}).items()}}
-    for run_dir in runs.values():
-        check_same_sft(run_dir, str(cfg.sft))
+    arms = {cfg.name: run_dirs(cfg.run),
+            **{str(k).replace("_", " "): run_dirs(v) for k, v in (cfg.baselines or {}).items()}}
+    for name, dirs in arms.items():
+        for run_dir in dirs:
+            check_same_sft(run_dir, str(cfg.sft))
+        seeds = [int(read_run(d)["warp"]["seed"]) for d in dirs]
+        if len(set(seeds)) < len(seeds):
+            raise UserError(f"the runs of {name} share a seed ({seeds}): the runs of one arm differ by warp.seed")
     protocol = load_protocol(cfg)
     theta_sft = clone_state(protocol.sft.state_dict())  # in CPU memory, where the fronts interpolate
-    curves = [c for name, run_dir in runs.items()
+    curves = [c for name, dirs in arms.items() for run_dir in dirs
               for c in run_curves(name, run_dir, theta_sft, etas, linear_etas if name == cfg.name else None)]
-    rows = evaluate_curves(curves, protocol)
+    rows, prompt_rows = evaluate_curves(curves, protocol)
     out = Path(cfg_output_dir())
     write_csv(out / "front.csv", [{k: r.get(k, "") for k in COLUMNS} for r in rows])
+    write_csv(out / "front_prompts.csv", [{k: r.get(k, "") for k in PROMPT_COLUMNS} for r in prompt_rows])
     plot_front(rows, out / "front.png")
     best = {c.name: max((r for r in rows if r["curve"] == c.name), key=lambda r: r["reward_mean"]) for c in curves}
-    return {"points": len(rows), "curves": {name: {"max_reward": r["reward_mean"], "kl_at_max_reward": r["kl_mean"]}
-                                            for name, r in best.items()},
+    return {"points": len(rows), "prompts": len({r["prompt_index"] for r in prompt_rows}),
+            "curves": {name: {"max_reward": r["reward_mean"], "judge_at_max_reward": r.get("judge_mean"),
+                              "kl_at_max_reward": r["kl_mean"]} for name, r in best.items()},
             "seconds": round(time.time() - started, 1)}

@@ -62,27 +62,55 @@ def _num(value) -> float:
     return float(value) if value not in ("", None) else float("nan")
 
 
-def draw_front(ax, rows: list[dict], title: str = "reward vs KL: LITI fronts (eta = 0 ... 1) and RL training curves"):
-    """Mean reward against KL(pi || pi_sft), with 95% intervals both ways, one line per curve of `front`.
+METRIC_LABELS = {"reward": "mean reward (proxy: the reward model, sigmoid)",
+                 "judge": "mean judge score (held-out judge, P(positive))"}
+
+
+def _seed_means(pts: list[dict], metric: str) -> list[dict]:
+    """One point per eta (or step) of a curve: the mean over its seeds (a curve of one run is itself)."""
+    groups: dict = {}
+    for r in pts:
+        groups.setdefault(r["eta"] if r["kind"] == "liti" else r["step"], []).append(r)
+    out = []
+    for key, group in groups.items():
+        mean = {k: sum(_num(r.get(k)) for r in group) / len(group)
+                for k in ("kl_mean", "kl_ci95", f"{metric}_mean", f"{metric}_ci95")}
+        out.append({"x": _num(key), "seeds": len(group), **mean})
+    return sorted(out, key=lambda r: r["x"])
+
+
+def draw_front(ax, rows: list[dict], title: str = "reward vs KL: LITI fronts (eta = 0 ... 1) and RL training curves",
+               metric: str = "reward"):
+    """Mean `metric` (reward or judge) against KL(pi || pi_sft), with 95% intervals both ways, one line per
+    curve of `front` (averaged over the seeds of its arm; the intervals are then the seeds' mean half-width).
 
     LITI fronts of SLERP merges are solid, of linear merges dashed; training curves of single RL runs dotted.
     """
     for name in dict.fromkeys(r["curve"] for r in rows):
-        pts = sorted((r for r in rows if r["curve"] == name),
-                     key=lambda r: _num(r["eta"] if r["kind"] == "liti" else r["step"]))
+        pts = [r for r in rows if r["curve"] == name]
+        if f"{metric}_mean" not in pts[0] or pts[0][f"{metric}_mean"] in ("", None):
+            continue
         kind, merge = pts[0]["kind"], pts[0]["merge"]
+        means = _seed_means(pts, metric)
         style = {"liti": ("-", "o") if merge != "linear" else ("--", "s"), "training": (":", "^")}[kind]
-        ax.errorbar([_num(r["kl_mean"]) for r in pts], [_num(r["reward_mean"]) for r in pts],
-                    xerr=[_num(r["kl_ci95"]) for r in pts], yerr=[_num(r["reward_ci95"]) for r in pts],
-                    ls=style[0], marker=style[1], ms=4, lw=1.3, elinewidth=0.7, capsize=2, label=name)
-    ax.set(xlabel="KL(pi || pi_sft), exact, nats per completion", ylabel="mean reward (sigmoid)", title=title)
+        seeds = max(r["seeds"] for r in means)
+        ax.errorbar([r["kl_mean"] for r in means], [r[f"{metric}_mean"] for r in means],
+                    xerr=[r["kl_ci95"] for r in means], yerr=[r[f"{metric}_ci95"] for r in means],
+                    ls=style[0], marker=style[1], ms=4, lw=1.3, elinewidth=0.7, capsize=2,
+                    label=name if seeds == 1 else f"{name} (mean of {seeds} seeds)")
+    ax.set(xlabel="KL(pi || pi_sft), exact, nats per completion", ylabel=METRIC_LABELS[metric], title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
 
 
 def plot_front(rows: list[dict], out: str | Path) -> Path:
-    fig, ax = _pyplot().subplots(figsize=(7.5, 5.2))
-    draw_front(ax, rows)
+    """Two panels: the proxy reward (what training maximised) and the held-out judge's score against KL."""
+    has_judge = any(r.get("judge_mean") not in ("", None) for r in rows)
+    fig, axes = _pyplot().subplots(1, 2 if has_judge else 1, figsize=(15, 5.2) if has_judge else (7.5, 5.2),
+                                   squeeze=False)
+    draw_front(axes[0][0], rows, "proxy reward vs KL: LITI fronts (eta = 0 ... 1), RL training curves")
+    if has_judge:
+        draw_front(axes[0][1], rows, "held-out judge vs KL: the same models", metric="judge")
     return _save(fig, out)
 
 

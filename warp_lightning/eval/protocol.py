@@ -15,8 +15,9 @@ import torch
 from warp_lightning import UserError
 from warp_lightning.algo import rl
 from warp_lightning.builds import ensure_model
-from warp_lightning.data.prompts import left_pad, prompt_splits
-from warp_lightning.eval.stats import distinct_n, fmt_ci, markdown_table, mean_ci95
+from warp_lightning.data.prompts import left_pad, splits_for
+from warp_lightning.eval.judge import load_judge
+from warp_lightning.eval.stats import compare_rows, distinct_n, results_table, summarize  # noqa: F401 (re-export)
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, model_from_state
 from warp_lightning.policy.sampling import decode_texts, sample
@@ -31,12 +32,14 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
                       max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64) -> dict:
     """Sample n completions per prompt from `model`; per completion: reward, exact and sampled KL, length."""
 
-    g = torch.Generator().manual_seed(seed)  # in CPU memory on any device: the same stream on CPU and GPU
     device = next(model.parameters()).device
     rows = [p for p in prompt_ids for _ in range(n_per_prompt)]
     out = {"reward": [], "kl": [], "kl_k1": [], "kl_k3": [], "length": [], "text": []}
     for start in range(0, len(rows), batch_size):
         ids, mask = (t.to(device) for t in left_pad(rows[start : start + batch_size], tokenizer.pad_token_id))
+        # a generator per batch: row r of every model draws the same uniforms (a batch ends at its last EOS);
+        # in CPU memory on any device, so a seed gives the same stream on CPU and GPU
+        g = torch.Generator().manual_seed(seed * 1_000_003 + start)
         rollout = sample(model, ids, mask, max_new_tokens, temperature, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, generator=g)
         cmask = rollout.completion_mask.bool()
@@ -56,12 +59,13 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
 
 
 def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_prompts, eval_cfg,
-               device: str | torch.device = "cpu") -> dict:
-    """Mean reward, exact KL to the first state (the SFT policy) and length, for each named state, the models
-    on `device`."""
+               device: str | torch.device = "cpu", judge=None) -> dict:
+    """Mean reward (and judge score), exact KL to the first state (the SFT policy) and length, for each named
+    state, the models on `device`; after the first, the paired difference to it (same prompts, same sampling
+    random numbers)."""
     prompts = list(test_prompts.shuffle(seed=eval_cfg.seed)["input_ids"][: eval_cfg.prompts])
     sft = model_from_state(skeleton, next(iter(states.values()))).to(device)
-    results = {}
+    results, reference = {}, None
     for name, state in states.items():
         scores = score_completions(model_from_state(skeleton, state).to(device), sft, tokenizer, reward_model, prompts,
                                    eval_cfg.samples_per_prompt, eval_cfg.max_new_tokens, eval_cfg.temperature,
@@ -70,38 +74,56 @@ def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_
                          "kl_to_sft": sum(scores["kl"]) / len(scores["kl"]),
                          "completion_length": sum(scores["length"]) / len(scores["length"]),
                          "examples": scores["text"][: eval_cfg.examples]}
+        if judge is not None:
+            scores["judge"] = judge(scores["text"]).tolist()
+            results[name]["judge_mean"] = sum(scores["judge"]) / len(scores["judge"])
+        rows = [{"prompt_index": j // eval_cfg.samples_per_prompt, **{k: v[j] for k, v in scores.items()}}
+                for j in range(len(scores["text"]))]
+        for key in ("reward", "judge") if reference is not None and len(prompts) > 1 else ():
+            if key in scores:
+                results[name].update(compare_rows(rows, reference, key, eval_cfg.seed).as_dict(f"{key}_diff_"))
+        reference = reference or rows
     return results
 
 
-def subsample_indices(n_prompts: int, subsamples: int, size: int, seed: int) -> list[list[int]]:
-    """S seeded subsamples of N held-out prompts; the same for every model compared."""
-    if size > n_prompts:
+def subsample_indices(n_prompts: int, subsamples: int, size: int | None, seed: int) -> list[list[int]]:
+    """S disjoint seeded subsamples of N held-out prompts (N = None: all of them, in S parts as equal as can
+    be); the same for every model compared."""
+    if size is not None and (size < 1 or subsamples * size > n_prompts) or subsamples > n_prompts:
+        raise UserError(f"eval.subsamples={subsamples} x eval.prompts={size} is invalid: the split holds "
+                        f"{n_prompts} prompts, and the subsamples are disjoint")
+    order = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed)).tolist()
+    total = subsamples * size if size is not None else n_prompts
+    bounds = [s * total // subsamples for s in range(subsamples + 1)]
+    return [order[bounds[s] : bounds[s + 1]] for s in range(subsamples)]
 
-        raise UserError(f"eval.prompts={size} is invalid: only {n_prompts} held-out prompts exist")
-    return [torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + s))[:size].tolist()
-            for s in range(subsamples)]
 
-
-def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecfg) -> tuple[dict, list[dict]]:
-    """The protocol of WARP.md: per-subsample means, then their mean and 95% interval."""
+def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecfg,
+                    judge=None) -> tuple[dict, list[dict]]:
+    """The protocol of WARP.md on S disjoint subsamples (each with its own sampling seed): means with their 95%
+    bootstrap intervals over prompts, the per-subsample means, and one row per completion."""
     ids = list(test_prompts["input_ids"])
-    per_sub, rows = [], []
-    for s, idx in enumerate(subsample_indices(len(ids), ecfg.subsamples, ecfg.prompts, ecfg.seed)):
+    rows = []
+    for s, idx in enumerate(subsample_indices(len(ids), ecfg.subsamples, ecfg.get("prompts"), ecfg.seed)):
         scores = score_completions(model, sft_model, tokenizer, reward_model, [ids[i] for i in idx],
                                    ecfg.samples_per_prompt, ecfg.max_new_tokens, ecfg.temperature,
                                    ecfg.seed + 1000 + s, ecfg.batch_size)
-        per_sub.append({k: sum(v) / len(v) for k, v in scores.items() if k != "text"})
-        prompts = [i for i in idx for _ in range(ecfg.samples_per_prompt)]
-        rows += [{"subsample": s, "prompt_index": p, **{k: scores[k][j] for k in scores}}
-                 for j, p in enumerate(prompts)]
-    metrics = {}
-    for key, name in (("reward", "reward"), ("kl", "kl"), ("kl_k1", "kl_k1"), ("kl_k3", "kl_k3"),
-                      ("length", "completion_length")):
-        metrics[f"{name}_mean"], metrics[f"{name}_ci95"] = mean_ci95([p[key] for p in per_sub])
+        if judge is not None:
+            scores["judge"] = judge(scores["text"]).tolist()
+        n = ecfg.samples_per_prompt
+        rows += [{"subsample": s, "prompt_index": idx[j // n], "sample": j % n, **{k: scores[k][j] for k in scores}}
+                 for j in range(len(scores["text"]))]
+    metrics = summarize(rows, {"reward": "reward", "judge": "judge", "kl": "kl", "kl_k1": "kl_k1",
+                               "kl_k3": "kl_k3", "length": "completion_length"}, ecfg.seed)
     texts = [r["text"] for r in rows]
     metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2), subsamples=ecfg.subsamples,
-                   prompts_per_subsample=ecfg.prompts, kl_estimator="exact per-token KL over the vocabulary, "
-                   "summed over completion tokens, on completions sampled from the model")
+                   prompts_per_subsample=round(len(rows) / ecfg.samples_per_prompt / ecfg.subsamples, 1),
+                   prompts=len(rows) // ecfg.samples_per_prompt, split=ecfg.get("split", "test"),
+                   kl_estimator="exact per-token KL over the vocabulary, summed over completion tokens, on "
+                   "completions sampled from the model",
+                   interval="95% percentile bootstrap over prompts (scipy.stats.bootstrap, 9999 resamples)")
+    if judge is not None:
+        metrics.update(judge=judge.describe(), judge_accuracy=judge.accuracy)
     return metrics, rows
 
 
@@ -119,12 +141,13 @@ class Protocol:
     ecfg: object
     device: torch.device = torch.device("cpu")  # where the models compute
     precision: str = "32-true"  # bf16-mixed: matmuls in bf16 (trainer.precision); KL, rewards in fp32
+    judge: object = None  # the held-out sentiment judge (eval.judge), scored beside the reward
 
     def evaluate(self, model) -> tuple[dict, list[dict]]:
         """The protocol's figures and per-completion rows for `model` (moved to the protocol's device)."""
         with autocast(self.precision, self.device):
             return evaluate_policy(model.to(self.device), self.sft, self.tokenizer, self.reward_model,
-                                   self.test_prompts, self.ecfg)
+                                   self.test_prompts, self.ecfg, judge=self.judge)
 
 
 def load_protocol(cfg) -> Protocol:
@@ -136,11 +159,10 @@ def load_protocol(cfg) -> Protocol:
     log_device(cfg.trainer)
     tokenizer = load_tokenizer(cfg.sft)
     reward_model = load_reward_model(cfg.reward_model, device)
-    _, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
-                                    cfg.data.max_prompt_tokens, cfg.eval.prompt_seed, cache=cfg.paths.cache_dir,
-                                    path=cfg.data.get("path"))
-    return Protocol(tokenizer, load_causal_lm(cfg.sft).eval().to(device), reward_model, test_prompts, cfg.eval,
-                    device, trainer_precision(cfg.trainer))
+    # held-out prompts do not depend on the seed; eval.split: test for final figures, validation for selection
+    prompts = splits_for(cfg.data, tokenizer, 0, cache=cfg.paths.cache_dir).get(cfg.eval.get("split", "test"))
+    return Protocol(tokenizer, load_causal_lm(cfg.sft).eval().to(device), reward_model, prompts, cfg.eval,
+                    device, trainer_precision(cfg.trainer), judge=load_judge(cfg.get("judge"), cfg.paths.cache_dir))
 
 
 def named_models(value) -> dict[str, str]:
@@ -151,15 +173,6 @@ def named_models(value) -> dict[str, str]:
         return {str(k): str(v) for k, v in value.items()}
     paths = [str(v) for v in value] if isinstance(value, ListConfig | list | tuple) else [str(value)]
     return {"/".join(Path(p).parts[-2:]): p for p in paths}
-
-
-def results_table(results: dict[str, dict]) -> str:
-    """Experiment 1's table: model | mean reward | mean KL (with 95% intervals) | length | distinct-1/2."""
-    rows = [[name, fmt_ci(m["reward_mean"], m["reward_ci95"]), fmt_ci(m["kl_mean"], m["kl_ci95"], 2),
-             fmt_ci(m["completion_length_mean"], m["completion_length_ci95"], 1),
-             f"{m['distinct_1']:.3f} / {m['distinct_2']:.3f}"] for name, m in results.items()]
-    return markdown_table(["model", "mean reward", "mean KL(pi || pi_sft)", "completion length",
-                           "distinct-1 / distinct-2"], rows)
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

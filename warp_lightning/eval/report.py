@@ -1,10 +1,14 @@
 """`python -m warp_lightning report`: `reports/` from the outputs of the experiments of WARP.md.
 
-- experiment 1 (`evaluation=`, an `evaluate` run): `sft_vs_warp.md`, model | mean reward | mean KL;
+- experiment 1 (`evaluation=`, an `evaluate` run): `sft_vs_warp.md`, model | reward | judge | model - SFT
+  (paired, 95% interval) | KL;
 - experiment 2 (`sweep=`, the multirun folder of `train -m hparams_search=steps`): `sweep_T.{md,csv,png}`,
-  reward and KL of the final model against T, mean over seeds with 95% intervals;
+  reward, judge and KL of the final model against T (validation prompts), mean over seeds with 95% intervals,
+  and the T the sweep's objective selects;
 - experiment 3 (`front=`, a `front` run): `front.{md,csv,png}` and `claims.md`, the paper's claims checked
-  on the fronts, each with its numbers;
+  on the fronts with paired comparisons (same prompts, same sampling random numbers; seeds too where an arm has
+  several), each *holds*, *contradicted* or *unresolved at this sample size* with the smallest difference the
+  design could detect, on the proxy reward and on the held-out judge;
 - `run=` (a train run): `warp_curves.png`, its reward and KL per RL step;
 - `README.md`: all of it on one page.
 """
@@ -17,13 +21,38 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from warp_lightning import UserError
 from warp_lightning.eval.plots import plot_front, plot_run_curves, plot_sweep
-from warp_lightning.eval.protocol import results_table
-from warp_lightning.eval.stats import fmt_ci, markdown_table, mean_ci95
-from warp_lightning.utils.io import atomic_write_bytes
+from warp_lightning.eval.stats import (
+    NOT_MEASURED,
+    Difference,
+    combine_verdicts,
+    fmt_ci,
+    fmt_interval,
+    markdown_table,
+    mde_factor,
+    mean_ci95,
+    paired_difference,
+    results_table,
+    verdict,
+)
+from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
+
+METRICS = ("reward", "judge")  # every claim is checked on the proxy reward and on the held-out judge
+DESIGN_NOTE = (
+    "Each difference is mean(A) - mean(B) on the same test prompts with the same sampling random numbers "
+    "(paired), with its 95% percentile-bootstrap interval over prompts (scipy.stats.bootstrap, 9999 resamples), "
+    "and over the training seeds of each arm where an arm has several (two-level resampling). **holds**: the "
+    "interval lies above 0; **contradicted**: below 0; **unresolved at this sample size** otherwise. MDE is the "
+    "smallest true difference this design detects with 80% power in a two-sided 5% test: "
+    f"(z_0.975 + z_0.80) x the bootstrap standard error = {mde_factor():.2f} x SE (about 1.43 half-widths). At "
+    "matched KL, A's curve is interpolated linearly in KL, prompt by prompt, at the KL of each point of B (mean "
+    "over B's seeds; theta_sft excluded) inside A's KL range, and the gaps averaged; a comparison without such a "
+    "point is unresolved (no overlapping KL range). *not measured*: the runs the claim needs are missing.")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -40,15 +69,23 @@ def experiment1(evaluation_dir: Path) -> str:
     metrics = json.loads(path.read_text())
     models = metrics.get("models") or {metrics["model"]: metrics}
     first = next(iter(models.values()))
-    return (f"{results_table(models)}\n\nMean over {first['subsamples']} seeded subsamples of "
-            f"{first['prompts_per_subsample']} held-out prompts (one completion each), with the half-width of "
-            f"the 95% interval (Student t over subsamples). KL: {first['kl_estimator']}.")
+    judge = first.get("judge")
+    judge_text = (f" Judge: {judge['name']}, fitted on the train split of `{judge['train_data']}` ({judge['n_train']} "
+                  f"texts), accuracy {judge['accuracy']:.3f} on its {judge['n_test']} held-out texts; the policy "
+                  "never trains against it." if judge else "")
+    prompts = first.get("prompts", first["subsamples"] * first["prompts_per_subsample"])
+    return (f"{results_table(models)}\n\n{prompts} {first.get('split', 'held-out')} prompts in {first['subsamples']} "
+            "disjoint seeded subsamples (each with its own sampling seed; one completion per prompt), the same prompts "
+            "and sampling random numbers for every model. Means with the half-width of their 95% interval; "
+            "differences to SFT are paired (per prompt) with their 95% interval "
+            f"({first.get('interval', 'Student t over subsamples')}).{judge_text} KL: {first['kl_estimator']}.")
 
 
 # ---- experiment 2: the T sweep ---------------------------------------------------------------------------
 
 def sweep_jobs(sweep_dir: Path) -> list[dict]:
-    """One record per finished job of a `train -m` sweep: T, seed and its final evaluation (metrics.json)."""
+    """One record per finished job of a `train -m` sweep: T, seed, its final evaluation (metrics.json: the
+    validation prompts) and the sweep's objective (`sweep_objective` of its config)."""
     from omegaconf import OmegaConf
 
     jobs = []
@@ -57,11 +94,19 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
         if not (job / "metrics.json").exists():
             log.warning("%s: no metrics.json (unfinished job), left out", job)
             continue
-        w = OmegaConf.load(config).warp
+        cfg = OmegaConf.load(config)
+        w = cfg.warp
         metrics = json.loads((job / "metrics.json").read_text())
+        objective = cfg.get("sweep_objective") or {}
         jobs.append({"steps": int(w.steps), "seed": int(w.seed), "iterations": int(w.iterations),
                      "runs": int(w.runs), "reward": metrics["final_reward_mean"], "kl": metrics["final_kl_to_sft"],
-                     "sft_reward": metrics["sft_reward_mean"], "seconds": metrics["seconds"], "dir": str(job)})
+                     "judge": metrics.get("final_judge_mean", float("nan")),
+                     "sft_reward": metrics["sft_reward_mean"], "seconds": metrics["seconds"],
+                     "split": metrics.get("eval_split", "test"),
+                     "objective": str(objective.get("metric", "final_reward_mean")),
+                     "mode": str(objective.get("mode", "max")),
+                     "objective_value": metrics.get(str(objective.get("metric", "final_reward_mean"))),
+                     "dir": str(job)})
     if not jobs:
         raise UserError(f"sweep={sweep_dir} holds no finished job (*/metrics.json): pass the multirun folder of "
                         "`python -m warp_lightning train -m hparams_search=steps`")
@@ -69,48 +114,72 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
 
 
 def sweep_table(jobs: list[dict]) -> list[dict]:
-    """Per T: mean over seeds and the 95% interval (Student t over seeds) of the final reward and KL."""
+    """Per T: mean over seeds and the 95% interval (Student t over seeds) of the final reward, judge, KL and
+    of the sweep's objective."""
     table = []
     for steps in sorted({j["steps"] for j in jobs}):
         group = sorted((j for j in jobs if j["steps"] == steps), key=lambda j: j["seed"])
         row = {"steps": steps, "seeds": [j["seed"] for j in group], "iterations": group[0]["iterations"],
                "runs": group[0]["runs"], "minutes_per_job": sum(j["seconds"] for j in group) / len(group) / 60}
-        for key in ("reward", "kl", "sft_reward"):
-            row[f"{key}_per_seed"] = [j[key] for j in group]
+        for key in ("reward", "kl", "sft_reward", "judge", "objective_value"):
+            row[f"{key}_per_seed"] = [float(j.get(key, float("nan")) if j.get(key) is not None else float("nan"))
+                                      for j in group]
             row[f"{key}_mean"], row[f"{key}_ci95"] = mean_ci95(row[f"{key}_per_seed"])
         table.append(row)
     return table
 
 
-def sweep_markdown(table: list[dict]) -> str:
+def sweep_selection(jobs: list[dict], table: list[dict]) -> dict:
+    """The T the sweep's objective selects (mean over seeds), only when every job measured it on validation
+    prompts: a choice made on test prompts would bias the final figures."""
+    objective, mode = jobs[0]["objective"], jobs[0]["mode"]
+    splits = sorted({j["split"] for j in jobs})
+    if splits != ["validation"]:
+        return {"objective": objective, "mode": mode, "steps": None,
+                "why": f"no selection: the jobs were evaluated on {', '.join(splits)} prompts, not validation ones"}
+    scored = [r for r in table if not np.isnan(r["objective_value_mean"])]
+    if not scored:
+        return {"objective": objective, "mode": mode, "steps": None, "why": f"no job reports {objective}"}
+    best = (max if mode == "max" else min)(scored, key=lambda r: r["objective_value_mean"])
+    return {"objective": objective, "mode": mode, "steps": best["steps"], "value": best["objective_value_mean"],
+            "why": f"{mode} of the mean over seeds of {objective} (validation prompts)"}
+
+
+def sweep_markdown(table: list[dict], selection: dict | None = None) -> str:
     rows = [[r["steps"], ", ".join(map(str, r["seeds"])), fmt_ci(r["reward_mean"], r["reward_ci95"]),
-             fmt_ci(r["kl_mean"], r["kl_ci95"], 2), fmt_ci(r["sft_reward_mean"], r["sft_reward_ci95"]),
-             f"{r['minutes_per_job']:.1f}"] for r in table]
+             fmt_ci(r["judge_mean"], r["judge_ci95"]), fmt_ci(r["kl_mean"], r["kl_ci95"], 2),
+             fmt_ci(r["sft_reward_mean"], r["sft_reward_ci95"]), f"{r['minutes_per_job']:.1f}"] for r in table]
     first = table[0]
-    return (markdown_table(["T", "seeds", "mean reward (final)", "KL(final || SFT)", "SFT reward (same prompts)",
-                            "minutes per job"], rows) +
+    text = (markdown_table(["T", "seeds", "mean reward (final)", "mean judge (final)", "KL(final || SFT)",
+                            "SFT reward (same prompts)", "minutes per job"], rows) +
             f"\n\nI={first['iterations']}, M={first['runs']}; each job's final model is evaluated at the end of "
-            "`train` (held-out prompts, one completion each, exact KL). Mean over seeds with the half-width of the "
-            "95% interval (Student t over seeds).")
+            "`train` on the validation prompts (one completion each, exact KL; the test prompts are kept for "
+            "final figures). Mean over seeds with the half-width of the 95% interval (Student t over seeds).")
+    if selection is not None:
+        chosen = (f"**T = {selection['steps']}** ({selection['why']}: {selection['value']:.3f})"
+                  if selection["steps"] is not None else selection["why"])
+        text += f"\n\nSelected by the sweep's objective `{selection['objective']}`: {chosen}."
+    return text
 
 
 def write_sweep(sweep_dir: Path, out: Path) -> list[Path]:
-    table = sweep_table(sweep_jobs(sweep_dir))
+    jobs = sweep_jobs(sweep_dir)
+    table = sweep_table(jobs)
     with (out / "sweep_T.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["steps", "seed", "reward", "kl", "sft_reward"])
+        writer.writerow(["steps", "seed", "reward", "kl", "sft_reward", "judge"])
         for r in table:
-            for seed, reward, kl, sft in zip(r["seeds"], r["reward_per_seed"], r["kl_per_seed"],
-                                             r["sft_reward_per_seed"], strict=True):
-                writer.writerow([r["steps"], seed, reward, kl, sft])
-    return [_write(out / "sweep_T.md", sweep_markdown(table)), out / "sweep_T.csv",
+            for row in zip(r["seeds"], r["reward_per_seed"], r["kl_per_seed"], r["sft_reward_per_seed"],
+                           r["judge_per_seed"], strict=True):
+                writer.writerow([r["steps"], *row])
+    return [_write(out / "sweep_T.md", sweep_markdown(table, sweep_selection(jobs, table))), out / "sweep_T.csv",
             plot_sweep(table, out / "sweep_T.png")]
 
 
 # ---- experiment 3: fronts and the paper's claims ---------------------------------------------------------
 
-NUMERIC = ("kl_coef", "iteration", "eta", "step", "reward_mean", "reward_ci95", "kl_mean", "kl_ci95",
-           "kl_k1_mean", "completion_length_mean")
+NUMERIC = ("seed", "kl_coef", "iteration", "eta", "step", "reward_mean", "reward_ci95", "judge_mean", "judge_ci95",
+           "kl_mean", "kl_ci95", "kl_k1_mean", "completion_length_mean")
 
 
 def read_front(front_dir: Path) -> list[dict]:
@@ -118,11 +187,42 @@ def read_front(front_dir: Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"front={front_dir} has no front.csv: pass a `front` run folder")
     with path.open() as f:
-        return [{k: (float(v) if k in NUMERIC and v != "" else v) for k, v in r.items()} for r in csv.DictReader(f)]
+        rows = [{k: (float(v) if k in NUMERIC and v != "" else v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:  # a front.csv written before arms of several seeds
+        r.setdefault("seed", 0.0)
+        r.setdefault("arm", r["curve"])
+    return rows
+
+
+def point_key(r: dict) -> tuple:
+    """(curve, seed, eta, step) of a point of front.csv or of a row of front_prompts.csv."""
+    def num(v):
+        return None if v in ("", None) else float(v)
+
+    return r["curve"], int(float(r.get("seed") or 0)), num(r.get("eta")), num(r.get("step"))
+
+
+def read_front_prompts(front_dir: Path) -> dict[tuple, dict[str, np.ndarray]] | None:
+    """{point_key: {"ids": prompt indices, "reward": ..., "judge": ..., "kl": ...}} from front_prompts.csv (the
+    per-prompt scores of every point), or None for a front run that did not write it."""
+    path = Path(front_dir) / "front_prompts.csv"
+    if not path.exists():
+        return None
+    grouped: dict[tuple, list[dict]] = {}
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            grouped.setdefault(point_key(r), []).append(r)
+    out = {}
+    for key, rs in grouped.items():
+        rs.sort(key=lambda r: int(r["prompt_index"]))
+        out[key] = {"ids": np.array([int(r["prompt_index"]) for r in rs]),
+                    **{m: np.array([float(r[m]) for r in rs]) for m in ("reward", "judge", "kl")
+                       if rs[0].get(m) not in ("", None)}}
+    return out
 
 
 def curves(rows: list[dict], **where) -> dict[str, list[dict]]:
-    """{curve name: its points} for the curves whose fields equal `where`."""
+    """{curve name: its points (of every seed)} for the curves whose fields equal `where`."""
     out: dict[str, list[dict]] = {}
     for r in rows:
         if all(r[k] == v for k, v in where.items()):
@@ -130,15 +230,25 @@ def curves(rows: list[dict], **where) -> dict[str, list[dict]]:
     return out
 
 
+def by_seed(points: list[dict]) -> dict[int, list[dict]]:
+    """The points of one curve, per seed of its arm."""
+    out: dict[int, list[dict]] = {}
+    for r in points:
+        out.setdefault(int(r.get("seed") or 0), []).append(r)
+    return dict(sorted(out.items()))
+
+
 def is_sft_point(r: dict) -> bool:
     return r["eta"] == 0.0 or r["step"] == 0.0
 
 
-def matched_kl_gap(front: list[dict], points: list[dict]) -> dict:
-    """How far `front` lies above `points` at the same KL: front reward, interpolated linearly in KL, minus the
-    point's reward, for every point (but theta_sft, shared by all) inside the front's KL range."""
-    import numpy as np
+def _position(r: dict):
+    return r["eta"] if r["kind"] == "liti" else r["step"]
 
+
+def matched_kl_gap(front: list[dict], points: list[dict]) -> dict:
+    """How far `front` lies above `points` at the same KL, on the means: front reward, interpolated linearly in
+    KL, minus the point's reward, for every point (but theta_sft, shared by all) inside the front's KL range."""
     ref = sorted(front, key=lambda r: r["kl_mean"])
     kl, reward = np.array([r["kl_mean"] for r in ref]), np.array([r["reward_mean"] for r in ref])
     inside = [p for p in points if not is_sft_point(p) and kl[0] <= p["kl_mean"] <= kl[-1]]
@@ -147,95 +257,176 @@ def matched_kl_gap(front: list[dict], points: list[dict]) -> dict:
             "compared": len(gaps), "outside": len([p for p in points if not is_sft_point(p)]) - len(gaps)}
 
 
-def _gap_text(gap: dict, what: str) -> str:
-    if not gap["compared"]:
-        return f"{what}: no point inside the front's KL range"
-    return (f"{what}: {gap['mean_gap']:+.3f} reward on average at matched KL, above at {gap['above']} of "
-            f"{gap['compared']} points" + (f" ({gap['outside']} beyond its KL range)" if gap["outside"] else ""))
+def _scores(scores: dict | None, r: dict, metric: str) -> np.ndarray | None:
+    found = (scores or {}).get(point_key(r))
+    return None if found is None or metric not in found else found[metric]
 
 
-def _end(points: list[dict]) -> dict:
-    """The last point of a curve: eta = 1 of a front, the last snapshot of a training curve."""
-    return max(points, key=lambda r: r["eta"] if r["kind"] == "liti" else r["step"])
+def _same_prompts(scores: dict, points: list[dict]) -> bool:
+    ids = [scores[point_key(r)]["ids"] for r in points]
+    return all(np.array_equal(ids[0], i) for i in ids[1:])
 
 
-def _point_text(r: dict) -> str:
-    return f"reward {fmt_ci(r['reward_mean'], r['reward_ci95'])}, KL {fmt_ci(r['kl_mean'], r['kl_ci95'], 2)}"
+def endpoint_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], metric: str, scores: dict | None,
+                        paired_seeds: bool = False) -> dict:
+    """The last points (eta = 1, or the last snapshot) of two curves: mean(A) - mean(B) with its interval."""
+    ends_a = [max(p, key=_position) for p in a.values()]
+    ends_b = [max(p, key=_position) for p in b.values()]
+    xa, xb = [_scores(scores, r, metric) for r in ends_a], [_scores(scores, r, metric) for r in ends_b]
+    if any(x is None for x in xa + xb) or not _same_prompts(scores, ends_a + ends_b):
+        return {"diff": None, "why": "no per-prompt scores on shared prompts (front_prompts.csv)"}
+    paired = paired_seeds and list(a) == list(b)
+    return {"diff": paired_difference(np.stack(xa), np.stack(xb), paired_seeds=paired), "points": 1}
 
 
-def claims(rows: list[dict]) -> list[dict]:
-    """The paper's claims (WARP.md), each with its criterion, a verdict and the numbers behind it."""
+def matched_kl_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], metric: str, scores: dict | None,
+                          paired_seeds: bool = False) -> dict:
+    """Curve A above the points of B at matched KL: A interpolated linearly in KL, prompt by prompt, at the KL of
+    each point of B (its mean over B's seeds; theta_sft excluded) that lies inside every A seed's KL range; the
+    gaps averaged over those points. Unresolved when no point of B lies in A's KL range."""
+    positions = set.intersection(*({_position(r) for r in pts if not is_sft_point(r)} for pts in b.values()))
+    kl_at = {x: float(np.mean([r["kl_mean"] for pts in b.values() for r in pts if _position(r) == x]))
+             for x in positions}
+    ranges = [(min(r["kl_mean"] for r in pts), max(r["kl_mean"] for r in pts)) for pts in a.values()]
+    inside = sorted(x for x in positions if all(lo <= kl_at[x] <= hi for lo, hi in ranges))
+    info = {"points": len(inside), "outside": len(positions) - len(inside)}
+    if not inside:
+        return {"diff": None, "why": "no overlapping KL range", **info}
+    xa, xb = [], []
+    for pts in a.values():
+        ref = sorted(pts, key=lambda r: r["kl_mean"])
+        vals = [_scores(scores, r, metric) for r in ref]
+        if any(v is None for v in vals) or not _same_prompts(scores, ref):
+            return {"diff": None, "why": "no per-prompt scores on shared prompts (front_prompts.csv)", **info}
+        kl, eye = np.array([r["kl_mean"] for r in ref]), np.eye(len(ref))
+        # linear interpolation in KL is linear in the values: the weights of A's points at each matched KL
+        weights = np.mean([[np.interp(kl_at[x], kl, e) for e in eye] for x in inside], axis=0)
+        xa.append(weights @ np.stack(vals))
+    for pts in b.values():
+        vals = [_scores(scores, r, metric) for r in pts if _position(r) in inside]
+        if any(v is None for v in vals):
+            return {"diff": None, "why": "no per-prompt scores (front_prompts.csv)", **info}
+        xb.append(np.mean(vals, axis=0))
+    if len({len(x) for x in xa + xb}) != 1:
+        return {"diff": None, "why": "the curves were evaluated on different prompts", **info}
+    paired = paired_seeds and list(a) == list(b)
+    return {"diff": paired_difference(np.stack(xa), np.stack(xb), paired_seeds=paired), **info}
+
+
+def _comparison_text(what: str, found: dict[str, dict]) -> str:
+    """`A over B: reward +0.05 [+0.01, +0.09] (MDE 0.06), judge ...; 250 prompts, seeds 1 vs 1, 3 points`."""
+    parts = []
+    for metric, c in found.items():
+        d: Difference | None = c["diff"]
+        if d is None:
+            parts.append(f"{metric}: {c['why']}")
+        else:
+            parts.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f})")
+    c = next(iter(found.values()))
+    d = c["diff"]
+    design = [f"{d.n} prompts", f"seeds {d.seeds[0]} vs {d.seeds[1]}"] if d is not None else []
+    if "outside" in c:
+        design.append(f"{c['points']} point{'s' * (c['points'] != 1)} of B at matched KL"
+                      + (f", {c['outside']} beyond A's KL range" if c["outside"] else ""))
+    return f"{what}: " + ", ".join(parts) + (f" ({', '.join(design)})" if design else "")
+
+
+def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
+    """The paper's claims (WARP.md), each with its criterion, a verdict on the proxy reward and one on the judge
+    (holds / contradicted / unresolved at this sample size / not measured) and the paired differences behind it.
+
+    `scores`: per-prompt scores of every point (`read_front_prompts`); without them every comparison is
+    unresolved."""
     warp = curves(rows, kind="liti", merge="slerp")
-    warp_by_iteration = {int(p[0]["iteration"]): (name, p) for name, p in warp.items()}
+    warp_by_iteration = {int(p[0]["iteration"]): (name, by_seed(p)) for name, p in warp.items()}
     linear = curves(rows, kind="liti", merge="linear")
     ema, sft = curves(rows, kind="training", anchor="ema"), curves(rows, kind="training", anchor="sft")
     out = []
 
-    def add(claim: str, criterion: str, holds: bool | None, evidence: list[str]) -> None:
-        verdict = "not measured" if holds is None else ("holds" if holds else "does not hold")
-        out.append({"claim": claim, "criterion": criterion, "verdict": verdict, "evidence": "; ".join(evidence)})
+    def add(claim: str, criterion: str, comparisons: list[tuple[str, dict[str, dict]]], missing: str = "") -> None:
+        if not comparisons:
+            out.append({"claim": claim, "criterion": criterion, "verdict": NOT_MEASURED,
+                        "verdict_judge": NOT_MEASURED, "evidence": missing, "comparisons": []})
+            return
+        verdicts = {m: combine_verdicts([verdict(found[m]["diff"]) for _, found in comparisons if m in found])
+                    for m in METRICS}
+        out.append({"claim": claim, "criterion": criterion, "verdict": verdicts["reward"],
+                    "verdict_judge": verdicts["judge"],
+                    "evidence": "; ".join(_comparison_text(what, found) for what, found in comparisons),
+                    "comparisons": [{"what": what, **{m: c["diff"].as_dict() if c["diff"] else {"why": c["why"]}
+                                                      for m, c in found.items()}} for what, found in comparisons]})
 
-    criterion = "the EMA-anchor RL curve lies above each fixed-anchor RL curve at matched KL (mean gap > 0)"
+    def compare(fn, a, b, paired=False) -> dict[str, dict]:
+        return {m: fn(a, b, m, scores, paired) for m in METRICS
+                if m == "reward" or any(r.get("judge_mean") not in ("", None) for r in rows)}
+
+    criterion = "the EMA-anchor RL curve lies above each fixed-anchor RL curve at matched KL"
+    comparisons = []
     if ema and sft:
-        (ema_name, ema_pts), evidence, holds = next(iter(ema.items())), [], True
-        for name, pts in sft.items():
-            gap = matched_kl_gap(ema_pts, pts)
-            holds &= gap["mean_gap"] > 0
-            evidence.append(_gap_text(gap, f"{ema_name} over {name}"))
-        evidence += [f"last snapshot of {n}: {_point_text(_end(p))}" for n, p in {**ema, **sft}.items()]
-        add("EMA anchor beats the fixed SFT anchor", criterion, holds, evidence)
-    else:
-        add("EMA anchor beats the fixed SFT anchor", criterion, None, ["needs EMA- and SFT-anchor baselines"])
+        ema_name, ema_pts = next(iter(ema.items()))
+        comparisons = [(f"{ema_name} over {name}", compare(matched_kl_difference, by_seed(ema_pts), by_seed(pts)))
+                       for name, pts in sft.items()]
+    add("EMA anchor beats the fixed SFT anchor", criterion, comparisons, "needs EMA- and SFT-anchor baselines")
 
-    criterion = "the SLERP merge (eta = 1) has a higher mean reward than the linear merge, at every iteration"
-    pairs = [(i, n, p) for n, p in linear.items() if (i := int(p[0]["iteration"])) in warp_by_iteration]
-    evidence = [f"iteration {i}: SLERP {_point_text(_end(warp_by_iteration[i][1]))}; {n} {_point_text(_end(p))}"
-                for i, n, p in pairs]
-    holds = all(_end(warp_by_iteration[i][1])["reward_mean"] > _end(p)["reward_mean"] for i, _, p in pairs)
-    add("SLERP beats linear merging in reward", criterion, holds if pairs else None,
-        evidence or ["needs the linear-merge fronts (train with warp.snapshot_every > 0)"])
+    criterion = "the SLERP merge (eta = 1) has a higher mean reward than the linear merge of the same runs, at every iteration"
+    comparisons = []
+    for name, pts in linear.items():
+        i = int(pts[0]["iteration"])
+        if i in warp_by_iteration:
+            slerp_name, slerp = warp_by_iteration[i]
+            comparisons.append((f"{slerp_name} over {name} (eta = 1)",
+                                compare(endpoint_difference, slerp, by_seed(pts), paired=True)))
+    add("SLERP beats linear merging in reward", criterion, comparisons,
+        "needs the linear-merge fronts (train with warp.snapshot_every > 0)")
 
-    criterion = "the last iteration's LITI front lies above every RL training curve at matched KL (mean gap > 0)"
+    criterion = "the last iteration's LITI front lies above every RL training curve at matched KL"
+    comparisons = []
     training = {**ema, **sft}
     if warp_by_iteration and training:
         name, front = warp_by_iteration[max(warp_by_iteration)]
-        gaps = {n: matched_kl_gap(front, pts) for n, pts in training.items()}
-        add("the LITI front lies above the RL training curve", criterion,
-            all(g["mean_gap"] > 0 for g in gaps.values()), [_gap_text(g, f"{name} over {n}") for n, g in gaps.items()])
-    else:
-        add("the LITI front lies above the RL training curve", criterion, None, ["needs a front and RL baselines"])
+        comparisons = [(f"{name} over {n}", compare(matched_kl_difference, front, by_seed(pts)))
+                       for n, pts in training.items()]
+    add("the LITI front lies above the RL training curve", criterion, comparisons, "needs a front and RL baselines")
 
-    criterion = ("the iteration-2 merge has a higher mean reward than the iteration-1 merge, and the iteration-2 "
-                 "front is not below the iteration-1 front at matched KL (mean gap >= 0)")
+    criterion = "the iteration-2 LITI front lies above the iteration-1 front at matched KL (the same runs)"
+    comparisons = []
     if {1, 2} <= warp_by_iteration.keys():
         (n1, f1), (n2, f2) = warp_by_iteration[1], warp_by_iteration[2]
-        gap = matched_kl_gap(f2, f1)
-        higher = _end(f2)["reward_mean"] > _end(f1)["reward_mean"]
-        add("iteration 2 improves on iteration 1", criterion, higher and not gap["mean_gap"] < 0,
-            [f"{n1} merge: {_point_text(_end(f1))}", f"{n2} merge: {_point_text(_end(f2))}",
-             _gap_text(gap, f"{n2} over {n1}")])
-    else:
-        add("iteration 2 improves on iteration 1", criterion, None, ["needs a run with I >= 2"])
+        comparisons = [(f"{n2} over {n1}", compare(matched_kl_difference, f2, f1, paired=True))]
+    add("iteration 2 improves on iteration 1", criterion, comparisons, "needs a run with I >= 2")
     return out
 
 
 def claims_markdown(found: list[dict]) -> str:
-    return markdown_table(["claim (WARP.md)", "verdict", "criterion", "numbers"],
-                          [[c["claim"], f"**{c['verdict']}**", c["criterion"], c["evidence"]] for c in found])
+    table = markdown_table(["claim (WARP.md)", "verdict (proxy reward)", "verdict (held-out judge)", "criterion",
+                            "paired differences, 95% intervals"],
+                           [[c["claim"], f"**{c['verdict']}**", f"**{c['verdict_judge']}**", c["criterion"],
+                             c["evidence"]] for c in found])
+    return f"{table}\n\n{DESIGN_NOTE}"
 
 
 def front_markdown(rows: list[dict]) -> str:
-    table = [[r["curve"], f"{r['eta']:.1f}" if r["kind"] == "liti" else f"step {int(r['step'])}",
-              fmt_ci(r["reward_mean"], r["reward_ci95"]), fmt_ci(r["kl_mean"], r["kl_ci95"], 2)] for r in rows]
-    return markdown_table(["curve", "eta / step", "mean reward", "KL(pi || pi_sft)"], table)
+    seeds = len({r.get("seed") for r in rows}) > 1
+    table = [[r["curve"], *([int(r["seed"])] if seeds else []),
+              f"{r['eta']:.1f}" if r["kind"] == "liti" else f"step {int(r['step'])}",
+              fmt_ci(r["reward_mean"], r["reward_ci95"]),
+              fmt_ci(r["judge_mean"], r["judge_ci95"]) if r.get("judge_mean") not in ("", None) else "—",
+              fmt_ci(r["kl_mean"], r["kl_ci95"], 2)] for r in rows]
+    return markdown_table(["curve", *(["seed"] if seeds else []), "eta / step", "mean reward (proxy)",
+                           "mean judge", "KL(pi || pi_sft)"], table)
 
 
 def write_front(front_dir: Path, out: Path) -> tuple[list[Path], list[dict]]:
     rows = read_front(front_dir)
+    scores = read_front_prompts(front_dir)
+    if scores is None:
+        log.warning("%s has no front_prompts.csv (a front run of an older version): the claims cannot be "
+                    "compared paired and stay unresolved; run `front` again", front_dir)
     shutil.copyfile(Path(front_dir) / "front.csv", out / "front.csv")
-    found = claims(rows)
+    found = claims(rows, scores)
+    atomic_write_json(out / "claims.json", found)
     return [_write(out / "front.md", front_markdown(rows)), out / "front.csv", plot_front(rows, out / "front.png"),
-            _write(out / "claims.md", claims_markdown(found))], found
+            _write(out / "claims.md", claims_markdown(found)), out / "claims.json"], found
 
 
 # ---- the command -----------------------------------------------------------------------------------------
@@ -270,13 +461,13 @@ def run(cfg) -> dict:
         written += paths
         sections["front"] = "Points: [front.md](front.md) (and front.csv)."
         sections["claims"] = (out / "claims.md").read_text()
-        verdicts = {c["claim"]: c["verdict"] for c in found}
+        verdicts = {c["claim"]: {"reward": c["verdict"], "judge": c["verdict_judge"]} for c in found}
     if cfg.run:
         written.append(plot_run_curves(Path(str(cfg.run)), out / "warp_curves.png"))
         sections["warp_curves"] = ""
     if not sections:
         raise UserError("nothing to report: pass evaluation=DIR, sweep=DIR, front=DIR and/or run=DIR")
     written.append(summary(out, sections))
-    for name, verdict in verdicts.items():
-        log.info("claim: %s: %s", name, verdict)
+    for name, found in verdicts.items():
+        log.info("claim: %s: %s (proxy reward), %s (judge)", name, found["reward"], found["judge"])
     return {"reports": str(out), "written": [str(p) for p in written], "claims": verdicts}

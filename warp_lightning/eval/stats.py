@@ -1,19 +1,38 @@
-"""Statistics and tables of the evaluation (no torch: `report` imports it)."""
+"""Statistics and tables of the evaluation (no torch: `report` imports it).
+
+- `mean_ci95`: the Student-t interval of a mean (scipy.stats.t), for a handful of independent values (seeds);
+- `bootstrap_mean`, `paired_difference`: percentile bootstrap intervals over prompts (scipy.stats.bootstrap),
+  and over the training seeds of an arm when it has several (two-level resampling, `hierarchical_bootstrap`);
+- `verdict`: holds / contradicted / unresolved at this sample size, with the smallest difference the design
+  could have detected (`Difference.mde`).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
-# two-sided 95% Student t critical values t_{0.975, df}
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+import numpy as np
+
+LEVEL = 0.95
+POWER = 0.80
+N_RESAMPLES = 9999
+HOLDS, CONTRADICTED, UNRESOLVED = "holds", "contradicted", "unresolved at this sample size"
+NOT_MEASURED = "not measured"
 
 
 def t975(df: int) -> float:
-    if df in _T975:
-        return _T975[df]
-    below = [d for d in _T975 if d < df]
-    return _T975[max(below)] if df <= 30 else 1.96
+    """The two-sided 95% critical value of Student's t with `df` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, df))
+
+
+def mde_factor(level: float = LEVEL, power: float = POWER) -> float:
+    """z_{1 - alpha/2} + z_{power}: 1.96 + 0.84 = 2.80 for a two-sided 95% test with 80% power."""
+    from scipy import stats
+
+    return float(stats.norm.ppf(1 - (1 - level) / 2) + stats.norm.ppf(power))
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -26,17 +45,152 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, t975(n - 1) * (var / n) ** 0.5
 
 
+@dataclass
+class Difference:
+    """A mean (or a difference of means) with its 95% percentile-bootstrap interval.
+
+    `se` is the bootstrap standard error; `mde = (z_0.975 + z_0.80) * se`, the smallest true difference a
+    two-sided 5% test on this design detects with 80% power (about 1.43 half-widths for a symmetric interval).
+    `n` is the number of prompts, `seeds` the number of training seeds of each side.
+    """
+    mean: float
+    low: float
+    high: float
+    se: float
+    n: int
+    seeds: tuple[int, int] = (1, 1)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    @property
+    def mde(self) -> float:
+        return mde_factor() * self.se
+
+    def as_dict(self, prefix: str = "") -> dict:
+        out = {**asdict(self), "half_width": self.half_width, "mde": self.mde}
+        out["seeds"] = list(self.seeds)
+        return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def _nan_difference(mean: float, n: int, seeds=(1, 1)) -> Difference:
+    return Difference(mean, float("nan"), float("nan"), float("nan"), n, tuple(seeds))
+
+
+def bootstrap_mean(values, seed: int = 0, n_resamples: int = N_RESAMPLES) -> Difference:
+    """The mean of per-prompt values with its 95% percentile-bootstrap interval over prompts."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return _nan_difference(float(x.mean()) if len(x) else float("nan"), len(x))
+    res = stats.bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=LEVEL, method="percentile",
+                          rng=np.random.default_rng(seed))
+    return Difference(float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high),
+                      float(res.standard_error), len(x))
+
+
+def hierarchical_bootstrap(a, b, paired_seeds: bool = False, seed: int = 0,
+                           n_resamples: int = N_RESAMPLES) -> np.ndarray:
+    """Bootstrap distribution of mean(a) - mean(b) for `a` [Sa, P], `b` [Sb, P]: per-prompt values of each
+    training seed of two arms, on the same P prompts (with the same sampling random numbers).
+
+    Each resample draws P prompts with replacement, shared by both arms (the comparison is paired over prompts),
+    then the seeds of each arm with replacement: independently per arm, or, with `paired_seeds` (the same runs
+    seen two ways, e.g. SLERP and linear merges of the same theta_m; Sa == Sb), the same seeds for both.
+    scipy.stats.bootstrap resamples one level only, hence this loop over the two.
+    """
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    (sa, p), (sb, pb) = a.shape, b.shape
+    if p != pb or (paired_seeds and sa != sb):
+        raise ValueError(f"arms of shapes {a.shape} and {b.shape} cannot be compared")
+    rng = np.random.default_rng(seed)
+    out = []
+    for start in range(0, n_resamples, 1000):
+        size = min(1000, n_resamples - start)
+        weights = rng.multinomial(p, np.full(p, 1 / p), size=size) / p  # how often each prompt is drawn
+        mean_a, mean_b = a @ weights.T, b @ weights.T  # [S, size]: each seed's mean over the drawn prompts
+        cols = np.arange(size)
+        pick_a = rng.integers(0, sa, (sa, size))
+        pick_b = pick_a if paired_seeds else rng.integers(0, sb, (sb, size))
+        out.append(mean_a[pick_a, cols].mean(0) - mean_b[pick_b, cols].mean(0))
+    return np.concatenate(out)
+
+
+def paired_difference(a, b, paired_seeds: bool = False, seed: int = 0,
+                      n_resamples: int = N_RESAMPLES) -> Difference:
+    """mean(a) - mean(b) with its 95% percentile-bootstrap interval.
+
+    `a`, `b`: per-prompt values on the same prompts (1-d, one training seed), or [seeds, prompts] matrices. With
+    one seed on each side (or `paired_seeds` and one seed) the interval is scipy.stats.bootstrap's over prompts of
+    the per-prompt differences; with several, `hierarchical_bootstrap` resamples seeds too.
+    """
+    from scipy import stats
+
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired values need the same prompts: {a.shape[1]} vs {b.shape[1]}")
+    mean, n, seeds = float(a.mean() - b.mean()), a.shape[1], (a.shape[0], b.shape[0])
+    if n < 2:
+        return _nan_difference(mean, n, seeds)
+    if seeds == (1, 1):
+        res = stats.bootstrap((a[0] - b[0],), np.mean, n_resamples=n_resamples, confidence_level=LEVEL,
+                              method="percentile", rng=np.random.default_rng(seed))
+        low, high, se = res.confidence_interval.low, res.confidence_interval.high, res.standard_error
+    else:
+        dist = hierarchical_bootstrap(a, b, paired_seeds, seed, n_resamples)
+        alpha = (1 - LEVEL) / 2
+        low, high = np.quantile(dist, [alpha, 1 - alpha])
+        se = dist.std(ddof=1)
+    return Difference(mean, float(low), float(high), float(se), n, seeds)
+
+
+def verdict(diff: Difference | None) -> str:
+    """"A beats B" from the interval of mean(A) - mean(B): holds when the whole 95% interval is above 0,
+    contradicted when it is below 0, unresolved at this sample size otherwise (or without an interval)."""
+    if diff is None or math.isnan(diff.low) or math.isnan(diff.high):
+        return UNRESOLVED
+    if diff.low > 0:
+        return HOLDS
+    if diff.high < 0:
+        return CONTRADICTED
+    return UNRESOLVED
+
+
+def combine_verdicts(verdicts: list[str]) -> str:
+    """A claim made of several comparisons (e.g. one per baseline or per iteration) holds when each of them
+    holds, is contradicted when one is, and is unresolved otherwise."""
+    if not verdicts:
+        return NOT_MEASURED
+    if CONTRADICTED in verdicts:
+        return CONTRADICTED
+    return HOLDS if all(v == HOLDS for v in verdicts) else UNRESOLVED
+
+
 def distinct_n(texts: list[str], n: int) -> float:
     """Distinct n-grams over all n-grams of the completions (word level)."""
     grams = [tuple(w[i : i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
     return len(set(grams)) / max(1, len(grams))
 
 
+def _missing(x) -> bool:
+    """No value: None, NaN, or a string (metrics.json writes a NaN as "nan")."""
+    return x is None or isinstance(x, str) or (isinstance(x, float) and math.isnan(x))
+
+
 def fmt_ci(mean: float, ci: float, digits: int = 3) -> str:
     """`mean ± half-width` (the half-width of the 95% interval), or the mean alone without an interval."""
-    if ci is None or (isinstance(ci, float) and math.isnan(ci)):
+    if _missing(ci):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def fmt_interval(mean: float, low: float, high: float, digits: int = 3) -> str:
+    """`+0.123 [+0.100, +0.150]`: a difference and its 95% interval (signed)."""
+    if _missing(low) or _missing(high):
+        return f"{mean:+.{digits}f}"
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -44,3 +198,58 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
     return "\n".join([line(header), "|" + "|".join("---" for _ in header) + "|", *map(line, rows)])
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """Experiment 1's table: model | proxy reward | judge | both minus SFT (paired, 95% interval) | KL | length |
+    distinct-1/2. Means carry the half-width of their 95% interval; the SFT row has no difference."""
+    def diff(m: dict, key: str) -> str:
+        if f"{key}_diff_mean" not in m:
+            return "—"
+        return fmt_interval(m[f"{key}_diff_mean"], m[f"{key}_diff_low"], m[f"{key}_diff_high"])
+
+    rows = [[name, fmt_ci(m["reward_mean"], m["reward_ci95"]),
+             fmt_ci(m["judge_mean"], m["judge_ci95"]) if "judge_mean" in m else "—",
+             diff(m, "reward"), diff(m, "judge"), fmt_ci(m["kl_mean"], m["kl_ci95"], 2),
+             fmt_ci(m["completion_length_mean"], m["completion_length_ci95"], 1),
+             f"{m['distinct_1']:.3f} / {m['distinct_2']:.3f}"] for name, m in results.items()]
+    return markdown_table(["model", "mean reward (proxy)", "mean judge", "reward - SFT (paired)",
+                           "judge - SFT (paired)", "mean KL(pi || pi_sft)", "completion length",
+                           "distinct-1 / distinct-2"], rows)
+
+
+# ---- per-prompt rows of the protocol -----------------------------------------------------------------------
+
+def per_prompt(rows: list[dict], key: str) -> tuple[list[int], np.ndarray]:
+    """(prompt indices in increasing order, the mean of `key` over each prompt's completions): the unit that
+    is resampled, and that lines up across models evaluated on the same prompts."""
+    sums: dict[int, list[float]] = {}
+    for r in rows:
+        sums.setdefault(int(r["prompt_index"]), []).append(float(r[key]))
+    ids = sorted(sums)
+    return ids, np.array([sum(sums[i]) / len(sums[i]) for i in ids])
+
+
+def summarize(rows: list[dict], keys: dict[str, str], seed: int = 0) -> dict:
+    """`{name}_mean`, `{name}_ci95` (half-width of the 95% percentile-bootstrap interval over prompts),
+    `{name}_low`, `{name}_high` and `{name}_per_subsample` (the spread of WARP.md) for each `key: name`."""
+    out = {}
+    subsamples = sorted({r.get("subsample", 0) for r in rows})
+    for key, name in keys.items():
+        if not rows or key not in rows[0]:
+            continue
+        est = bootstrap_mean(per_prompt(rows, key)[1], seed)
+        out.update({f"{name}_mean": est.mean, f"{name}_ci95": est.half_width, f"{name}_low": est.low,
+                    f"{name}_high": est.high})
+        out[f"{name}_per_subsample"] = [float(np.mean([r[key] for r in rows if r.get("subsample", 0) == s]))
+                                        for s in subsamples]
+    return out
+
+
+def compare_rows(rows_a: list[dict], rows_b: list[dict], key: str, seed: int = 0) -> Difference:
+    """The paired difference mean(a) - mean(b) of `key` for two models evaluated on the same prompts."""
+    ids_a, a = per_prompt(rows_a, key)
+    ids_b, b = per_prompt(rows_b, key)
+    if ids_a != ids_b:
+        raise ValueError("paired comparison of models evaluated on different prompts")
+    return paired_difference(a, b, seed=seed)

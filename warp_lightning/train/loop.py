@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 
 from warp_lightning.algo.state import WarpState, clone_state, derive_seed
 from warp_lightning.builds import ensure_model
-from warp_lightning.data.prompts import PromptBatches, prompt_splits
+from warp_lightning.data.prompts import PromptBatches, splits_for
+from warp_lightning.eval.judge import load_judge
 from warp_lightning.eval.protocol import quick_eval
 from warp_lightning.policy.kernels import use_compiled_kernels
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
@@ -128,9 +129,8 @@ def run(cfg) -> dict | None:
     tokenizer = load_tokenizer(cfg.policy.name_or_path)
     policy = load_causal_lm(cfg.policy.name_or_path)  # the skeleton, in CPU memory; each run's copies go to `device`
     reward_model = load_reward_model(cfg.reward_model, device)
-    train_prompts, test_prompts = prompt_splits(cfg.data.name, tokenizer, cfg.data.min_prompt_tokens,
-                                                cfg.data.max_prompt_tokens, w.seed, cache=cfg.paths.cache_dir,
-                                                path=cfg.data.get("path"))
+    splits = splits_for(cfg.data, tokenizer, w.seed, cache=cfg.paths.cache_dir)
+    train_prompts, eval_prompts = splits.train, splits.get(cfg.eval.get("split", "validation"))
     state = WarpState(clone_state(policy.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta)
     config = resume_config(cfg)
     done, run_records = ckpt.load_loop(ckpt_dir, state, config)
@@ -166,21 +166,30 @@ def run(cfg) -> dict | None:
     save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")
 
     # matmuls in the training precision; log-probs, KL and rewards are float32 either way
+    judge = load_judge(cfg.get("judge"), cfg.paths.cache_dir)
     with autocast(precision, device):
         evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, policy, tokenizer,
-                                reward_model, test_prompts, cfg.eval, device)
+                                reward_model, eval_prompts, cfg.eval, device, judge=judge)
+    final, sft = evaluation["final"], evaluation["sft"]
     metrics = {
         "final_reward_mean": evaluation["final"]["reward_mean"],
         "sft_reward_mean": evaluation["sft"]["reward_mean"],
         "reward_gain": evaluation["final"]["reward_mean"] - evaluation["sft"]["reward_mean"],
         "final_kl_to_sft": evaluation["final"]["kl_to_sft"],
         "final_completion_length": evaluation["final"]["completion_length"],
+        # the held-out judge, and the paired differences final - SFT with their 95% bootstrap intervals
+        "final_judge_mean": final["judge_mean"], "sft_judge_mean": sft["judge_mean"],
+        "judge_gain": final["judge_mean"] - sft["judge_mean"], "judge_accuracy": judge.accuracy,
+        **{f"{k}_gain_{b}": final.get(f"{k}_diff_{b}", float("nan")) for k in ("reward", "judge")
+           for b in ("low", "high")},
+        "eval_split": cfg.eval.get("split", "validation"), "eval_prompts": min(cfg.eval.prompts, len(eval_prompts)),
         "seconds": round(time.time() - started, 1),
         "rl_steps": w.iterations * w.runs * w.steps,
     }
     manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": run_records,
                 "merges": state.merge_stats, "train_prompts": len(loop.train_ids),
-                "test_prompts": len(test_prompts), "processes": world, "compute": compute, "evaluation": evaluation, "metrics": metrics}
+                "validation_prompts": len(splits.validation), "test_prompts": len(splits.test), "processes": world,
+                "compute": compute, "evaluation": evaluation, "metrics": metrics}
 
     atomic_write_json(out_dir / "manifest.json", manifest)
     return metrics
