@@ -200,10 +200,11 @@ def _logprobs_and_grads(model, rollout, weights):
     return token_lp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, temperature):
+@pytest.mark.parametrize(("temperature", "min_new"), [(1.0, 0), (0.7, 0), (0.7, 4)])
+def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, temperature, min_new):
     """One update per batch: the sampling pass's logits stand for the head's projection (float64), also when
-    sampling at another temperature (the log-probs are those of the distribution sampled, at that temperature)."""
+    sampling at another temperature and with EOS banned for the first tokens (the log-probs are those of the
+    distribution sampled, at that temperature and under that ban)."""
     monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
     monkeypatch.setattr(kernels, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
     model = _float64_policy()
@@ -211,8 +212,9 @@ def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, 
     ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)
     ids, mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
     rollout = sample(model, ids, mask, 12, temperature, eos_token_id=3, pad_token_id=0, keep_logits=True,
-                     generator=torch.Generator().manual_seed(2))
+                     min_new_tokens=min_new, generator=torch.Generator().manual_seed(2))
     assert not rollout.completion_mask.all() and rollout.sampled_by(model)
+    assert (rollout.eos_banned() is None) == (min_new == 0)
     plain = dataclasses.replace(rollout, logits=None, logsumexp=None, sampler=None)
     weights = torch.randn(rollout.completion_mask.shape, generator=torch.Generator().manual_seed(0))
     kept_lp, kept_entropy, kept_grads = _logprobs_and_grads(model, rollout, weights)

@@ -236,6 +236,7 @@ class _Decoder:
             bias = (bias / s.temperature).to(dtype)
         ban = s.eos_token_id is not None
         self.alive.fill_(True)
+        self.key_mask[:, p:] = False  # no column of the last rollout's completions is seen before it is written
         hidden = self.hidden
         for t in range(s.max_new_tokens):
             if t:
@@ -326,9 +327,10 @@ def _decoder(model, rows: int, prompt_len: int, spec: _Spec, dtype: torch.dtype,
     return decoders[key]
 
 
-def _graphable(model) -> bool:
-    """Graphs need unsharded weights (FSDP gathers them per call) and an attention taking a 4D mask."""
-    return getattr(model, "shards", None) is None and model.config._attn_implementation in ("sdpa", "eager")
+def _graphable(model, device: torch.device) -> bool:
+    """Graphs need CUDA, unsharded weights (FSDP gathers them per call) and an attention taking a 4D mask."""
+    return (device.type == "cuda" and getattr(model, "shards", None) is None
+            and model.config._attn_implementation in ("sdpa", "eager"))
 
 
 def _left_pad_to(ids: torch.Tensor, mask: torch.Tensor, multiple: int, pad_token_id: int):
@@ -381,7 +383,7 @@ def sample(
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0")
     device = input_ids.device
-    graphed = cuda_graphs and device.type == "cuda" and max_new_tokens > 0 and _graphable(model)
+    graphed = cuda_graphs and max_new_tokens > 0 and _graphable(model, device)
     ids, mask = _left_pad_to(input_ids, attention_mask, pad_prompts_to or (GRAPH_BUCKET if graphed else 1),
                              pad_token_id)
     spec = _Spec(max_new_tokens, min_new_tokens, float(temperature), eos_token_id, pad_token_id, stop_at_eos,
