@@ -1,9 +1,11 @@
 """One RL step of warp_lightning against TRL's RLOOTrainer, on the same model doing the same work (issue 5).
 
     python benchmarks/rl_step.py                      # tiny and small, fp32, 5 timed steps each (`make bench`)
+    python benchmarks/rl_step.py --device cuda --bf16 # tiny, small and the GPT-2 124M shape on the first GPU
     python benchmarks/rl_step.py --scaling            # our step against completions per step and model size
 
-A step: 16 prompts of 5-20 tokens, k = 4 completions each of exactly 32 new tokens sampled at temperature 1,
+A step: 16 prompts of 5-20 tokens, k = 4 completions each of exactly 32 new tokens sampled at temperature 1
+(EOS masked until then on both sides: `min_new_tokens` = 32, so that both do the same work),
 reward, log-probs of the policy and the anchor, RLOO loss with the KL folded into the reward, backward, grad
 clip, optimizer step, EMA update of the anchor. Both sides get a randomly initialised GPT-2 (the same weights,
 saved to one folder that both load), the real GPT-2 tokenizer, and the same reward model.
@@ -11,9 +13,14 @@ saved to one folder that both load), the real GPT-2 tokenizer, and the same rewa
 TRL is driven by `trainer.train()`; after each of its steps a callback runs one step of ours, so the two
 alternate in one process and share whatever else loads the machine. Our side calls the project's functions as
 `RLOOModule.training_step` does (`policy.sample` with `keep_logits=True`, the default
-`warp.keep_sampling_logits`, then `module.rloo_objective`), then the optimizer step and the EMA update of the
-`EMAAnchor` callback. Peak memory is measured apart,
-in a fresh process per side, so that neither side's buffers count against the other.
+`warp.keep_sampling_logits`, and on CUDA its decode loop as a CUDA graph, the default `warp.cuda_graphs`; then
+`module.rloo_objective`), then the optimizer step and the EMA update of the `EMAAnchor` callback. Peak memory is
+measured apart, in a fresh process per side, so that neither side's buffers count against the other.
+
+Printed per size: completions/s, our phases, generation milliseconds per new token of each side (the whole
+generation call over the new tokens: prefill included; TRL's `model.generate` timed), each side's FLOPs as a share
+of the machine's matmul rate (measured in the same run: fp32, or bf16 with --bf16), peak memory; then the lines
+`speedup_vs_trl size=...`, `decode_ms_per_token size=...` (ours) and `trl_decode_ms_per_token size=...`.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import contextlib
 import copy
 import datetime
+import functools
 import json
 import logging
 import os
@@ -232,12 +240,12 @@ class WarpStep:
     """The project's RL step: `RLOOModule.training_step`, the optimizer step and the `EMAAnchor` update."""
 
     def __init__(self, model_dir: Path, reward_model: RewardModel, prompts: list[list[int]], work: Work,
-                 bf16: bool, seed: int, compiled: bool = True, device: str = "cpu"):
+                 bf16: bool, seed: int, compiled: bool = True, device: str = "cpu", cuda_graphs: bool = True):
         self.tokenizer = load_tokenizer(model_dir)
         self.policy = load_causal_lm(model_dir).to(device).eval()  # as training loads it
         self.anchor = copy.deepcopy(self.policy).requires_grad_(False).eval()
         self.reward_model, self.work, self.bf16, self.compiled = reward_model, work, bf16, compiled
-        self.device = device
+        self.device, self.cuda_graphs = device, cuda_graphs
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=work.lr, betas=(0.9, 0.999), eps=1e-8)
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
         self.prompt_ids = ids.repeat_interleave(work.k, 0).to(device)
@@ -250,10 +258,11 @@ class WarpStep:
         w, tok = self.work, self.tokenizer
         with autocast(self.device, self.bf16):
             with probe("generation"):
-                # exactly `new_tokens` tokens: EOS does not stop a row (TRL: min_new_tokens)
+                # exactly `new_tokens` tokens: EOS has probability 0 until then (TRL: min_new_tokens)
                 rollout = sample(self.policy, self.prompt_ids, self.prompt_mask, w.new_tokens, temperature=1.0,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                 generator=self.generator, stop_at_eos=False, keep_logits=True)
+                                 generator=self.generator, keep_logits=True, min_new_tokens=w.new_tokens,
+                                 cuda_graphs=self.cuda_graphs)
             with probe("reward"):
                 reward = torch.as_tensor(self.reward_model(decode_texts(tok, rollout))).float().to(self.device)
             with probe("forwards"):
@@ -269,13 +278,15 @@ class WarpStep:
         return probe
 
     def count_flops(self) -> dict:
-        """FLOPs per phase of one step, with eager kernels: the compiled ones (element-wise passes and
-        reductions, no matmuls) hide their ops from the counter."""
+        """FLOPs per phase of one step, with eager kernels and no CUDA graph: the compiled kernels (element-wise
+        passes and reductions, no matmuls) and a graph's replay hide their ops from the counter."""
         use_compiled_kernels(False)
+        graphs, self.cuda_graphs = self.cuda_graphs, False
         try:
             return self(PhaseFlops()).flops
         finally:
             use_compiled_kernels(self.compiled)
+            self.cuda_graphs = graphs
 
 
 # ----------------------------------------------------------------------------------------------------- TRL's step
@@ -380,8 +391,26 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):6.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> float:
-    """Both sides alternating on `size`; prints the comparison and returns TRL's median step time over ours."""
+def time_generate(model, device: str) -> list[float]:
+    """Wraps `model.generate` (TRL's sampling) to record each call's wall time, GPU work included."""
+    seconds, inner = [], model.generate
+
+    @functools.wraps(inner)
+    def timed(*args, **kwargs):
+        synchronize(device)
+        start = time.perf_counter()
+        out = inner(*args, **kwargs)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    model.generate = timed
+    return seconds
+
+
+def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> tuple[float, float, float]:
+    """Both sides alternating on `size`; prints the comparison. Returns TRL's median step time over ours, and
+    the median generation milliseconds per new token of ours and of TRL."""
     work = Work()
     prompts = make_prompts(tokenizer, work, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -400,8 +429,10 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> flo
                 ours()  # warm-up (compiles the kernels)
 
         callback = step_callback(our_step, flops_step=timed.stop, device=args.device)
-        trl_trainer(model_dir, reward, prompts, work, timed.stop + 1, args.bf16, args.seed, callback,
-                    args.device).train()
+        trainer = trl_trainer(model_dir, reward, prompts, work, timed.stop + 1, args.bf16, args.seed, callback,
+                              args.device)
+        trl_generate = time_generate(trainer.model, args.device)  # one call per step
+        trainer.train()
     trl_s = callback.seconds[timed.start : timed.stop]
     ours_s = [sum(p.values()) for p in phases]
     memory = {side: run_child(side, size, args) for side in ("ours", "trl")}
@@ -415,6 +446,10 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> flo
           f"{statistics.median(trl_s):.3f} s/step")
     med = {ph: statistics.median(p[ph] for p in phases) for ph in PHASES}
     print("our step, median s:  " + " | ".join(f"{ph} {med[ph]:.3f}" for ph in PHASES))
+    decode = {"warp_lightning": 1000 * med["generation"] / work.new_tokens,
+              "trl": 1000 * statistics.median(trl_generate[timed.start : timed.stop]) / work.new_tokens}
+    print(f"generation ms per new token ({work.completions} completions, prefill included, median): "
+          + " | ".join(f"{name} {ms:.2f}" for name, ms in decode.items()))
     total = sum(our_flops.values())
     print("our step, GFLOP:     " + " | ".join(f"{ph} {our_flops[ph] / 1e9:.1f}" for ph in PHASES))
     for name, count, seconds in (("warp_lightning", total, statistics.median(ours_s)),
@@ -426,7 +461,7 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> flo
     for name, side in (("warp_lightning", "ours"), ("trl", "trl")):
         m = memory[side]
         print(f"  {name:14s} {m['peak'] / GiB:5.2f} GiB ({(m['peak'] - m['start']) / GiB:+.2f} GiB)")
-    return statistics.median(trl_s) / statistics.median(ours_s)
+    return statistics.median(trl_s) / statistics.median(ours_s), decode["warp_lightning"], decode["trl"]
 
 
 def scaling(args) -> None:
@@ -448,7 +483,7 @@ def scaling(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sizes", default=None, help="comma-separated, from: " + ", ".join(SIZES)
-                   + " (default tiny,small; with --scaling tiny,small,gpt2)")
+                   + " (default tiny,small; with --scaling or --device cuda tiny,small,gpt2)")
     p.add_argument("--steps", type=int, help="timed steps per side (default 5; with --scaling per cell, default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (compile the kernels)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default fp32)")
@@ -462,7 +497,7 @@ def main(argv=None) -> None:
     p.add_argument("--completions", type=int, default=64, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.steps = args.steps or (2 if args.scaling else 5)
-    args.sizes = args.sizes or ("tiny,small,gpt2" if args.scaling else "tiny,small")
+    args.sizes = args.sizes or ("tiny,small,gpt2" if args.scaling or args.device == "cuda" else "tiny,small")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False); leave --device out")
 
@@ -491,9 +526,10 @@ def main(argv=None) -> None:
         return
     tokenizer = load_tokenizer(fetch("gpt2_tokenizer"))
     reward = random_reward_model(tokenizer, args.seed, args.device)
-    speedups = {size: compare(size, args, tokenizer, reward, rate) for size in args.sizes.split(",")}
+    results = {size: compare(size, args, tokenizer, reward, rate) for size in args.sizes.split(",")}
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
-    print("speedup_vs_trl " + " ".join(f"{size}={s:.2f}" for size, s in speedups.items()))
+    for i, name in enumerate(("speedup_vs_trl", "decode_ms_per_token", "trl_decode_ms_per_token")):
+        print(name + " " + " ".join(f"{size}={r[i]:.2f}" for size, r in results.items()))
 
 
 if __name__ == "__main__":

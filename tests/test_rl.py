@@ -1,5 +1,6 @@
 """The RL arithmetic against hand computations and properties."""
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from warp_lightning.data.prompts import left_pad
 from warp_lightning.policy import kernels
 from warp_lightning.policy.kernels import sample_tokens
 from warp_lightning.policy.logprobs import completion_logprobs
-from warp_lightning.policy.sampling import Rollout, sample
+from warp_lightning.policy.sampling import sample
 
 
 def test_rloo_advantages_hand_computation():
@@ -90,11 +91,13 @@ def test_sliced_sampling_matches_the_distribution(monkeypatch, temperature):
     probs = torch.tensor([0.05, 0.1, 0.0, 0.15, 0.2, 0.02, 0.08, 0.1, 0.25, 0.05])  # 3 slices, the last padded
     logits = torch.full((40000, 12), float("-inf"))
     logits[:, :10] = probs.log() + 3.0
-    draws, lse = kernels._sample_slices(logits, 10, temperature, torch.Generator().manual_seed(0))
+    uniform = torch.rand(len(logits), 1, generator=torch.Generator().manual_seed(0))
+    draws, lse = kernels._sample_slices(logits / temperature, 10, uniform)  # logits at the temperature
     expected = torch.softmax(probs.log() / temperature, -1)
     freq = torch.bincount(draws, minlength=10).float() / len(draws)
     assert torch.allclose(freq, expected, atol=0.01) and freq[2] == 0
-    assert torch.allclose(lse, torch.full_like(lse, 3.0), atol=1e-5)  # the temperature-1 normaliser
+    normaliser = torch.logsumexp((probs.log()[probs > 0] + 3.0) / temperature, -1)  # of the scaled logits
+    assert torch.allclose(lse, normaliser.expand_as(lse), atol=1e-5)
 
 
 def test_scoring_logprobs_equal_sampling_logprobs_with_left_padding():
@@ -197,10 +200,11 @@ def _logprobs_and_grads(model, rollout, weights):
     return token_lp.detach(), entropy, [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, temperature):
+@pytest.mark.parametrize(("temperature", "min_new"), [(1.0, 0), (0.7, 0), (0.7, 4)])
+def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, temperature, min_new):
     """One update per batch: the sampling pass's logits stand for the head's projection (float64), also when
-    sampling at another temperature (the log-probs are the policy's, at temperature 1, either way)."""
+    sampling at another temperature and with EOS banned for the first tokens (the log-probs are those of the
+    distribution sampled, at that temperature and under that ban)."""
     monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
     monkeypatch.setattr(kernels, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
     model = _float64_policy()
@@ -208,9 +212,10 @@ def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, 
     ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)
     ids, mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
     rollout = sample(model, ids, mask, 12, temperature, eos_token_id=3, pad_token_id=0, keep_logits=True,
-                     generator=torch.Generator().manual_seed(2))
+                     min_new_tokens=min_new, generator=torch.Generator().manual_seed(2))
     assert not rollout.completion_mask.all() and rollout.sampled_by(model)
-    plain = Rollout(rollout.input_ids, rollout.attention_mask, rollout.prompt_len, rollout.completion_mask)
+    assert (rollout.eos_banned() is None) == (min_new == 0)
+    plain = dataclasses.replace(rollout, logits=None, logsumexp=None, sampler=None)
     weights = torch.randn(rollout.completion_mask.shape, generator=torch.Generator().manual_seed(0))
     kept_lp, kept_entropy, kept_grads = _logprobs_and_grads(model, rollout, weights)
     lp, entropy, grads = _logprobs_and_grads(model, plain, weights)

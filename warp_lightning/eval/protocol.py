@@ -25,12 +25,15 @@ from warp_lightning.reward.scorer import load_reward_model
 from warp_lightning.utils.io import atomic_write_bytes
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
+from warp_lightning.utils.validate import check_min_new_tokens
 
 
 @torch.no_grad()
 def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: list[list[int]], n_per_prompt: int,
-                      max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64) -> dict:
-    """Sample n completions per prompt from `model`; per completion: reward, exact and sampled KL, length."""
+                      max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64,
+                      min_new_tokens: int = 0) -> dict:
+    """Sample n completions per prompt from `model`; per completion: reward, exact and sampled KL, length.
+    Both models' log-probs are those of the distribution sampled (temperature, no EOS before min_new_tokens)."""
 
     device = next(model.parameters()).device
     rows = [p for p in prompt_ids for _ in range(n_per_prompt)]
@@ -41,7 +44,7 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
         # in CPU memory on any device, so a seed gives the same stream on CPU and GPU
         g = torch.Generator().manual_seed(seed * 1_000_003 + start)
         rollout = sample(model, ids, mask, max_new_tokens, temperature, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, generator=g)
+                         pad_token_id=tokenizer.pad_token_id, generator=g, min_new_tokens=min_new_tokens)
         cmask = rollout.completion_mask.bool()
         lp_tok, _, lp_full = completion_logprobs(model, rollout, full=True)
         ref_tok, _, ref_full = completion_logprobs(sft_model, rollout, full=True)
@@ -69,7 +72,7 @@ def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_
     for name, state in states.items():
         scores = score_completions(model_from_state(skeleton, state).to(device), sft, tokenizer, reward_model, prompts,
                                    eval_cfg.samples_per_prompt, eval_cfg.max_new_tokens, eval_cfg.temperature,
-                                   eval_cfg.seed, eval_cfg.batch_size)
+                                   eval_cfg.seed, eval_cfg.batch_size, eval_cfg.get("min_new_tokens", 0))
         results[name] = {"reward_mean": sum(scores["reward"]) / len(scores["reward"]),
                          "kl_to_sft": sum(scores["kl"]) / len(scores["kl"]),
                          "completion_length": sum(scores["length"]) / len(scores["length"]),
@@ -107,7 +110,7 @@ def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecf
     for s, idx in enumerate(subsample_indices(len(ids), ecfg.subsamples, ecfg.get("prompts"), ecfg.seed)):
         scores = score_completions(model, sft_model, tokenizer, reward_model, [ids[i] for i in idx],
                                    ecfg.samples_per_prompt, ecfg.max_new_tokens, ecfg.temperature,
-                                   ecfg.seed + 1000 + s, ecfg.batch_size)
+                                   ecfg.seed + 1000 + s, ecfg.batch_size, ecfg.get("min_new_tokens", 0))
         if judge is not None:
             scores["judge"] = judge(scores["text"]).tolist()
         n = ecfg.samples_per_prompt
@@ -152,6 +155,7 @@ class Protocol:
 
 def load_protocol(cfg) -> Protocol:
     """The Protocol of an `evaluate`-like config (`sft`, `reward_model`, `data`, `eval`, `trainer`)."""
+    check_min_new_tokens(cfg.eval, "eval")
     if not Path(str(cfg.sft)).exists():
         raise UserError(f"sft={cfg.sft} does not exist: pass the SFT policy's Hugging Face folder")
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)

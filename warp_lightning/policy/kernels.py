@@ -1,8 +1,9 @@
-"""Causal LM policies: loading, left-padded batches, fast sampling and completion log-probs.
+"""The vocabulary-sized arithmetic of sampling and completion log-probs: the head's projection, inverse-CDF draws,
+log-sum-exp and its gradient, in float32 whatever the matmul dtype.
 
-GPT-2 has absolute positions: with left padding every forward must take `position_ids` from the
-attention mask (cumsum - 1), the way `generate()` does, or scoring log-probs drift from the sampling
-distribution (WARP.md, pitfalls). Both `sample` and `completion_logprobs` below do so.
+Every logit here is already that of the distribution sampled: the hidden state is divided by the temperature
+before the projection ((h / T) W^T = z / T), and EOS is set to -inf at the completion positions before
+`min_new_tokens` (`ban_eos_`). Sampling and scoring thus share one distribution by construction.
 """
 
 from __future__ import annotations
@@ -49,35 +50,49 @@ def padded_vocab(vocab: int) -> int:
 
 
 def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
-    """out[:, :V] = h @ weight.T + bias, one vocabulary slice at a time; out's extra columns are left alone."""
-    for start in range(0, weight.shape[0], HEAD_CHUNK):
-        stop = min(start + HEAD_CHUNK, weight.shape[0])
+    """out[:, :V] = h @ weight.T + bias, one vocabulary slice at a time on CPU (one matmul on a GPU, whose
+    caches gain nothing from slices); out's extra columns are left alone."""
+    chunk = HEAD_CHUNK if out.device.type == "cpu" else weight.shape[0]
+    for start in range(0, weight.shape[0], chunk):
+        stop = min(start + chunk, weight.shape[0])
         torch.mm(h, weight[start:stop].T, out=out[:, start:stop])
     if bias is not None:
         out[:, : weight.shape[0]] += bias
     return out
 
 
-def _sample_slices(logits: torch.Tensor, vocab: int, temperature: float, generator: torch.Generator | None):
-    """One token per row of softmax(logits / T) by inverse CDF in two levels, and the rows' log-sum-exp at T = 1.
+def _sample_slices(logits: torch.Tensor, vocab: int, uniform: torch.Tensor, kernels: dict | None = None):
+    """One token per row of softmax(logits) by inverse CDF in two levels, and the rows' log-sum-exp.
 
-    `logits` is [B, padded_vocab(V)]. One uniform per row picks a slice of HEAD_CHUNK columns from the
-    slices' masses, then a column from that slice's own CDF: the distribution of `sample_tokens`, without
-    writing and scanning a [B, V] cumsum.
+    `logits` is [B, padded_vocab(V)], already at the sampling temperature and masked; `uniform` [B, 1] holds one
+    uniform in [0, 1) per row. It picks a slice of HEAD_CHUNK columns from the slices' masses, then a column from
+    that slice's own CDF: the distribution of `sample_tokens`, without writing and scanning a [B, V] cumsum.
+    No host synchronisation: a CUDA graph can capture it (with `kernels=_EAGER`).
     """
+    kernels = kernels or _KERNELS
     rows = logits.shape[0]
     slices = logits.view(rows, -1, HEAD_CHUNK)
-    mass, top, lse = _KERNELS["slice_mass"](slices, temperature)
+    mass, top, lse = kernels["slice_mass"](slices)
     cum = mass.cumsum(-1)
     # u in (0, total]: u = 0 would pick the first column whatever its probability
-    u = (1 - _uniforms(rows, generator, cum.dtype, cum.device)) * cum[:, -1:]
+    u = (1 - uniform.to(cum.dtype)) * cum[:, -1:]
     j = torch.searchsorted(cum, u).clamp_(max=slices.shape[1] - 1)
     chosen = mass.gather(1, j).clamp_(min=torch.finfo(cum.dtype).tiny)
-    cdf = _KERNELS["slice_cdf"](slices[torch.arange(rows, device=j.device), j[:, 0]], top, temperature)
+    cdf = kernels["slice_cdf"](slices[torch.arange(rows, device=j.device), j[:, 0]], top)
     # u's offset into the chosen slice, rescaled to that slice's own cumsum (equal up to rounding)
     target = (u - (cum.gather(1, j) - chosen)).clamp_(min=0) * (cdf[:, -1:] / chosen)
     column = torch.searchsorted(cdf, target).clamp_(max=HEAD_CHUNK - 1)
     return (j * HEAD_CHUNK + column).squeeze(-1).clamp_(max=vocab - 1), lse
+
+
+def ban_eos_(logits: torch.Tensor, eos: int, rows: torch.Tensor | None = None, value: float = float("-inf")):
+    """logits[rows, eos] = value in place (every row when `rows` is None): EOS gets probability 0 there."""
+    column = logits[:, eos]
+    if rows is None:
+        column.fill_(value)
+    else:
+        column.masked_fill_(rows, value)
+    return logits
 
 
 _RESERVE: list[torch.Tensor] = []  # the kept-logits buffer of the last `sample(..., keep_logits=True)`
@@ -108,19 +123,16 @@ def _sampling_cdf(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits.float() / temperature, dim=-1).cumsum(-1)
 
 
-def _slice_mass(slices: torch.Tensor, temperature: float):
-    """[B, S, C] logits -> (each slice's mass sum exp(l / T - top), top = the row max of l / T, the row's
-    log-sum-exp at temperature 1)."""
+def _slice_mass(slices: torch.Tensor):
+    """[B, S, C] logits -> (each slice's mass sum exp(l - top), top = the row max of l, the row's log-sum-exp)."""
     x = _f32(slices)
-    scaled = x / temperature
-    top = scaled.amax((1, 2))
-    mass = torch.exp(scaled - top[:, None, None]).sum(-1)
-    lse = top + mass.sum(-1).log() if temperature == 1 else torch.logsumexp(x.flatten(1), -1)
-    return mass, top, lse
+    top = x.amax((1, 2))
+    mass = torch.exp(x - top[:, None, None]).sum(-1)
+    return mass, top, top + mass.sum(-1).log()
 
 
-def _slice_cdf(logits: torch.Tensor, top: torch.Tensor, temperature: float) -> torch.Tensor:
-    return torch.exp(_f32(logits) / temperature - top[:, None]).cumsum(-1)
+def _slice_cdf(logits: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    return torch.exp(_f32(logits) - top[:, None]).cumsum(-1)
 
 
 def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
@@ -145,7 +157,9 @@ def _scaled_softmax(logits: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    return entropy_from_logprobs(torch.log_softmax(_f32(logits), -1))
+    # -inf logits (a banned EOS) have p log p = 0: log p held at the most negative float instead of -inf
+    logprobs = torch.log_softmax(_f32(logits), -1)
+    return entropy_from_logprobs(logprobs.clamp(min=torch.finfo(logprobs.dtype).min))
 
 
 # The passes over [rows, vocabulary] logits, fused by torch.compile into one read each (on CPU ~10x
@@ -172,9 +186,11 @@ class _LinearLogprob(torch.autograd.Function):
     autocast) and the log-sum-exp in float32, and keeps only the (bf16) logits for backward.
     """
     @staticmethod
-    def forward(ctx, h, weight, targets, dtype):
+    def forward(ctx, h, weight, targets, dtype, eos, eos_rows):
         hb, wb = h.to(dtype), weight.to(dtype)
         logits = hb @ wb.T
+        if eos is not None:
+            ban_eos_(logits, eos, eos_rows)
         lse, target_logit = _KERNELS["lse"](logits, targets)
         ctx.save_for_backward(hb, wb, targets, lse, logits)
         ctx.in_dtypes = (h.dtype, weight.dtype)
@@ -186,7 +202,7 @@ class _LinearLogprob(torch.autograd.Function):
         grad_logits = _KERNELS["grad"](logits, lse, targets, grad_out.to(lse.dtype))
         grad_h = (grad_logits @ wb).to(ctx.in_dtypes[0]) if ctx.needs_input_grad[0] else None
         grad_w = (grad_logits.T @ hb).to(ctx.in_dtypes[1]) if ctx.needs_input_grad[1] else None
-        return grad_h, grad_w, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def _target_logit(hb: torch.Tensor, wb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -234,23 +250,39 @@ class _SampledLogprob(torch.autograd.Function):
 
 
 @torch.no_grad()
-def _chunked_logprob(hb: torch.Tensor, wb: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _chunked_logprob(hb: torch.Tensor, wb: torch.Tensor, targets: torch.Tensor, eos: int | None = None,
+                     eos_rows: torch.Tensor | None = None) -> torch.Tensor:
     """log softmax(h W^T)[y] without a graph, the log-sum-exp taken one [rows, HEAD_CHUNK] slice at a time."""
     rows = max(1, SLICE_BYTES // (4 * HEAD_CHUNK))
-    lse = torch.cat([
-        torch.logsumexp(torch.stack([_KERNELS["logsumexp"](block @ wb[start : start + HEAD_CHUNK].T)
-                                     for start in range(0, wb.shape[0], HEAD_CHUNK)], -1), -1)
-        for block in hb.split(rows)
-    ])
-    return _target_logit(hb, wb, targets) - lse
+    lse = []
+    for first in range(0, hb.shape[0], rows):
+        block, parts = hb[first : first + rows], []
+        for start in range(0, wb.shape[0], HEAD_CHUNK):
+            logits = block @ wb[start : start + HEAD_CHUNK].T
+            if eos is not None and start <= eos < start + logits.shape[1]:
+                ban_eos_(logits, eos - start, None if eos_rows is None else eos_rows[first : first + rows])
+            parts.append(_KERNELS["logsumexp"](logits))
+        lse.append(torch.logsumexp(torch.stack(parts, -1), -1))
+    return _banned_targets(_target_logit(hb, wb, targets) - torch.cat(lse), targets, eos, eos_rows)
 
 
-def linear_logprob(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(h @ weight.T)[targets] in float32, matmuls in the autocast dtype when autocast is on."""
+def _banned_targets(values: torch.Tensor, targets: torch.Tensor, eos: int | None, eos_rows: torch.Tensor | None):
+    """-inf where the target is a banned EOS (probability 0), as a masked projection would give."""
+    if eos is None:
+        return values
+    hit = targets == eos if eos_rows is None else (targets == eos) & eos_rows
+    return values.masked_fill(hit, float("-inf"))
+
+
+def linear_logprob(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, eos: int | None = None,
+                   eos_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """log softmax(h @ weight.T)[targets] in float32, matmuls in the autocast dtype when autocast is on.
+
+    With `eos`, that column is -inf in the rows where `eos_rows` is True (all rows if None): the distribution
+    sampled before `min_new_tokens`. A temperature is the caller's, folded into `h` (h / T).
+    """
     dtype = _matmul_dtype(h.device.type, h.dtype)
     with torch.autocast(h.device.type, enabled=False):
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            return _LinearLogprob.apply(h, weight, targets, dtype)
-        return _chunked_logprob(h.to(dtype), weight.to(dtype), targets)
-
-
+            return _LinearLogprob.apply(h, weight, targets, dtype, eos, eos_rows)
+        return _chunked_logprob(h.to(dtype), weight.to(dtype), targets, eos, eos_rows)

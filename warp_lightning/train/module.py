@@ -76,7 +76,8 @@ class RLOOModule(L.LightningModule):
         return sample(self.policy, prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0),
                       self.warp.max_new_tokens, self.warp.temperature, eos_token_id=self.tokenizer.eos_token_id,
                       pad_token_id=self.tokenizer.pad_token_id, generator=self.generator,
-                      keep_logits=self.warp.keep_sampling_logits)
+                      keep_logits=self.warp.keep_sampling_logits, min_new_tokens=self.warp.get("min_new_tokens", 0),
+                      cuda_graphs=self.warp.get("cuda_graphs", True))
 
     def decode(self, rollout) -> list[str]:
         return decode_texts(self.tokenizer, rollout)

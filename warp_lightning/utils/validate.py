@@ -20,6 +20,7 @@ def validate_train_config(cfg) -> None:
         _check(0.0 <= float(w[key]) <= 1.0, f"warp.{key}", w[key], "must be in [0, 1]")
     _check(float(w.kl_coef) >= 0, "warp.kl_coef", w.kl_coef, "must be >= 0")
     _check(float(w.temperature) > 0, "warp.temperature", w.temperature, "must be > 0")
+    check_min_new_tokens(w, "warp")
     _check(float(w.lr) > 0, "warp.lr", w.lr, "must be > 0")
     _check(w.anchor in ("ema", "sft"), "warp.anchor", w.anchor, "choose ema or sft")
     _check(w.merge in ("slerp", "linear"), "warp.merge", w.merge, "choose slerp or linear")
@@ -31,8 +32,17 @@ def validate_train_config(cfg) -> None:
     _check(w.grad_clip is None or float(w.grad_clip) >= 0, "warp.grad_clip", w.grad_clip, "must be >= 0 or null")
     _check(isinstance(w.warmup_steps, int) and w.warmup_steps >= 0, "warp.warmup_steps", w.warmup_steps,
            "must be an integer >= 0")
+    if cfg.get("eval") is not None:
+        check_min_new_tokens(cfg.eval, "eval")
     validate_trainer(cfg)
     validate_model_paths(cfg)
+
+
+def check_min_new_tokens(block, name: str) -> None:
+    """`{name}.min_new_tokens` (absent: 0) is an integer between 0 and `{name}.max_new_tokens`."""
+    value, top = block.get("min_new_tokens", 0), block.get("max_new_tokens")
+    _check(isinstance(value, int) and 0 <= value and (not isinstance(top, int) or value <= top),
+           f"{name}.min_new_tokens", value, f"must be an integer between 0 and {name}.max_new_tokens={top}")
 
 
 def validate_trainer(cfg) -> None:
