@@ -5,12 +5,10 @@ their CPU tests."""
 
 import hashlib
 
-import pytest
 import torch
 from conftest import cli
+from marks import gpu
 from safetensors.torch import load_file
-
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 def weights_digest(folder) -> str:
@@ -21,6 +19,7 @@ def weights_digest(folder) -> str:
     return digest.hexdigest()
 
 
+@gpu
 def test_a_gpu_run_reloads_on_cpu_and_the_same_seed_gives_the_same_weights(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
     digests = []
