@@ -2,11 +2,10 @@
 
 1. install what the Python running this script lacks (from `--wheels DIR` when the machine is offline);
 2. the tests marked `gpu` (`pytest -m gpu`);
-3. the CLI on the GPU, smoke size: tiny `sft` and `reward`, `train +experiment=smoke`, `evaluate` of its final
-   policy, and that policy reloaded and sampled on CPU;
-4. the offline default on the GPU, short: `sft` and `reward` at their default settings, then `train` with
-   I=1, M=2, T=20 and its figures;
-5. `benchmarks/rl_step.py --device cuda --bf16` (ours against TRL at tiny, small and the GPT-2 124M shape).
+   (they include a smoke `train` on the GPU, twice, and its output reloaded on CPU; tiny models built first);
+3. the offline default on the GPU, short: `sft` and `reward` at their default settings, `train` with I=1, M=2,
+   T=20 and its figures, and `evaluate` of its final policy;
+4. `benchmarks/rl_step.py --device cuda --bf16` (ours against TRL at tiny, small and the GPT-2 124M shape).
 
 Every stage runs in its own process with a time limit; a failed stage is reported and the next one runs.
 The results go to `--out` (default benchmarks/gpu_check/): `GPU_CHECK.md` (the summary the README quotes),
@@ -129,41 +128,34 @@ def main(argv=None) -> int:
     info = machine()
     print(f"machine: {info}", flush=True)
 
-    rc, text = check.run("gpu_tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                                       "tests"], 90)
+    runs = out / "runs"
+    tiny = runs / "tiny_models"  # built once here, then used by the tests (conftest: WARP_LIGHTNING_TEST_MODELS)
+    check.run("smoke_sft", cli("sft", *TINY_SFT, f"paths.models_dir={tiny / 'models'}",
+                               f"hydra.run.dir={runs / 'smoke_sft'}"), 60)
+    check.run("smoke_reward", cli("reward", *TINY_REWARD, f"paths.models_dir={tiny / 'models'}",
+                                  f"hydra.run.dir={runs / 'smoke_reward'}"), 60)
+    check.env["WARP_LIGHTNING_TEST_MODELS"] = str(tiny)
+    # the tests marked gpu: the policy on CUDA (graphs, bf16 log-probs), a smoke `train` on the GPU twice (same
+    # seed, same weights) and its output reloaded on CPU
+    rc, text = check.run("gpu_tests", [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p",
+                                       "no:cacheprovider", "tests"], 150)
     tests = re.findall(r"(\d+) (passed|failed|skipped|error)", text)
 
-    runs = out / "runs"
-    tiny = runs / "tiny_models"
-    check.run("smoke_sft", cli("sft", *TINY_SFT, f"paths.models_dir={tiny}", f"hydra.run.dir={runs / 'smoke_sft'}"), 60)
-    check.run("smoke_reward", cli("reward", *TINY_REWARD, f"paths.models_dir={tiny}",
-                                  f"hydra.run.dir={runs / 'smoke_reward'}"), 60)
-    smoke = runs / "smoke_train"
-    check.run("smoke_train", cli("train", "+experiment=smoke", f"paths.models_dir={tiny}", f"hydra.run.dir={smoke}"), 90)
-    check.run("smoke_evaluate", cli("evaluate", f"model={smoke / 'final'}", "eval.subsamples=2", "eval.prompts=8",
-                                    f"paths.models_dir={tiny}", f"hydra.run.dir={runs / 'smoke_evaluate'}"), 60)
-    reload = ("import sys, torch; from warp_lightning.policy.models import load_causal_lm, load_tokenizer; "
-              "from warp_lightning.policy.sampling import sample; from warp_lightning.data.prompts import left_pad; "
-              "m = load_causal_lm(sys.argv[1]); t = load_tokenizer(sys.argv[1]); "
-              "ids, mask = left_pad([t('this movie was')['input_ids']] * 2, t.pad_token_id); "
-              "r = sample(m, ids, mask, 8, generator=torch.Generator().manual_seed(0)); "
-              "print('reloaded on', next(m.parameters()).device, r.completion_ids.shape)")
-    check.run("smoke_reload_cpu", [sys.executable, "-c", reload, str(smoke / "final")], 60)
-
     models = runs / "models"
-    sft_dir, reward_dir = runs / "sft", runs / "reward"
+    sft_dir, reward_dir, train_dir = runs / "sft", runs / "reward", runs / "train"
     check.run("sft", cli("sft", f"paths.models_dir={models}", f"hydra.run.dir={sft_dir}"), 120)
     check.run("reward", cli("reward", f"paths.models_dir={models}", f"hydra.run.dir={reward_dir}"), 120)
-    train_dir = runs / "train"
     check.run("train", cli("train", *SHORT_TRAIN, f"paths.models_dir={models}", f"hydra.run.dir={train_dir}"), 150)
+    check.run("evaluate", cli("evaluate", f"model={train_dir / 'final'}", "eval.subsamples=1", "eval.prompts=200",
+                              f"paths.models_dir={models}", f"hydra.run.dir={runs / 'evaluate'}"), 90)
     rc, bench = check.run("bench", [sys.executable, "benchmarks/rl_step.py", "--device", "cuda", "--bf16",
-                                    "--sizes", args.bench_sizes, "--steps", "3"], 240)
+                                    "--sizes", args.bench_sizes, "--steps", "3"], 300)
 
     result = {"date": f"{datetime.datetime.now():%Y-%m-%d %H:%M}", "machine": info,
               "seconds": round(time.time() - started, 1), "stages": check.stages,
               "gpu_tests": {kind: int(n) for n, kind in tests},
               "sft": read_json(sft_dir / "metrics.json"), "reward": read_json(reward_dir / "metrics.json"),
-              "train": read_json(train_dir / "metrics.json"), "smoke_train": read_json(smoke / "metrics.json"),
+              "train": read_json(train_dir / "metrics.json"), "evaluate": read_json(runs / "evaluate" / "metrics.json"),
               "bench": [ln for ln in bench.splitlines() if ln.startswith(("speedup_vs_trl", "decode_ms", "  warp",
                                                                          "  trl", "== ", "our step", "machine"))]}
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -193,6 +185,10 @@ def summary(r: dict) -> str:
         lines.append("Short default train (I=1, M=2, T=20): " + ", ".join(
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items()
             if not isinstance(v, dict | list)) + ".")
+    e = r.get("evaluate") or {}
+    if e:
+        lines.append("evaluate of that run's final policy: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in e.items() if isinstance(v, float)) + ".")
     lines += ["", "Benchmark (`benchmarks/rl_step.py --device cuda --bf16 --steps 3`):", "", "```", *r["bench"], "```", ""]
     return "\n".join(lines)
 

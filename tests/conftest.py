@@ -53,7 +53,12 @@ def cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, asset_cache):
-    """A tiny SFT policy and a tiny reward model, trained through the CLI into one models folder."""
+    """A tiny SFT policy and a tiny reward model, trained through the CLI into one models folder (or those of
+    `WARP_LIGHTNING_TEST_MODELS`, built with the same settings: `make gpu-check` builds them once)."""
+    given = os.environ.get("WARP_LIGHTNING_TEST_MODELS")
+    if given and all((Path(given) / "models" / m / "model.safetensors").exists()
+                     for m in ("sft_gpt2", "reward_minilm_rt")):
+        return Path(given)
     root = tmp_path_factory.mktemp("tiny")
     models = root / "models"
     cli("sft", *TINY_SFT, f"paths.models_dir={models}", f"hydra.run.dir={root / 'sft'}", cwd=root)
