@@ -156,8 +156,7 @@ def main(argv=None) -> int:
               "gpu_tests": {kind: int(n) for n, kind in tests},
               "sft": read_json(sft_dir / "metrics.json"), "reward": read_json(reward_dir / "metrics.json"),
               "train": read_json(train_dir / "metrics.json"), "evaluate": read_json(runs / "evaluate" / "metrics.json"),
-              "bench": [ln for ln in bench.splitlines() if ln.startswith(("speedup_vs_trl", "decode_ms", "  warp",
-                                                                         "  trl", "== ", "our step", "machine"))]}
+              "bench": [ln for ln in bench.splitlines() if ln.strip() and not ln.startswith(("[", "W", "/"))][-60:]}
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out / "GPU_CHECK.md").write_text(summary(result))
     print(summary(result))
