@@ -108,8 +108,7 @@ class _RoomLayer(DynamicLayer):
         self.length, self.static, self.is_initialized, self.keys, self.values = 0, False, False, None, None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+        self.is_initialized, self.device = True, key_states.device
         if self.room is None:
             _, heads, _, dim = key_states.shape
             self.room = key_states.new_zeros((2, self.rows, heads, self.capacity, dim))
