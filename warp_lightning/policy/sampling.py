@@ -211,7 +211,7 @@ class _Decoder:
         self.hidden.copy_(hidden)
         self.last_position.copy_(positions[:, -1:])
         for layer in self.cache.layers:
-            layer.length, layer.static = p, True
+            layer.static = True
 
     def _step_mask(self) -> torch.Tensor:
         """The 4D mask of one decoding query over every cache column (later columns are still 0)."""
@@ -234,6 +234,8 @@ class _Decoder:
         if bias is not None:
             bias = (bias / s.temperature).to(dtype)
         ban = s.eos_token_id is not None
+        for layer in self.cache.layers:  # as after the prefill: the warm-up run before a capture moved them on
+            layer.length = p
         self.alive.fill_(True)
         self.key_mask[:, p:] = False  # no column of the last rollout's completions is seen before it is written
         hidden = self.hidden
