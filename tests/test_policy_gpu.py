@@ -75,22 +75,29 @@ def test_graph_sees_in_place_updates_and_is_captured_again_for_new_storage():
 @pytest.mark.parametrize(("temperature", "min_new"), [(1.0, 16), (0.7, 4)])
 def test_bf16_sampling_logprobs_equal_scoring_logprobs(temperature, min_new):
     """bf16 matmuls, float32 log-sum-exp: the sampler's own log-probs (kept logits), the kept-logits scoring path
-    and a fresh scoring forward agree to bf16 rounding at the GPT-2 vocabulary."""
+    and a fresh scoring forward agree to bf16 rounding at the GPT-2 vocabulary; again after an in-place update
+    of the weights (the replay casts the updated float32 weights to bf16, not a cast cached before)."""
     model = cuda_policy(50257, spread=0.1, layers=4, width=256)
     ids, mask = cuda_prompts(vocab=50257)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        rollout = draw(model, ids, mask, 0, graphs=True, keep_logits=True, temperature=temperature,
-                       min_new_tokens=min_new)
-        with torch.no_grad():
-            kept = completion_logprobs(model, rollout)[0]
-            scored = completion_logprobs(model, dataclasses.replace(rollout, logits=None, sampler=None))[0]
-    c, keep = rollout.completion_ids, rollout.completion_mask.bool()
-    sampled = (rollout.logits.gather(-1, c.T[..., None])[..., 0].float() - rollout.logsumexp.T).T
-    assert rollout.logits.dtype == torch.bfloat16 and rollout.sampled_by(model)
-    assert torch.allclose(kept[keep], sampled[keep], atol=1e-3)  # the same logits read back
-    diff = (scored - sampled)[keep].abs()
-    assert diff.mean() < 0.02 and diff.max() < 0.15, (diff.mean(), diff.max())
-    assert (c[:, :min_new] != EOS).all()
+    for update in range(2):
+        if update:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            rollout = draw(model, ids, mask, update, graphs=True, keep_logits=True, temperature=temperature,
+                           min_new_tokens=min_new)
+            with torch.no_grad():
+                kept = completion_logprobs(model, rollout)[0]
+                scored = completion_logprobs(model, dataclasses.replace(rollout, logits=None, sampler=None))[0]
+        c, keep = rollout.completion_ids, rollout.completion_mask.bool()
+        sampled = (rollout.logits.gather(-1, c.T[..., None])[..., 0].float() - rollout.logsumexp.T).T
+        assert rollout.logits.dtype == torch.bfloat16 and rollout.sampled_by(model)
+        assert torch.allclose(kept[keep], sampled[keep], atol=1e-3)  # the same logits read back
+        diff = (scored - sampled)[keep].abs()
+        assert diff.mean() < 0.02 and diff.max() < 0.15, (update, diff.mean(), diff.max())
+        assert (c[:, :min_new] != EOS).all()
+    assert len(sampling._DECODERS[model][1]) == 1  # one graph, replayed after the update
 
 
 @gpu

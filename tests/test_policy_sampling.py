@@ -84,6 +84,26 @@ def test_static_decode_equals_a_plain_decode_and_scoring_equals_sampling(monkeyp
     assert (scored[~keep] == 0).all()
 
 
+def test_static_decode_of_a_grouped_query_llama_equals_a_plain_decode():
+    """Llama (rotary positions, 2 key/value heads for 4 query heads) through the same static loop."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=6, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.4, bos_token_id=0,
+                      eos_token_id=EOS, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).double().eval()
+    ids, mask = prompts()
+    rollout = sample(model, ids, mask, 8, 0.8, eos_token_id=EOS, pad_token_id=0, min_new_tokens=2,
+                     generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        scored = completion_logprobs(model, rollout)[0]
+    for b, (tokens, logprobs) in enumerate(reference(model, ids, mask, 8, 0.8, 2, seed=5)):
+        assert rollout.completion_ids[b, : len(tokens)].tolist() == tokens
+        assert int(rollout.completion_mask[b].sum()) == len(tokens)
+        assert torch.allclose(scored[b, : len(tokens)], logprobs, atol=1e-10)
+
+
 def test_eos_is_never_sampled_before_min_new_tokens():
     model = peaked_policy()
     ids, mask = left_pad([[1, 2]] * 64, pad_id=0)

@@ -108,8 +108,7 @@ class _RoomLayer(DynamicLayer):
         self.length, self.static, self.is_initialized, self.keys, self.values = 0, False, False, None, None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+        self.is_initialized, self.device = True, key_states.device
         if self.room is None:
             _, heads, _, dim = key_states.shape
             self.room = key_states.new_zeros((2, self.rows, heads, self.capacity, dim))
@@ -212,7 +211,7 @@ class _Decoder:
         self.hidden.copy_(hidden)
         self.last_position.copy_(positions[:, -1:])
         for layer in self.cache.layers:
-            layer.length, layer.static = p, True
+            layer.static = True
 
     def _step_mask(self) -> torch.Tensor:
         """The 4D mask of one decoding query over every cache column (later columns are still 0)."""
@@ -235,6 +234,8 @@ class _Decoder:
         if bias is not None:
             bias = (bias / s.temperature).to(dtype)
         ban = s.eos_token_id is not None
+        for layer in self.cache.layers:  # as after the prefill: the warm-up run before a capture moved them on
+            layer.length = p
         self.alive.fill_(True)
         self.key_mask[:, p:] = False  # no column of the last rollout's completions is seen before it is written
         hidden = self.hidden
@@ -264,17 +265,20 @@ class _Decoder:
 
     def replay(self, model) -> None:
         """The decode loop by CUDA graph: warmed up and captured on first use, replayed after."""
+        device = self.ids.device
         if self.graph is None:
-            stream = torch.cuda.Stream(device=self.ids.device)
-            stream.wait_stream(torch.cuda.current_stream(self.ids.device))
-            with torch.cuda.stream(stream), _uncached_autocast(self.ids.device.type):
-                self.decode(model, _EAGER, early_break=False)  # lazy initialisations and workspaces, off the graph
-            torch.cuda.current_stream(self.ids.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"), _uncached_autocast(self.ids.device.type):
-                self.decode(model, _EAGER, early_break=False)
+            with torch.cuda.device(device):
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream), _run_autocast(device.type):
+                    self.decode(model, _EAGER, early_break=False)  # lazy initialisations, workspaces: off the graph
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"), _run_autocast(device.type):
+                    self.decode(model, _EAGER, early_break=False)
             self.graph = graph
-        self.graph.replay()
+        with torch.cuda.device(device):
+            self.graph.replay()
 
     def rollout(self, model, steps: int) -> Rollout:
         s, p = self.spec, self.prompt_len
@@ -293,12 +297,18 @@ class _Decoder:
 
 
 @contextlib.contextmanager
-def _uncached_autocast(device_type: str):
-    """Autocast as it is, without its cache of cast weights: a graph must cast the weights it reads at each replay,
-    not read a cast cached (and freed) by an autocast region that has ended."""
-    with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
-                        enabled=torch.is_autocast_enabled(device_type), cache_enabled=False):
-        yield
+def _run_autocast(device_type: str):
+    """Autocast as the caller has it, with a cache of cast weights that holds only the casts made within: a graph
+    captured in it casts each weight once per replay (at its first use, from the weight's current values) instead
+    of at every step, and never reads a cast made before the capture (freed when the caller's region ends).
+    Emptied on exit: a cast made in a capture is filled only by replays, never to be read by eager code."""
+    torch.clear_autocast_cache()
+    try:
+        with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
+                            enabled=torch.is_autocast_enabled(device_type), cache_enabled=True):
+            yield
+    finally:
+        torch.clear_autocast_cache()
 
 
 # model -> (its parameters' and buffers' addresses, {key: _Decoder}): graphs are valid for those addresses
