@@ -93,7 +93,10 @@ def test_bf16_sampling_logprobs_equal_scoring_logprobs(temperature, min_new):
         c, keep = rollout.completion_ids, rollout.completion_mask.bool()
         sampled = (rollout.logits.gather(-1, c.T[..., None])[..., 0].float() - rollout.logsumexp.T).T
         assert rollout.logits.dtype == torch.bfloat16 and rollout.sampled_by(model)
-        assert torch.allclose(kept[keep], sampled[keep], atol=1e-3)  # the same logits read back
+        # the kept path takes the target logit as h . W[y] in float32 from the bf16 operands, the sampler's logits
+        # are the bf16-rounded matmul outputs: equal up to bf16 rounding of a logit (2^-8 relative; the H200 run of
+        # benchmarks/gpu_check showed differences up to 0.018 at logits near 10)
+        assert torch.allclose(kept[keep], sampled[keep], atol=0.05)
         diff = (scored - sampled)[keep].abs()
         assert diff.mean() < 0.02 and diff.max() < 0.15, (update, diff.mean(), diff.max())
         assert (c[:, :min_new] != EOS).all()
