@@ -108,6 +108,8 @@ class Loop:
             trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own checkpoint
         except SIGTERMException:  # asked to stop (RunCheckpoint): step t is complete and its checkpoint written
             step = checkpoints.stopped_at if checkpoints.stopped_at is not None else trainer.global_step
+            if self.parallel:
+                signals.linger()  # the other runs read the stop from the store that this process may host
             raise Preempted(signals.requested() or signal.SIGTERM, f"at iteration {i} run {m} step {step}",
                             checkpoint=True) from None
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -40,6 +40,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PARENT_ENV = "WARP_LIGHTNING_PARENT_PID"  # set for a child: the pid it must not outlive
 KILL_GRACE_S = float(os.environ.get("WARP_LIGHTNING_KILL_GRACE", "30"))  # SIGTERM, then SIGKILL after this
 STOP_KEY = "warp_lightning/stop"  # in torch.distributed's store: some process was asked to stop
+STOPPED_KEY = "warp_lightning/stopped"  # how many processes have stopped on it
 
 _requested: int | None = None  # the first stop signal received
 _deferred = 0  # > 0 inside deferred(): signals only set the flag
@@ -128,8 +129,10 @@ def stop_now(device=None, independent: bool = False) -> bool:
             return stop_requested()
         if stop_requested():
             store.set(STOP_KEY, "1")
+        if stop_requested() or store.check([STOP_KEY]):
+            store.add(STOPPED_KEY, 1)
             return True
-        return store.check([STOP_KEY])
+        return False
     flag = torch.tensor([1 if stop_requested() else 0], device=device or "cpu")
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
@@ -157,9 +160,25 @@ def wait_for_peers(key: str, world: int, poll_s: float = 0.05) -> None:
         if stop_requested():
             store.set(STOP_KEY, "1")
         if store.check([STOP_KEY]):
+            store.add(STOPPED_KEY, 1)
+            linger()
             raise Preempted(_requested or signal.SIGTERM, "while waiting for the other runs to finish")
         if store.add(key, 0) >= world:
             return
+        time.sleep(poll_s)
+
+
+def linger(timeout: float | None = None, poll_s: float = 0.05) -> None:
+    """trainer=ddp_runs, after a stop: the process that hosts the store (rank 0) waits until every process has
+    stopped on the store's flag (or `timeout`, for a process that died), so that none of them finds the store
+    gone before it read the flag. Other processes return at once."""
+    import torch.distributed as dist
+
+    store = _store()
+    if store is None or not _distributed() or dist.get_rank() != 0:
+        return
+    deadline = time.monotonic() + (KILL_GRACE_S if timeout is None else timeout)
+    while store.add(STOPPED_KEY, 0) < dist.get_world_size() and time.monotonic() < deadline:
         time.sleep(poll_s)
 
 

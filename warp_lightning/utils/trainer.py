@@ -42,6 +42,10 @@ def build_trainer(trainer_cfg, **arguments) -> L.Trainer:
         torch.set_float32_matmul_precision("high")
     trainer = instantiate(config, **arguments, _convert_="all")
     trainer._signal_connector = _OurSignals(trainer)
+    # Lightning broadcasts rank 0's SIGTERM flag before every step of every multi-process run: a collective per
+    # step that would tie trainer=ddp_runs' independent runs to the same step counts (they may differ after a
+    # resume). `signals.stop_now` does that job, with an all-reduce where the processes are in lockstep.
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
     return trainer
 
 
