@@ -227,3 +227,62 @@ def test_sigterm_during_a_build_through_the_cli_leaves_no_process(tmp_path, asse
     assert f"stopped by SIGTERM while building policy at {models / 'sft_gpt2'}" in out.strip().splitlines()[-1]
     assert all_gone(children), [p for p in children if alive(p)]
     assert not (models / "sft_gpt2").exists()
+
+
+# --- several processes: a stop reaches every process, nobody waits forever ---------------------------------------
+
+def _stop_worker(rank: int, port: int, scenario: str, out: str) -> None:
+    """One of 2 gloo processes. `steps`: independent runs (trainer=ddp_runs) at their own pace, rank 0 gets SIGTERM
+    at its step 3; `lockstep`: the same with the all-reduce of trainer=ddp/fsdp; `waiting`: rank 1 has finished its
+    run and waits for rank 0 before the merge when rank 0 gets SIGTERM."""
+    import torch.distributed as dist
+
+    from warp_lightning import Preempted
+    from warp_lightning.utils import signals
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    signals.install()
+    result = "none"
+    with signals.deferred():
+        try:
+            if scenario == "waiting" and rank == 1:
+                signals.wait_for_peers("merge", 2)
+                result = "merged"
+            else:
+                for step in range(1, 500):
+                    if rank == 0 and step == 3:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(0.01 if rank == 0 else 0.03)  # the runs go at different speeds
+                    if signals.stop_now(independent=scenario != "lockstep"):
+                        result = f"stopped at step {step}"
+                        if scenario != "lockstep":
+                            signals.linger()
+                        break
+        except Preempted as err:
+            result = err.describe()
+    Path(out, f"rank{rank}").write_text(result)
+    if scenario == "lockstep":
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("scenario", ["steps", "lockstep", "waiting"])
+def test_a_stop_reaches_every_process_without_deadlock(tmp_path, scenario):
+    import socket
+
+    import torch
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.time()
+    torch.multiprocessing.spawn(_stop_worker, args=(port, scenario, str(tmp_path)), nprocs=2)
+    assert time.time() - started < 60
+    results = {r: (tmp_path / f"rank{r}").read_text() for r in (0, 1)}
+    assert results[0] == "stopped at step 3", results
+    if scenario == "waiting":
+        assert results[1] == "stopped by SIGTERM while waiting for the other runs to finish", results
+    elif scenario == "lockstep":
+        assert results[1] == "stopped at step 3", results
+    else:
+        assert results[1].startswith("stopped at step "), results
