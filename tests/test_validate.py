@@ -117,10 +117,11 @@ BAD_INPUTS = [
     (["evaluate"], "error: model is missing: pass model=..."),
     (["sft", "sft.n_head=3"], "error: sft.n_head=3 is invalid: must divide sft.n_embd=256"),
     (["reward", "reward_training.max_steps=0"], "error: reward_training.max_steps=0 is invalid"),
-    (["front", "run=/nonexistent/run"], "error: sft="),  # the SFT policy is checked first: it is not built yet
-    (["front", "run=/nonexistent/run", "sft=/"], "error: run='/nonexistent/run' is invalid: no such folder"),
+    (["front", "run=/nonexistent/run"], "error: run='/nonexistent/run' is invalid: no such folder"),
+    (["front", "run=/"], "error: / is not a finished train run (no manifest.json)"),
+    (["evaluate", "model=/"], "error: sft="),  # the SFT policy is not built yet
     (["report"], "error: nothing to report"),
-    (["assets", "assets.names=[nope]"], "error: assets.names=['nope'] is invalid: unknown asset 'nope'"),
+    (["assets", "assets.names=[nope]"], "error: assets.names: unknown asset 'nope'"),
 ]
 
 

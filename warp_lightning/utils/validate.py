@@ -362,11 +362,12 @@ def validate_texts(value, key: str, text_sets: Iterable[str]) -> None:
         _check(name in allowed, key, _plain(value), f"choose from {', '.join(allowed)}")
 
 
-def _folder(value, key: str, needs: str | None, what: str) -> None:
+def _folder(value, key: str, needs: str | None, what: str, missing: str | None = None) -> None:
+    """`value` is a folder (holding `needs`); `missing`: the message when it does not hold it."""
     path = Path(str(value)).expanduser()
     _check(path.is_dir(), key, str(value), f"no such folder: pass {what}")
-    if needs:
-        _check((path / needs).exists(), key, str(value), f"has no {needs}: pass {what}")
+    if needs and not (path / needs).exists():
+        raise UserError(missing or f"{key}={str(value)!r} is invalid: has no {needs}: pass {what}")
 
 
 def _models(value) -> dict[str, str]:
@@ -380,8 +381,9 @@ def _models(value) -> dict[str, str]:
 def validate_evaluation(cfg, command: str) -> None:
     """What evaluate and front read: the SFT reference (not built by these commands), eval.*."""
     sft = str(cfg.sft)
-    _check(Path(sft).expanduser().exists(), "sft", sft, "does not exist: pass the SFT policy's Hugging Face folder"
-           + (" (run `python -m warp_lightning train` or `sft` first: they build it)" if cfg.policy.get("build") else ""))
+    if not Path(sft).expanduser().exists():  # the words of eval/protocol.py
+        raise UserError(f"sft={sft} does not exist: pass the SFT policy's Hugging Face folder"
+                        + (" (`python -m warp_lightning train` or `sft` builds it)" if cfg.policy.get("build") else ""))
     e = cfg.eval
     _int_at_least(e, "eval", ("subsamples", "prompts", "samples_per_prompt", "max_new_tokens", "batch_size"), 1)
     _positive(e, "eval", ("temperature",))
@@ -434,17 +436,19 @@ def validate_command(name: str, cfg, run_dir: str | None = None, text_sets: Iter
                base, f"does not exist: an asset name ({', '.join(assets)}), a local folder or a hub name")
         writable(str(Path(str(cfg.save_to)).parent), "save_to", "the trained reward model is saved there")
     elif name == "evaluate":
-        validate_data(cfg, text_sets)
-        validate_evaluation(cfg, name)
         for path in _models(cfg.model).values():
-            _check(Path(path).expanduser().exists(), "model", path,
-                   "does not exist: pass a Hugging Face folder, e.g. model=outputs/train/.../final")
-    elif name == "front":
+            if not Path(path).expanduser().exists():  # the words of eval/evaluate.py
+                raise UserError(f"model={path} does not exist: pass a Hugging Face folder, e.g. "
+                                "model=outputs/train/.../final")
         validate_data(cfg, text_sets)
         validate_evaluation(cfg, name)
-        _folder(cfg.run, "run", "manifest.json", "a finished train run folder")
-        for label, path in (_plain(cfg.baselines) or {}).items():
-            _folder(path, f"baselines.{label}", "manifest.json", "a finished train run folder")
+    elif name == "front":
+        runs = {"run": cfg.run, **{f"baselines.{k}": v for k, v in (_plain(cfg.baselines) or {}).items()}}
+        for key, path in runs.items():  # the words of eval/front.py
+            _folder(path, key, "manifest.json", "a train run folder",
+                    f"{path} is not a finished train run (no manifest.json): pass a train run folder")
+        validate_data(cfg, text_sets)
+        validate_evaluation(cfg, name)
         for key in ("etas", "linear_etas"):
             values = _plain(cfg.get(key)) or []
             _check(all(_is_number(v) and 0 <= v <= 1 for v in values), key, values, "give values in [0, 1]")
@@ -456,13 +460,14 @@ def validate_command(name: str, cfg, run_dir: str | None = None, text_sets: Iter
                  "of `train -m hparams_search=steps`"), "front": ("front.csv", "a `front` run folder"),
                  "run": ("manifest.json", "a finished train run folder")}
         for key, value in given.items():
-            if value:
-                _folder(value, key, *needs[key])
+            if value:  # the words of eval/report.py
+                needed, what = needs[key]
+                _folder(value, key, needed, what, f"{key}={value} has no {needed}: pass {what}")
         writable(str(cfg.out), "out", "the reports are written there")
     elif name == "assets":
         names = _plain(cfg.assets.names)
         names = [names] if isinstance(names, str) else names
         unknown = [n for n in names if n not in assets]
-        _check(not unknown, "assets.names", names, f"unknown asset {unknown[0] if unknown else ''!r}; choose from "
-               f"{', '.join(assets)}")
+        if unknown:  # the words of data/assets.py
+            raise UserError(f"assets.names: unknown asset {unknown[0]!r}; choose from {', '.join(assets)}")
         writable(str(cfg.paths.cache_dir), "paths.cache_dir", "the assets are fetched there")
