@@ -8,7 +8,6 @@ run killed at any moment leaves nothing that a later run trusts: it fetches agai
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +24,7 @@ from pathlib import Path, PurePosixPath
 
 from warp_lightning import UserError
 from warp_lightning.utils import signals
-from warp_lightning.utils.io import atomic_dir, atomic_write_json
+from warp_lightning.utils.io import atomic_dir, atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +116,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _lock(root: Path, name: str) -> Iterator[None]:
-    """An exclusive lock per asset, so that two processes never fetch the same asset at once."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(root / f".{name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _clean_leftovers(root: Path, name: str) -> None:
@@ -241,7 +224,7 @@ def fetch_status(asset: str | Asset, cache: str | Path | None = None) -> tuple[P
         _log_cached(asset, folder)
         return folder, False
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root, asset.name):
+    with file_lock(root / f".{asset.name}.lock", f"{asset.name}: another command is fetching it; waiting for it"):
         if is_complete(folder, asset):  # another process finished it while we waited
             _log_cached(asset, folder)
             return folder, False

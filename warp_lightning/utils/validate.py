@@ -45,6 +45,7 @@ DECLARED_TYPES: dict[str, tuple] = {
     "policy.build": (str, None),
     "reward_model.build": (str, None),
     "data.path": (str,),
+    "eval.prompts": (int, None),  # evaluate (main's eval-work): null is the whole split
     "reward_training.max_train_texts": (int, None),
     "reward_training.max_val_texts": (int, None),
     "reward_training.max_eval_texts": (int, None),
@@ -167,9 +168,12 @@ _MISSING_HINTS = {"data.path": " (a .csv with a `text` column, a .jsonl or a tex
 # --- values, files, machine ---------------------------------------------------------------------------------
 
 def _int_at_least(section, prefix: str, keys: Iterable[str], minimum: int) -> None:
+    """Each of `keys` present in `section` is an integer >= `minimum`, or null where DECLARED_TYPES allows it."""
     for key in keys:
         if key in section:
             value = section[key]
+            if value is None and None in DECLARED_TYPES.get(f"{prefix}.{key}", ()):
+                continue
             _check(_is_int(value) and value >= minimum, f"{prefix}.{key}", value, f"must be an integer >= {minimum}")
 
 
@@ -189,17 +193,26 @@ def validate_train_config(cfg) -> None:
         _check(_is_number(w[key]) and 0.0 <= w[key] <= 1.0, f"warp.{key}", w[key], "must be in [0, 1]")
     _check(_is_number(w.kl_coef) and w.kl_coef >= 0, "warp.kl_coef", w.kl_coef, "must be >= 0")
     _positive(w, "warp", ("temperature", "lr"))
+    check_min_new_tokens(w, "warp")
     _check(w.anchor in ("ema", "sft"), "warp.anchor", w.anchor, "choose ema or sft")
     _check(w.merge in ("slerp", "linear"), "warp.merge", w.merge, "choose slerp or linear")
     _int_at_least(w, "warp", ("warmup_steps", "log_every", "kl_to_init_every", "checkpoint_every", "snapshot_every"), 0)
     _check(w.grad_clip is None or (_is_number(w.grad_clip) and w.grad_clip >= 0), "warp.grad_clip", w.grad_clip,
            "must be >= 0 or null")
     validate_prompt_lengths(cfg)
-    if "eval" in cfg:
+    if cfg.get("eval") is not None:
         _int_at_least(cfg.eval, "eval", ("prompts", "samples_per_prompt", "max_new_tokens", "batch_size"), 1)
         _int_at_least(cfg.eval, "eval", ("examples",), 0)
+        check_min_new_tokens(cfg.eval, "eval")
     validate_trainer(cfg)
     validate_model_paths(cfg)
+
+
+def check_min_new_tokens(block, name: str) -> None:
+    """`{name}.min_new_tokens` (absent: 0) is an integer between 0 and `{name}.max_new_tokens`."""
+    value, top = block.get("min_new_tokens", 0), block.get("max_new_tokens")
+    _check(isinstance(value, int) and 0 <= value and (not isinstance(top, int) or value <= top),
+           f"{name}.min_new_tokens", value, f"must be an integer between 0 and {name}.max_new_tokens={top}")
 
 
 def validate_prompt_lengths(cfg) -> None:
