@@ -50,8 +50,8 @@ DECLARED_TYPES: dict[str, tuple] = {
     "reward_training.max_val_texts": (int, None),
     "reward_training.max_eval_texts": (int, None),
     "model": (str, list, dict, None),  # evaluate: a folder, a list of them or {name: folder}; front: unused
-    "run": (str, None),  # front, report: a run folder
-    "baselines": (dict, None),  # front: {name: run folder}
+    "run": (str, list, None),  # front: a train run folder or a list of them (seeds of one arm); report: a folder
+    "baselines": (dict, None),  # front: {name: a run folder or a list of them}
     "evaluation": (str, None),  # report
     "sweep": (str, None),
     "front": (str, None),
@@ -400,6 +400,7 @@ def validate_evaluation(cfg, command: str) -> None:
     e = cfg.eval
     _int_at_least(e, "eval", ("subsamples", "prompts", "samples_per_prompt", "max_new_tokens", "batch_size"), 1)
     _positive(e, "eval", ("temperature",))
+    check_min_new_tokens(e, "eval")
     validate_model_paths(cfg, ("reward_model",))
 
 
@@ -456,10 +457,11 @@ def validate_command(name: str, cfg, run_dir: str | None = None, text_sets: Iter
         validate_data(cfg, text_sets)
         validate_evaluation(cfg, name)
     elif name == "front":
-        runs = {"run": cfg.run, **{f"baselines.{k}": v for k, v in (_plain(cfg.baselines) or {}).items()}}
-        for key, path in runs.items():  # the words of eval/front.py
-            _folder(path, key, "manifest.json", "a train run folder",
-                    f"{path} is not a finished train run (no manifest.json): pass a train run folder")
+        runs = {"run": _plain(cfg.run), **{f"baselines.{k}": v for k, v in (_plain(cfg.baselines) or {}).items()}}
+        for key, paths in runs.items():  # a folder, or a list of folders (one arm, several seeds)
+            for path in paths if isinstance(paths, list) else [paths]:  # the words of eval/front.py
+                _folder(path, key, "manifest.json", "a train run folder",
+                        f"{path} is not a finished train run (no manifest.json): pass a train run folder")
         validate_data(cfg, text_sets)
         validate_evaluation(cfg, name)
         for key in ("etas", "linear_etas"):
