@@ -75,9 +75,9 @@ def stopped(name: str, err: Preempted, out_dir: str | None = None) -> None:
             command = shlex.join(["python", "-m", "warp_lightning", name, *args, f"hydra.run.dir={out_dir}"])
             print(f"{err.describe()}: {RESUMABLE[name]} {command}", file=sys.stderr, flush=True)
         else:
-            print(f"{err.describe()}: run the same command again to start it over"
-                  + (" (finished jobs of a sweep resume from their folders)" if name in RESUMABLE else ""),
-                  file=sys.stderr, flush=True)
+            print(f"{err.describe()}: run the same command again"
+                  + (" with the same hydra.sweep.dir to resume (finished jobs are skipped)" if name in RESUMABLE
+                     else " to start it over"), file=sys.stderr, flush=True)
     sys.exit(err.exit_code)
 
 
