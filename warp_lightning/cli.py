@@ -68,8 +68,9 @@ def run_command(name: str, cfg) -> dict:
 
 
 def stopped(name: str, err: Preempted, out_dir: str | None = None) -> None:
-    """One line on stderr (rank 0 only) saying what stopped and how to resume; exit 128 + the signal."""
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
+    """One line on stderr saying what stopped and how to resume; exit 128 + the signal. Not in a process started
+    by another command (a build, a DDP process), whose parent says it."""
+    if not signals.is_tied() and int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
         args = [a for a in sys.argv[1:] if not a.startswith("hydra.run.dir=")]
         if name in RESUMABLE and out_dir and not {"-m", "--multirun"} & set(args):
             command = shlex.join(["python", "-m", "warp_lightning", name, *args, f"hydra.run.dir={out_dir}"])

@@ -48,6 +48,7 @@ _cleaning = 0  # > 0 while children are being stopped: a further signal escalate
 _escalate = False
 _children: dict[int, subprocess.Popen] = {}
 _atexit = False
+_tied = False  # this process is the child of another command (a build), which reports for it
 
 
 def install() -> None:
@@ -243,13 +244,20 @@ def stop_children() -> None:
 PR_SET_PDEATHSIG = 1
 
 
+def is_tied() -> bool:
+    """Whether this process was started by another command (`start_child`, Lightning's launcher in `train`)."""
+    return _tied
+
+
 def tie_to_parent() -> None:
     """In a child started by `start_child` (or by Lightning's launcher from `train`): get SIGTERM when the
     parent dies, even by SIGKILL (Linux); exit at once if it is already gone. Clears `PARENT_ENV`, so that
     our own children do not inherit it."""
+    global _tied
     parent = os.environ.pop(PARENT_ENV, None)
     if not parent or not parent.isdigit():
         return
+    _tied = True
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
