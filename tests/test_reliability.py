@@ -50,10 +50,17 @@ def safetensors_bytes(folder: Path) -> bytes:
     return (folder / "model.safetensors").read_bytes()
 
 
+@pytest.fixture(scope="module")
+def whole(tiny_models, tmp_path_factory):
+    """An uninterrupted smoke run, against which the interrupted ones are compared."""
+    root = tmp_path_factory.mktemp("whole")
+    cli(*train_args(tiny_models, root / "run"), cwd=root)
+    return root / "run"
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_models, tmp_path):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    cli(*train_args(tiny_models, whole), cwd=tmp_path)
+def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_models, whole, tmp_path):
+    broken = tmp_path / "broken"
     kill_when(train_args(tiny_models, broken), "checkpoint: iteration 1 run 2 step 2", tmp_path)
     assert run_path(broken / "checkpoints", 2).exists() and not (broken / "final").exists()
 
@@ -74,6 +81,40 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tiny_models, tmp_path):
     again = output(cli(*train_args(tiny_models, broken), cwd=tmp_path))  # a finished run directory
     assert "up to (2, 2) are done" in again and " steps in " not in again
     assert safetensors_bytes(broken / "final") == safetensors_bytes(whole / "final")
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_is_a_checkpoint_and_a_clean_exit_then_resume_is_bit_identical(tiny_models, whole, tmp_path):
+    """SIGTERM during a run: the step finishes, its checkpoint is written (no other checkpoint is asked for:
+    checkpoint_every=0), the command exits 143 within seconds with one line naming how to resume, and that
+    command ends with the weights of the uninterrupted run."""
+    stopped = tmp_path / "stopped"
+    args = train_args(tiny_models, stopped, "warp.checkpoint_every=0", "warp.log_every=1")
+    proc = subprocess.Popen([sys.executable, "-m", "warp_lightning", *args], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "WANDB_MODE": "offline"})
+    seen, signalled = [], None
+    for line in proc.stdout:
+        seen.append(line)
+        if "iteration 1 run 2 step 1/3" in line:
+            proc.send_signal(signal.SIGTERM)
+            signalled = time.time()
+            break
+    out, err = proc.communicate(timeout=120)
+    assert signalled and proc.returncode == 143, "".join(seen) + out + err[-3000:]
+    assert time.time() - signalled < 20
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM at iteration 1 run 2 step ") and "(checkpoint written)" in last, last
+    same = " ".join(a for a in args if not a.startswith("hydra.run.dir="))
+    assert last.endswith(f"resume with python -m warp_lightning {same} hydra.run.dir={stopped}"), last
+    step = int(last.split(" step ")[1].split()[0])
+    assert 1 <= step < 3 and "Traceback" not in err
+    assert torch.load(run_path(stopped / "checkpoints", 2), weights_only=False)["warp"]["step"] == step
+
+    resumed = output(cli(*args, cwd=tmp_path))
+    assert f"resuming iteration 1 run 2 at step {step}" in resumed
+    assert safetensors_bytes(stopped / "final") == safetensors_bytes(whole / "final")
+    for run in ("i1_m1", "i1_m2", "i2_m2"):
+        assert (stopped / "logs" / run / "metrics.csv").read_text() == (whole / "logs" / run / "metrics.csv").read_text()
 
 
 @pytest.mark.slow

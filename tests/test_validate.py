@@ -1,5 +1,6 @@
 """Bad configs are refused at start with one line naming the key, the value and what is allowed."""
 
+import os
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from warp_lightning import UserError
 from warp_lightning.cli import CONF_DIR
-from warp_lightning.utils.validate import validate_train_config
+from warp_lightning.utils.validate import CLUSTER_ENV, validate_train_config
 
 BAD = [
     ("warp.iterations=0", "warp.iterations"),
@@ -87,3 +88,125 @@ def test_hydra_errors_are_one_line_exit_2(overrides, message, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not run_dir.exists()
+
+
+# --- validate first: bad input through the CLI with a fresh model cache, refused before anything happens ---------
+
+def _gpu_case():
+    """A GPU asked for where there is none (or more GPUs than this machine has)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["train", "trainer.accelerator=gpu"], "error: trainer.accelerator='gpu' is invalid: no CUDA GPU"
+    return (["train", "trainer.accelerator=gpu", f"trainer.devices={torch.cuda.device_count() + 1}",
+             "trainer=ddp_runs", f"warp.runs={torch.cuda.device_count() + 1}"], "error: trainer.devices=")
+
+
+BAD_INPUTS = [
+    (["train", "data=file", "data.path=/nonexistent.csv"], "error: data.path='/nonexistent.csv' is invalid: no such file"),
+    _gpu_case(),
+    (["train", "warp.lr=abc"], "error: warp.lr='abc' is invalid: must be a number, like its default 0.0005"),
+    (["train", "warp.steps=1.5"], "error: warp.steps=1.5 is invalid: must be an integer"),
+    (["train", "trainer.devices=two"], "error: trainer.devices='two' is invalid: must be an integer, a list"),
+    (["train", "trainer=ddp_runs", "trainer.devices=3"], "error: trainer.devices=3 is invalid: ddp_runs trains one run "
+     "per process: devices * num_nodes must equal warp.runs=2"),
+    *([(["train", "trainer=ddp", "trainer.num_nodes=2"], "error: trainer.num_nodes=2 is invalid: several nodes need")]
+      if not any(v in os.environ for v in CLUSTER_ENV) else []),  # under a cluster launcher it is allowed
+    (["train", "warp.stpes=3"], "error: warp.stpes is not a key of the train config"),
+    (["train", "trainer.devices=2"], "error: trainer.devices=2 is invalid: with trainer.strategy=auto train runs in "
+     "one process"),
+    (["train", "+experiment=smoke", "warp.steps=2,abc", "-m"], "error: warp.steps='abc' is invalid: must be an integer"),
+    (["evaluate"], "error: model is missing: pass model=..."),
+    (["sft", "sft.n_head=3"], "error: sft.n_head=3 is invalid: must divide sft.n_embd=256"),
+    (["reward", "reward_training.max_steps=0"], "error: reward_training.max_steps=0 is invalid"),
+    (["front", "run=/nonexistent/run"], "error: run='/nonexistent/run' is invalid: no such folder"),
+    (["front", "run=/"], "error: / is not a finished train run (no manifest.json)"),
+    (["evaluate", "model=/"], "error: sft="),  # the SFT policy is not built yet
+    (["report"], "error: nothing to report"),
+    (["assets", "assets.names=[nope]"], "error: assets.names: unknown asset 'nope'"),
+]
+
+
+def test_bad_input_is_refused_at_once_with_nothing_built_or_written(tmp_path):
+    """Each command line of BAD_INPUTS, with an empty model cache: exit status 2 in under 30 s, one line, and
+    nothing created (no model folder, no lock, no run folder, no Hydra output folder in the working directory)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    models, run_dir, cwd = tmp_path / "models", tmp_path / "run", tmp_path / "cwd"
+    cwd.mkdir()
+
+    def refuse(case):
+        args, message = case
+        started = time.time()
+        proc = subprocess.run([sys.executable, "-m", "warp_lightning", *args, f"paths.models_dir={models}",
+                               f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=cwd,
+                              env={**os.environ, "WANDB_MODE": "offline"})
+        return args, message, proc, time.time() - started
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(refuse, BAD_INPUTS))
+    for args, message, proc, seconds in results:
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), (args, proc.stderr[-2000:])
+        assert seconds < 30, (args, seconds)
+    assert not models.exists() and not run_dir.exists() and not list(cwd.iterdir())
+
+
+# --- types: the YAML defaults are the schema --------------------------------------------------------------------
+
+from warp_lightning.utils.validate import DECLARED_TYPES, check_value_type  # noqa: E402
+
+
+@pytest.mark.parametrize(("key", "value", "default"), [
+    ("warp.lr", "abc", 5e-4), ("warp.steps", 1.5, 100), ("warp.steps", True, 100), ("warp.steps", None, 100),
+    ("warp.compile", "yes", True), ("trainer.devices", "two", 1), ("warp.optimizer", "adam", {"lr": 1.0}),
+    ("sft.corpus", "reviews", ["reviews"]), ("warp.optimizer.betas", [0.9, "x"], [0.9, 0.999]),
+    ("reward_training.max_train_texts", "all", None),
+])
+def test_a_value_of_the_wrong_type_is_refused(key, value, default):
+    with pytest.raises(UserError, match=rf"^{key}=.* is invalid: must be|^{key}=.* every element must be"):
+        check_value_type(key, value, default)
+
+
+@pytest.mark.parametrize(("key", "value", "default"), [
+    ("warp.lr", 1, 5e-4), ("warp.lr", 1e-3, 5e-4), ("warp.steps", 7, 100), ("trainer.devices", "auto", 1),
+    ("trainer.devices", [0, 1], 1), ("warp.grad_clip", None, 1.0), ("experiment_name", 2024, "reviews"),
+    ("reward_training.max_train_texts", 64, None), ("warp.optimizer.betas", [0, 1], [0.9, 0.999]),
+    ("warp.new_key_added_later", "anything", None), ("warp.lr", "${warp.kl_coef}", 5e-4),
+])
+def test_a_value_of_the_right_type_passes(key, value, default):
+    check_value_type(key, value, default, has_default=default is not None)
+
+
+def _leaves(node, prefix=""):
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in node:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            yield path, "???"
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            yield from _leaves(node[key], f"{path}.")
+        elif child._is_none():
+            yield path, None
+
+
+def test_every_key_without_a_typed_default_has_a_declared_type():
+    """A key whose default is null or ??? says nothing about its type: it needs an entry in DECLARED_TYPES
+    (utils/validate.py), or a wrong value for it would pass the type check."""
+    from warp_lightning.cli import COMMANDS
+
+    undeclared = set()
+    groups = [d.name for d in CONF_DIR.iterdir() if d.is_dir()]
+    # every command as it is, and train (which has every config group) with each option of each group
+    variants = [(name, []) for name in COMMANDS]
+    variants += [("train", [f"+{group}={option}" if group == "experiment" else f"{group}={option}"])
+                 for group in groups for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name, overrides in variants:
+            cfg = compose(name, overrides=overrides)
+            undeclared |= {key for key, _ in _leaves(cfg) if key not in DECLARED_TYPES}
+    assert not undeclared, f"add these keys to DECLARED_TYPES in utils/validate.py: {sorted(undeclared)}"

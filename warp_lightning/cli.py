@@ -9,13 +9,18 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from warp_lightning import UserError
+from warp_lightning import Preempted, UserError
+from warp_lightning.data.assets import ASSETS
+from warp_lightning.data.texts import TEXT_SETS
+from warp_lightning.utils import signals
 from warp_lightning.utils.console import quiet_third_party
 from warp_lightning.utils.io import write_metrics
 from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.validate import check_override_types, validate_command
 
 CONF_DIR = Path(os.environ.get("WARP_LIGHTNING_CONF", Path(__file__).resolve().parent.parent / "conf"))
 
@@ -41,43 +46,50 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+# commands that resume from what an interrupted attempt left in the same hydra.run.dir
+RESUMABLE = {"train": "resume with", "sft": "resume with", "reward": "resume with"}
+
+
 def run_command(name: str, cfg) -> dict:
-    """Run a command's `run(cfg)`, turning a UserError into one line on stderr and exit status 2."""
-    module = importlib.import_module(COMMANDS[name][0])
-    quiet_third_party()  # after the imports: Lightning adds its own console handler when it is imported
+    """Run a command's `run(cfg)`, turning a UserError into one line on stderr and exit status 2 (3 for a
+    non-finite value), and a stop signal into one line saying how to resume and exit status 143 or 130."""
     try:
+        module = importlib.import_module(COMMANDS[name][0])
+        quiet_third_party()  # after the imports: Lightning adds its own console handler when it is imported
         metrics = module.run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Preempted as err:
+        stopped(name, err, cfg_output_dir())
     if metrics is not None:
         write_metrics(Path(cfg_output_dir()) / "metrics.json", metrics)
     return metrics
 
 
-def check_overrides(name: str, args: list[str]) -> None:
-    """Compose the command's config with the overrides once, up front, so that a typo is one line.
+def stopped(name: str, err: Preempted, out_dir: str | None = None) -> None:
+    """One line on stderr saying what stopped and how to resume; exit 128 + the signal. Not in a process started
+    by another command (a build, a DDP process), whose parent says it."""
+    if not signals.is_tied() and int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) == 0:
+        args = [a for a in sys.argv[1:] if not a.startswith("hydra.run.dir=")]
+        if name in RESUMABLE and out_dir and not {"-m", "--multirun"} & set(args):
+            command = shlex.join(["python", "-m", "warp_lightning", name, *args, f"hydra.run.dir={out_dir}"])
+            print(f"{err.describe()}: {RESUMABLE[name]} {command}", file=sys.stderr, flush=True)
+        else:
+            print(f"{err.describe()}: run the same command again"
+                  + (" with the same hydra.sweep.dir to resume (finished jobs are skipped)" if name in RESUMABLE
+                     else " to start it over"), file=sys.stderr, flush=True)
+    sys.exit(err.exit_code)
 
-    Hydra itself would print several lines and exit with status 1; a sweep (`a=1,2`) is checked with its
-    first value.
-    """
+
+def _compose(name: str, overrides: list[str], parsed):
+    """The command's config with `overrides`, Hydra's errors turned into one line."""
     from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, MissingConfigException
 
-    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except HydraException as err:
-        raise UserError(f"cannot parse the overrides {' '.join(overrides)}: {_one_line(err)}") from None
-    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
-    if sweeps and not {"-m", "--multirun"} & set(args) and not any("hparams_search=" in a for a in args):
-        raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run one job per value")
-    plain = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
-             else o.input_line for o in parsed]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(name, overrides=plain)
+            return compose(name, overrides=overrides)
     except MissingConfigException as err:
         group = next((o for o in parsed if f"'{o.key_or_group}/" in str(err)), None)
         options = sorted(err.options or [])
@@ -91,6 +103,61 @@ def check_overrides(name: str, args: list[str]) -> None:
             raise UserError(f"{key} is not a key of the {name} config: check its spelling (`python -m "
                             f"warp_lightning {name} --cfg job` prints them all) or add it with +{key}=...") from None
         raise UserError(_one_line(err)) from None
+
+
+def _values(override) -> list:
+    """The values an override sets: one, or each value of a sweep (`a=1,2`, `range(...)`)."""
+    if not override.is_sweep_override():
+        return [override.value()]
+    try:
+        return list(override.sweep_iterator())
+    except Exception:  # an interval sweep (optimizers): no list of values
+        return []
+
+
+def check_overrides(name: str, args: list[str]) -> None:
+    """Everything that can be checked before the command starts, up front, each failure one line (UserError):
+    the overrides parse, the config composes (no unknown key or config), each overridden value has the type
+    of the value it replaces (utils/validate.py says why this rather than structured configs), and the
+    composed config passes `validate_command` (values, files, the machine). A sweep (`a=1,2`) is composed
+    with its first value and type-checked with all of them.
+
+    Hydra itself would print several lines and exit with status 1, after creating the run folder.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-") and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise UserError(f"cannot parse the overrides {' '.join(overrides)}: {_one_line(err)}") from None
+    sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
+    if sweeps and not {"-m", "--multirun"} & set(args) and not any("hparams_search=" in a for a in args):
+        raise UserError(f"{sweeps[0]} is a sweep: add -m (--multirun) to run one job per value")
+    plain = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override()
+             else o.input_line for o in parsed]
+    full = _compose(name, plain, parsed)
+    # config-group choices (trainer=ddp, +experiment=smoke) shape the config: the types of the values that the
+    # other overrides replace are read from the config composed with the choices alone
+    groups = [line for o, line in zip(parsed, plain, strict=True) if (CONF_DIR / o.key_or_group).is_dir()]
+    values = [o for o in parsed if not (CONF_DIR / o.key_or_group).is_dir() and not o.is_delete()]
+    try:
+        base = _compose(name, groups, parsed) if len(groups) < len(parsed) else full
+        check_override_types([(o.key_or_group, [_plain(full, o.key_or_group)] if not o.is_sweep_override()
+                                else _values(o)) for o in values], base)
+        run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+        validate_command(name, full, run_dir, TEXT_SETS, ASSETS)
+    except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
+        raise UserError(_one_line(err)) from None
+
+
+def _plain(cfg, key: str):
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def _one_line(err: Exception) -> str:
@@ -111,11 +178,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra
 
+    signals.install()  # SIGTERM, SIGINT: a clean stop (utils/signals.py)
     try:
+        signals.tie_to_parent()  # a child of another command (a build, a DDP process) dies with it
         check_overrides(name, argv[1:])
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except Preempted as err:
+        stopped(name, err)
 
     os.environ[COMMAND_ENV] = name  # Lightning's launcher re-runs `python -m warp_lightning` + overrides
     # Hydra reads sys.argv: drop the command word so it sees only overrides and its own flags.
@@ -127,4 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         # A sweep optimises the first figure a command reports (Hydra's return value).
         return None if not metrics else next(iter(metrics.values()))
 
-    _app()
+    try:
+        _app()
+    except Preempted as err:  # a signal while Hydra sets the job up, before or after `run_command`
+        stopped(name, err)

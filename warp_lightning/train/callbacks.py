@@ -9,6 +9,7 @@ from warp_lightning.algo.state import clone_state
 from warp_lightning.policy.models import save_policy
 from warp_lightning.policy.sharding import full_state
 from warp_lightning.train.strategies import IndependentRunsStrategy, ShardedStrategy, gather_states
+from warp_lightning.utils import signals
 from warp_lightning.utils.io import save_hf_folder
 
 
@@ -44,6 +45,9 @@ class MergeRuns(L.Callback):
     def on_fit_end(self, trainer, module):
         theta_m = full_state(module.policy)
         if isinstance(trainer.strategy, IndependentRunsStrategy):
+            # no process enters the all-gather before all have finished their run: one asked to stop meanwhile
+            # (its checkpoint written, it will not gather) makes the others stop too instead of waiting forever
+            signals.wait_for_peers(f"warp_lightning/merge/{self.state.iteration}", trainer.world_size)
             finished = gather_states(clone_state(theta_m), trainer.world_size)
         else:
             finished = [theta_m]

@@ -13,6 +13,10 @@ Both are written to a temporary name and renamed (`io.atomic_file`), so a kill a
 previous complete file. Running `train` again with the same `hydra.run.dir` resumes from them: finished
 runs are skipped and the run in progress continues at step t with the same weights, optimizer moments,
 prompt stream position and random streams, so the final weights are bit-identical on CPU.
+
+SIGTERM or SIGINT during a run (utils/signals.py) is a checkpoint too: the step in progress finishes, run_M.ckpt
+is written exactly as at a `checkpoint_every` step, and the command stops (exit status 143 or 130) with one
+line saying how to resume.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from warp_lightning import UserError
+from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_torch_save
+from warp_lightning.utils.resume import check_same_config
 
 log = logging.getLogger(__name__)
 
@@ -64,27 +71,44 @@ def set_rng_states(states: dict, generator: torch.Generator | None = None) -> No
 
 
 class RunCheckpoint(L.Callback):
-    """Save the run in progress every `every` optimizer steps.
+    """Save the run in progress every `every` optimizer steps, and when the command is asked to stop.
 
     The checkpoint is taken at the end of step t (after the EMA update, where Lightning's loop expects
     a restart) and written when step t+1 starts, once step t's metrics are in the logger and flushed:
     a resumed run then logs exactly the rows an uninterrupted one would.
+
+    A stop signal (utils/signals.py) is read at the end of every step (the same answer in every process that
+    trains in lockstep): the checkpoint of step t is taken as above, Lightning's loop is told to stop after
+    the step (its `SIGTERMException`, which it raises once step t's metrics are logged), and the checkpoint is
+    written in `on_exception`, as it would have been at the start of step t+1. At the run's last step there
+    is nothing to save: the loop stops between runs instead, after loop.pt.
     """
 
     def __init__(self, path: Path, every: int, iteration: int, run: int, every_rank: bool = False):
         self.path, self.every, self.iteration, self.run = Path(path), every, iteration, run
         self.every_rank = every_rank  # trainer=ddp_runs: each process saves its own run
         self._pending = None
+        self.stopped_at: int | None = None  # the step after which a stop signal stopped the run
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         t = trainer.global_step
-        if self.every and t % self.every == 0 and t < trainer.max_steps:
+        stop = signals.stop_now(trainer.strategy.root_device, independent=self.every_rank)
+        if t < trainer.max_steps and ((self.every and t % self.every == 0) or stop):
             # references to the live tensors: nothing changes them before the next step starts
             self._pending = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        if stop and t < trainer.max_steps:
+            self.stopped_at = t
+            trainer._signal_connector.received_sigterm = True  # Lightning stops once this step is complete
+
+    def on_exception(self, trainer, module, exception):
+        if isinstance(exception, SIGTERMException) and self._pending is not None:
+            self._write(trainer)
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if self._pending is None:
-            return
+        if self._pending is not None:
+            self._write(trainer)
+
+    def _write(self, trainer):
         if trainer.logger:
             trainer.logger.save()
         if self.every_rank:
@@ -156,18 +180,4 @@ _RESUMABLE = {"logger", "paths", "eval"}
 
 
 def _same_config(saved: dict, current: dict, path: Path) -> None:
-    for key in sorted(set(saved) | set(current)):
-        if key in _RESUMABLE or key == "hydra":
-            continue
-        if saved.get(key) != current.get(key):
-            diff = _first_difference(saved.get(key), current.get(key), key)
-            raise UserError(f"{diff} differs from the run being resumed in {path.parent.parent}: run the same "
-                            "config again to resume, or choose a new hydra.run.dir")
-
-
-def _first_difference(a, b, key: str) -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{key}.{k}")
-    return f"{key} ({a!r} then, {b!r} now)"
+    check_same_config(saved, current, _RESUMABLE, path.parent.parent)

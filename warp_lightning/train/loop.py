@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
+from warp_lightning import Preempted
 from warp_lightning.algo.state import WarpState, clone_state, derive_seed
 from warp_lightning.builds import ensure_model
 from warp_lightning.data.prompts import PromptBatches, splits_for
@@ -33,6 +37,7 @@ from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots
 from warp_lightning.train.checkpoint import AtomicCheckpointIO
 from warp_lightning.train.module import RLOOModule
 from warp_lightning.train.strategies import start_processes, strategy_for
+from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
 from warp_lightning.utils.loggers import build_logger, finish_logger, trim_logs
 from warp_lightning.utils.paths import cfg_output_dir
@@ -86,8 +91,8 @@ class Loop:
         callbacks = [MergeRuns(self.state)]
         callbacks += [EMAAnchor(w.ema_rate)] if w.anchor == "ema" else []
         callbacks += [ProgressLog(w.log_every, f"iteration {i} run {m}", ("reward_mean", "kl_anchor", "completion_length"))]
-        callbacks += [ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m,
-                                         every_rank=self.parallel)]
+        checkpoints = ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m, every_rank=self.parallel)
+        callbacks.append(checkpoints)
         if w.snapshot_every:
             callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer,
                                        self.policy))
@@ -100,7 +105,14 @@ class Loop:
         prompts = PromptBatches(self.train_ids, w.steps, w.prompts_per_step, seed, self.tokenizer.pad_token_id,
                                 start, shard=self.cfg.trainer.get("strategy") in ("ddp", "fsdp"))
         run_started = time.time()
-        trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own checkpoint
+        try:
+            trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own checkpoint
+        except SIGTERMException:  # asked to stop (RunCheckpoint): step t is complete and its checkpoint written
+            step = checkpoints.stopped_at if checkpoints.stopped_at is not None else trainer.global_step
+            if self.parallel:
+                signals.linger()  # the other runs read the stop from the store that this process may host
+            raise Preempted(signals.requested() or signal.SIGTERM, f"at iteration {i} run {m} step {step}",
+                            checkpoint=True) from None
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         finish_logger(trainer.logger)
         log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
@@ -122,7 +134,11 @@ def run(cfg) -> dict | None:
     ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
     rank, world = 0, 1
     if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs", "fsdp"):  # models exist: start the other processes
-        rank, world = start_processes(run_trainer(cfg, out_dir, None, [], 1))
+        os.environ[signals.PARENT_ENV] = str(os.getpid())  # the processes Lightning starts die with this one
+        try:
+            rank, world = start_processes(run_trainer(cfg, out_dir, None, [], 1))
+        finally:
+            os.environ.pop(signals.PARENT_ENV, None)
 
     device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
     compute = log_device(cfg.trainer)
@@ -141,26 +157,30 @@ def run(cfg) -> dict | None:
                 parallel, rank)
 
     def finish(i: int, m: int) -> None:
-        """Outputs of a finished run (i, m), written by rank 0: the merged folders after the M-th, loop.pt."""
-        if rank != 0:
-            return
-        if m == w.runs:  # the M runs are merged: theta_slerp and the new theta_init
-            save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
-            save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
-            log.info("iteration %d merged: %s", i, state.merge_stats[-1])
-        ckpt.save_loop(ckpt_dir, state, (i, m), run_records, config)
+        """Outputs of a finished run (i, m), written by rank 0: the merged folders after the M-th, loop.pt.
+        Then, if the command was asked to stop (any process), it stops here (every process at once)."""
+        if rank == 0:
+            if m == w.runs:  # the M runs are merged: theta_slerp and the new theta_init
+                save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
+                save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
+                log.info("iteration %d merged: %s", i, state.merge_stats[-1])
+            ckpt.save_loop(ckpt_dir, state, (i, m), run_records, config)
+        signals.raise_if_stopped(f"after iteration {i} run {m}", device=device)
 
-    for i in range(1, w.iterations + 1):
-        if parallel and (i, w.runs) > done:  # run m = rank + 1 in every process at once, then merge all M
-            record = loop.train_run(i, rank + 1)
-            records = [None] * world
-            torch.distributed.all_gather_object(records, record)
-            run_records += records  # the M theta_m were gathered and merged by `MergeRuns` in every process
-            finish(i, w.runs)
-        for m in range(1, w.runs + 1) if not parallel else ():
-            if (i, m) > done:  # else finished before an interruption: its theta_m is in `state`
-                run_records.append(loop.train_run(i, m))
-                finish(i, m)
+    # SIGTERM/SIGINT in here: the optimizer step in progress finishes, its checkpoint is written
+    # (RunCheckpoint), or loop.pt between runs, and `Preempted` stops the command (cli.py: exit 143 or 130)
+    with signals.deferred():
+        for i in range(1, w.iterations + 1):
+            if parallel and (i, w.runs) > done:  # run m = rank + 1 in every process at once, then merge all M
+                record = loop.train_run(i, rank + 1)
+                records = [None] * world
+                torch.distributed.all_gather_object(records, record)
+                run_records += records  # the M theta_m were gathered and merged by `MergeRuns` in every process
+                finish(i, w.runs)
+            for m in range(1, w.runs + 1) if not parallel else ():
+                if (i, m) > done:  # else finished before an interruption: its theta_m is in `state`
+                    run_records.append(loop.train_run(i, m))
+                    finish(i, m)
     if rank != 0:
         return None  # rank 0 writes the outputs
     save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")

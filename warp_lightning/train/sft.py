@@ -26,6 +26,7 @@ from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.progress import ProgressLog
+from warp_lightning.utils.resume import StopCheckpoint
 from warp_lightning.utils.schedules import warmup_schedule
 from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device
 
@@ -110,14 +111,15 @@ def run(cfg) -> dict:
     out_dir = Path(cfg_output_dir())
     device = trainer_device(cfg.trainer)
     log_device(cfg.trainer)
+    stop = StopCheckpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
     trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=s.max_steps,
                             logger=build_logger(cfg.logger, out_dir, "sft"), log_every_n_steps=10,
                             val_check_interval=min(s.val_every, s.max_steps), check_val_every_n_epoch=None,
                             gradient_clip_val=1.0, limit_val_batches=s.limit_val_batches,
-                            callbacks=[ProgressLog(s.log_every, "sft")])
+                            callbacks=[ProgressLog(s.log_every, "sft"), stop])
     g = torch.Generator().manual_seed(s.seed)
-    trainer.fit(module, DataLoader(train_blocks, batch_size=s.batch_size, shuffle=True, generator=g),
-                DataLoader(val_blocks, batch_size=s.batch_size))
+    stop.fit(trainer, module, DataLoader(train_blocks, batch_size=s.batch_size, shuffle=True, generator=g),
+             DataLoader(val_blocks, batch_size=s.batch_size))
 
     model = module.model.float().eval().to(device)
     with torch.no_grad():
@@ -135,6 +137,7 @@ def run(cfg) -> dict:
     }
 
     save_hf_folder(cfg.save_to, model.cpu(), tokenizer)
+    stop.done()
     log.info("SFT policy saved to %s (val perplexity %.1f vs unigram %.1f)", cfg.save_to,
              metrics["val_perplexity"], metrics["unigram_perplexity"])
     return metrics

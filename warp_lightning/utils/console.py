@@ -20,6 +20,7 @@ WARNINGS = (
     r".*`torch.jit.script_method` is deprecated.*",
     r".*The `srun` command is available on your system but is not used.*",
     r".*Checkpoint directory .* exists and is not empty.*",
+    r".*resuming from a checkpoint that ended before the epoch ended.*",  # sft/reward say it (utils/resume.py)
 )
 
 

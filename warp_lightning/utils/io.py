@@ -1,18 +1,26 @@
 """Atomic writes: every file or folder is written under a temporary name, then renamed.
 
 A kill at any moment leaves either the old version or the new one, never a half-written file that a
-later run would trust.
+later run would trust. A folder that already exists is replaced by swapping the two names in one system call
+(`exchange`), so that there is no moment without a complete folder at its path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import json
+import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -87,11 +95,44 @@ def write_metrics(path: str | Path, metrics: dict) -> Path:
     return atomic_write_json(path, metrics)
 
 
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # Linux renameat2 flag
+_RENAME_SWAP = 2  # macOS renamex_np flag
+_libc = None
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap the names `a` and `b` (both must exist) in one system call: Linux `renameat2(RENAME_EXCHANGE)`
+    (kernel 3.15, most local file systems), macOS `renamex_np(RENAME_SWAP)`. False where the system or the
+    file system cannot (the caller falls back to two renames); other errors raise OSError."""
+    global _libc
+    if not (sys.platform.startswith("linux") or sys.platform == "darwin"):
+        return False
+    try:
+        _libc = _libc or ctypes.CDLL(None, use_errno=True)
+        if sys.platform == "darwin":
+            result = _libc.renamex_np(os.fsencode(a), os.fsencode(b), _RENAME_SWAP)
+        else:
+            result = _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    except (AttributeError, OSError):  # no such function in this C library (glibc < 2.28)
+        return False
+    if result == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 @contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary sibling folder; on success it replaces `path` in one rename.
+    """Yield a temporary sibling folder; on success it takes the place of `path` in one rename.
 
-    An existing `path` is moved aside first and removed only after the new folder is in place.
+    A new `path` appears complete (one rename). An existing one is swapped with the new folder in one call
+    (`exchange`) and then removed from under the temporary name: at every moment `path` is a complete folder,
+    the old one or the new one. Where the swap is not available (another OS, or a file system without it,
+    e.g. NFS) the fallback is two renames: the old folder is moved to `.NAME.old-PID` and the new one renamed
+    in; a kill between the two leaves no `path`, but the previous folder stays complete under the `.old` name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,17 +140,72 @@ def atomic_dir(path: str | Path):
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the final folder should read like any other
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _fsync_tree(tmp)
+        _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    for _ in range(10):  # another writer may create or replace `path` in between: try again
+        if not os.path.lexists(path):
+            try:
+                os.rename(tmp, path)  # fails if `path` appeared meanwhile (a non-empty folder)
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                    raise
+                continue
+            _fsync_dir(path.parent)
+            return
+        if exchange(tmp, path):  # `path` is the new folder, `tmp` holds the old one
+            _fsync_dir(path.parent)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OSError(errno.EBUSY, f"{path} kept changing while it was being replaced")
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Sync every file of `folder` (and the folders), so that the rename publishes data that is on disk."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_dir(Path(root))
+
+
+@contextmanager
+def file_lock(path: str | Path, waiting: str | None = None):
+    """An exclusive `flock` on `path` (created if needed) for the duration of the block; logs `waiting` when
+    another process holds it. The kernel releases it when its holder exits or dies. No lock where `fcntl` is
+    missing (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                log.info("%s", waiting)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def save_hf_folder(path: str | Path, *parts) -> Path:

@@ -1,0 +1,265 @@
+"""Stopping cleanly on SIGTERM and SIGINT, and child processes that never outlive their parent.
+
+Signals (`install`, called by the CLI for every command):
+
+- Outside a training loop, SIGTERM and SIGINT raise `Preempted` at once (a BaseException, like
+  KeyboardInterrupt): `finally` blocks and atomic writes clean up, child processes are stopped, and the CLI
+  prints one line and exits with 128 + the signal's number (143, 130).
+- Inside `deferred()` (the training loops of `train`, `sft` and `reward`) the signal only sets a flag: the loop
+  finishes the optimizer step, writes its checkpoint and then stops with `Preempted` (`stop_requested` and
+  `stop_now` are what the loops read). A second signal stops at once.
+- Lightning's own SIGTERM handling (its `_SignalConnector`) is switched off in every Trainer (utils/trainer.py):
+  it would run collectives inside the signal handler and stop at a point of its own choosing, where our
+  checkpoints could not be written as `RunCheckpoint` writes them.
+
+Child processes (`start_child`, `run_child`): each starts in its own session (process group), is registered,
+and its whole group is sent SIGTERM (SIGKILL after `KILL_GRACE_S`) when the parent stops it, raises, is
+stopped by a signal or exits. When the parent is SIGKILLed (nothing runs in it), the child itself asked the
+kernel to send it SIGTERM (`tie_to_parent`: Linux PR_SET_PDEATHSIG, set by the child at start-up because
+`preexec_fn` is not safe in a process with threads).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from warp_lightning import Preempted
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PARENT_ENV = "WARP_LIGHTNING_PARENT_PID"  # set for a child: the pid it must not outlive
+KILL_GRACE_S = float(os.environ.get("WARP_LIGHTNING_KILL_GRACE", "30"))  # SIGTERM, then SIGKILL after this
+STOP_KEY = "warp_lightning/stop"  # in torch.distributed's store: some process was asked to stop
+STOPPED_KEY = "warp_lightning/stopped"  # how many processes have stopped on it
+
+_requested: int | None = None  # the first stop signal received
+_deferred = 0  # > 0 inside deferred(): signals only set the flag
+_cleaning = 0  # > 0 while children are being stopped: a further signal escalates to SIGKILL
+_escalate = False
+_children: dict[int, subprocess.Popen] = {}
+_atexit = False
+_tied = False  # this process is the child of another command (a build), which reports for it
+
+
+def install() -> None:
+    """Route SIGTERM and SIGINT through `_handler` (main thread only; a no-op elsewhere)."""
+    global _atexit
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _handler)
+    if not _atexit:
+        atexit.register(stop_children)
+        _atexit = True
+
+
+def _handler(signum, frame) -> None:
+    global _requested, _escalate
+    first = _requested is None
+    if first:
+        _requested = signum
+    if _cleaning:  # already stopping children: stop them now
+        _escalate = True
+        return
+    if _deferred and first:
+        log.warning("%s received: stopping after the current optimizer step, with a checkpoint (send it again "
+                    "to stop at once)", signal.Signals(signum).name)
+        return
+    raise Preempted(signum)
+
+
+def requested() -> int | None:
+    """The stop signal this process received, if any."""
+    return _requested
+
+
+def reset() -> None:
+    """Forget a received signal (tests)."""
+    global _requested, _escalate
+    _requested, _escalate = None, False
+
+
+@contextlib.contextmanager
+def deferred():
+    """Inside: a stop signal sets the flag only; the code checks `stop_requested`/`stop_now` at safe points."""
+    global _deferred
+    _deferred += 1
+    try:
+        yield
+    finally:
+        _deferred -= 1
+
+
+def stop_requested() -> bool:
+    return _requested is not None
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def stop_now(device=None, independent: bool = False) -> bool:
+    """Whether to stop after this step, the same answer in every process that must stop together.
+
+    One process: the flag. Processes in lockstep (trainer=ddp, fsdp; between runs with any layout): an
+    all-reduce (max) of the flag, called at the same point by every process. Independent processes
+    (trainer=ddp_runs inside a run, where the processes may be at different steps, even after a resume): a key
+    in torch.distributed's store, set by a process that received the signal and read (without waiting) by the
+    others at their next step.
+    """
+    if not _distributed():
+        return stop_requested()
+    import torch
+    import torch.distributed as dist
+
+    if independent:
+        store = _store()
+        if store is None:
+            return stop_requested()
+        if stop_requested():
+            store.set(STOP_KEY, "1")
+        if stop_requested() or store.check([STOP_KEY]):
+            store.add(STOPPED_KEY, 1)
+            return True
+        return False
+    flag = torch.tensor([1 if stop_requested() else 0], device=device or "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def _store():
+    """torch.distributed's default store (the rendezvous key-value store), or None."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # a private API: without it, independent processes stop on their own signal only
+        return None
+
+
+def wait_for_peers(key: str, world: int, poll_s: float = 0.05) -> None:
+    """trainer=ddp_runs: wait until all `world` processes reach this point (before the merge's all-gather), or
+    raise `Preempted` as soon as one of them was asked to stop: a process that finished its run never blocks in
+    a collective that a stopped process will not join."""
+    store = _store()
+    if store is None or not _distributed():
+        return
+    store.add(key, 1)
+    while True:
+        if stop_requested():
+            store.set(STOP_KEY, "1")
+        if store.check([STOP_KEY]):
+            store.add(STOPPED_KEY, 1)
+            linger()
+            raise Preempted(_requested or signal.SIGTERM, "while waiting for the other runs to finish")
+        if store.add(key, 0) >= world:
+            return
+        time.sleep(poll_s)
+
+
+def linger(timeout: float | None = None, poll_s: float = 0.05) -> None:
+    """trainer=ddp_runs, after a stop: the process that hosts the store (rank 0) waits until every process has
+    stopped on the store's flag (or `timeout`, for a process that died), so that none of them finds the store
+    gone before it read the flag. Other processes return at once."""
+    import torch.distributed as dist
+
+    store = _store()
+    if store is None or not _distributed() or dist.get_rank() != 0:
+        return
+    deadline = time.monotonic() + (KILL_GRACE_S if timeout is None else timeout)
+    while store.add(STOPPED_KEY, 0) < dist.get_world_size() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+
+
+def raise_if_stopped(where: str, checkpoint: bool = True, device=None) -> None:
+    """At a safe point between runs: raise `Preempted` if a stop was asked (of any process, in lockstep)."""
+    if stop_now(device):
+        raise Preempted(_requested or signal.SIGTERM, where, checkpoint)
+
+
+# --- child processes ------------------------------------------------------------------------------------------
+
+def start_child(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """`subprocess.Popen` in a new session (its own process group), registered so that it is stopped with us.
+    The child learns our pid from `PARENT_ENV` (`tie_to_parent` in the CLI uses it)."""
+    env = dict(kwargs.pop("env", None) or os.environ)
+    env[PARENT_ENV] = str(os.getpid())
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env, **kwargs)
+    _children[proc.pid] = proc
+    return proc
+
+
+def run_child(cmd: list[str], **kwargs) -> int:
+    """Run `cmd` to its end (its return code); if we stop first (signal, exception), its whole group stops."""
+    proc = start_child(cmd, **kwargs)
+    try:
+        return proc.wait()
+    finally:
+        stop_child(proc)
+
+
+def _killpg(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def stop_child(proc: subprocess.Popen, grace: float | None = None) -> None:
+    """SIGTERM to the child's process group, SIGKILL after `grace` seconds (or at a second signal to us);
+    whatever is left of the group after the child exited is SIGKILLed too."""
+    global _cleaning
+    _children.pop(proc.pid, None)
+    grace = KILL_GRACE_S if grace is None else grace
+    _cleaning += 1
+    try:
+        if proc.poll() is None:
+            log.info("stopping child process %d (%s)", proc.pid, " ".join(map(str, proc.args[1:4])))
+            _killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while proc.poll() is None and time.monotonic() < deadline and not _escalate:
+                time.sleep(0.05)
+        _killpg(proc.pid, signal.SIGKILL)  # the child, if still there, and any process it left in its group
+        proc.wait()
+    finally:
+        _cleaning -= 1
+
+
+def stop_children() -> None:
+    """Stop every registered child (at exit, and after an error)."""
+    for proc in list(_children.values()):
+        stop_child(proc)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def is_tied() -> bool:
+    """Whether this process was started by another command (`start_child`, Lightning's launcher in `train`)."""
+    return _tied
+
+
+def tie_to_parent() -> None:
+    """In a child started by `start_child` (or by Lightning's launcher from `train`): get SIGTERM when the
+    parent dies, even by SIGKILL (Linux); exit at once if it is already gone. Clears `PARENT_ENV`, so that
+    our own children do not inherit it."""
+    global _tied
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent or not parent.isdigit():
+        return
+    _tied = True
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != int(parent):  # it died before the prctl: nobody would tell us
+        raise Preempted(signal.SIGTERM, "(the parent process had already exited)")
