@@ -23,7 +23,7 @@ def asset_cache():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(assets.CACHE_ENV, str(path))
         for name in assets.ASSETS:
-            if name != "smollm2":  # 98 MB, for tests/test_smollm2.py alone, which fetches it itself
+            if name != "smollm2":  # 98 MB, for tests/policy/test_smollm2.py alone, which fetches it itself
                 assets.fetch(name, cache=path)
         yield path
 

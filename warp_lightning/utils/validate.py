@@ -9,7 +9,7 @@ Hydra's run folder is created):
    configs registered in Hydra's ConfigStore: the YAML files under conf/ are the schema, so a key added to a
    YAML file is typed from its default at once, with no dataclass to keep in step. Only keys whose default
    says nothing (null, ???) or that take several types need an entry in `DECLARED_TYPES`
-   (tests/test_validate.py checks that every such key of every config has one).
+   (tests/cli/test_validate.py checks that every such key of every config has one).
 2. values, files and the machine (`validate_command`): ranges and choices, the files and folders a command
    reads (data files, model folders, run folders), whether the folders it writes to can be created, the
    accelerator and device count against this machine, the strategy against devices and nodes.

@@ -28,7 +28,7 @@ from warp_lightning.eval.report import (
 )
 from warp_lightning.eval.stats import CONTRADICTED, HOLDS, NOT_MEASURED, UNRESOLVED, fmt_ci, markdown_table
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---- pure functions: no models ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from warp_lightning.data.prompts import (
 )
 from warp_lightning.data.texts import load_texts, normalize_text, preference_pairs, read_polarity_csv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("name", "total", "test"), [("reviews", 1500, 300), ("sentences", 4000, 800)])

@@ -1,4 +1,4 @@
-"""The RL arithmetic against hand computations and properties."""
+"""Sampling and completion log-probs of the policy against hand computations and properties."""
 
 import dataclasses
 import math
@@ -13,68 +13,6 @@ from warp_lightning.policy import kernels
 from warp_lightning.policy.kernels import sample_tokens
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import sample
-
-
-def test_rloo_advantages_hand_computation():
-    # two prompts, k = 3
-    r = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
-    a = rl.rloo_advantages(r, 3)
-    expected = [1 - (2 + 6) / 2, 2 - (1 + 6) / 2, 6 - (1 + 2) / 2, 0 - 1.5, 0 - 1.5, 3 - 0.0]
-    assert a.tolist() == pytest.approx(expected)
-    # advantages of one prompt sum to zero (k/(k-1) * centred rewards)
-    assert a.view(2, 3).sum(-1).abs().max() < 1e-6
-
-
-def test_rloo_needs_two_samples():
-    with pytest.raises(ValueError, match="k >= 2"):
-        rl.rloo_advantages(torch.zeros(4), 1)
-
-
-def test_kl_penalized_reward_and_zero_kl_for_equal_models():
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).eval()
-    anchor = GPT2LMHeadModel(model.config).eval()
-    anchor.load_state_dict(model.state_dict())
-    ids, mask = left_pad([[1, 2, 3], [4, 5]], pad_id=0)
-    rollout = sample(model, ids, mask, 6, eos_token_id=None, generator=torch.Generator().manual_seed(0))
-    m = rollout.completion_mask.float()
-    lp = rl.sequence_logprob(completion_logprobs(model, rollout)[0], m)
-    la = rl.sequence_logprob(completion_logprobs(anchor, rollout)[0], m)
-    kl = rl.sampled_kl(lp, la)
-    assert torch.equal(kl, torch.zeros_like(kl))
-    reward = torch.tensor([0.3, 0.7])
-    assert torch.equal(rl.kl_penalized_reward(reward, kl, 0.1), reward)
-    shaped = rl.kl_penalized_reward(reward, torch.tensor([2.0, -1.0]), 0.1)
-    assert shaped.tolist() == pytest.approx([0.1, 0.8])
-    assert not shaped.requires_grad
-
-
-def test_ema_update_formula():
-    anchor = [torch.tensor([0.0, 10.0]), torch.tensor([[1.0]])]
-    policy = [torch.tensor([1.0, 0.0]), torch.tensor([[3.0]])]
-    rl.ema_update_(anchor, policy, 0.01)
-    assert anchor[0].tolist() == pytest.approx([0.01, 9.9])
-    assert anchor[1].item() == pytest.approx(0.99 * 1 + 0.01 * 3)
-    assert policy[0].tolist() == [1.0, 0.0]  # the policy is untouched
-
-
-def test_rloo_loss_gradient_equals_reinforce_with_baseline_by_hand():
-    """Toy categorical policy pi = softmax(theta) over 3 actions, one prompt, k = 3 samples."""
-    theta = torch.tensor([0.2, -0.5, 1.0], requires_grad=True)
-    actions = torch.tensor([0, 2, 2])
-    rewards = torch.tensor([1.0, 0.0, 4.0])
-    logprob = torch.log_softmax(theta, -1)[actions]
-    loss = rl.rloo_loss(rl.rloo_advantages(rewards, 3), logprob)
-    loss.backward()
-
-    p = torch.softmax(theta.detach(), -1)
-    grad = torch.zeros(3)
-    for a, r, others in [(0, 1.0, [0.0, 4.0]), (2, 0.0, [1.0, 4.0]), (2, 4.0, [1.0, 0.0])]:
-        baseline = sum(others) / 2
-        score = -p.clone()  # d log pi(a) / d theta = onehot(a) - p
-        score[a] += 1
-        grad += (r - baseline) * score
-    assert torch.allclose(theta.grad, -grad / 3, atol=1e-6)
 
 
 def test_inverse_cdf_sampling_matches_the_distribution():
@@ -275,3 +213,22 @@ def test_kept_logits_buffer_is_reused_only_when_nothing_views_it():
     del second
     third = sample(model, ids, mask, 5, keep_logits=True, generator=torch.Generator().manual_seed(2))
     assert third.logits.data_ptr() == address and torch.equal(first.logits, saved)
+
+
+def test_kl_penalized_reward_and_zero_kl_for_equal_models():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32)).eval()
+    anchor = GPT2LMHeadModel(model.config).eval()
+    anchor.load_state_dict(model.state_dict())
+    ids, mask = left_pad([[1, 2, 3], [4, 5]], pad_id=0)
+    rollout = sample(model, ids, mask, 6, eos_token_id=None, generator=torch.Generator().manual_seed(0))
+    m = rollout.completion_mask.float()
+    lp = rl.sequence_logprob(completion_logprobs(model, rollout)[0], m)
+    la = rl.sequence_logprob(completion_logprobs(anchor, rollout)[0], m)
+    kl = rl.sampled_kl(lp, la)
+    assert torch.equal(kl, torch.zeros_like(kl))
+    reward = torch.tensor([0.3, 0.7])
+    assert torch.equal(rl.kl_penalized_reward(reward, kl, 0.1), reward)
+    shaped = rl.kl_penalized_reward(reward, torch.tensor([2.0, -1.0]), 0.1)
+    assert shaped.tolist() == pytest.approx([0.1, 0.8])
+    assert not shaped.requires_grad

@@ -1,5 +1,5 @@
 """The CUDA decode: the graph replays what the eager loop computes, a seed gives the same tokens, bf16 sampling
-log-probs equal scoring log-probs. Skipped without CUDA (`pytest -m gpu tests/test_policy_gpu.py`)."""
+log-probs equal scoring log-probs. Skipped without CUDA (`pytest -m gpu tests/policy/test_gpu_policy.py`)."""
 
 import dataclasses
 

@@ -2,12 +2,12 @@
 bucket, in-place weight updates seen, replaced weights giving a fresh decoder, rollouts owning their tensors.
 
 On CPU the 'replay' below runs the captured function eagerly on the decoder's kept buffers; what CUDA adds
-(capture and replay) is checked by tests/test_policy_gpu.py.
+(capture and replay) is checked by tests/policy/test_gpu_policy.py.
 """
 
 import pytest
 import torch
-from test_policy_sampling import EOS, peaked_policy, prompts
+from test_sampling import EOS, peaked_policy, prompts
 
 from warp_lightning.policy import sampling
 from warp_lightning.policy.logprobs import completion_logprobs

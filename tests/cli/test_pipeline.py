@@ -122,7 +122,7 @@ def test_notebook_runs_against_smoke_outputs(tiny_models, tmp_path, monkeypatch)
     cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2",
         f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     monkeypatch.setenv("WARP_RUN_DIR", str(run_dir))
-    nb = nbformat.read(Path(__file__).parent.parent / "notebooks" / "warp_run.ipynb", as_version=4)
+    nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / "warp_run.ipynb", as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
     assert (run_dir / "curves.png").stat().st_size > 10_000
 

@@ -16,7 +16,7 @@ import pytest
 from warp_lightning import UserError
 from warp_lightning.data import assets
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _toy_asset(tmp_path: Path) -> tuple[assets.Asset, Path]:
