@@ -74,3 +74,15 @@ def warp_cfg(**overrides):
     from warp_lightning.cli import CONF_DIR
 
     return OmegaConf.merge(OmegaConf.load(CONF_DIR / "warp" / "default.yaml"), overrides)
+
+
+SMOKE_RUN = ["train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_models, tmp_path_factory):
+    """One `train +experiment=smoke warp.iterations=1` on the tiny models, shared by the tests that only read a
+    finished run (the run folder; `SMOKE_RUN` are its arguments, for tests that run the same command again)."""
+    root = tmp_path_factory.mktemp("smoke_run")
+    cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
+    return root / "run"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_REWARD, TINY_SFT, cli
+from conftest import SMOKE_RUN, TINY_REWARD, TINY_SFT, cli
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -57,18 +57,13 @@ def test_smoke_experiment_runs_the_whole_loop_and_final_reloads(tiny_models, tmp
         assert col in header, col
 
 
-@pytest.mark.parametrize("logger", ["tensorboard", "wandb"])
-def test_other_loggers_record_each_run(tiny_models, tmp_path, logger):
+def test_tensorboard_logger_records_each_run(tiny_models, tmp_path):
+    """The CSV logger is the default (every smoke test reads it); W&B: tests/cli/test_experiments.py."""
     run_dir = tmp_path / "run"
-    cli("train", "+experiment=smoke", f"logger={logger}", "warp.iterations=1", "warp.steps=2",
+    cli("train", "+experiment=smoke", "logger=tensorboard", "warp.iterations=1", "warp.steps=2",
         f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    if logger == "tensorboard":
-        for run in ("i1_m1", "i1_m2"):
-            assert list((run_dir / "tb" / run).glob("events.out.tfevents.*")), run
-    else:  # offline W&B: one local run per (i, m), named by i and m, grouped by experiment
-        runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-        assert len(runs) == 2
-        assert all(list(r.glob("run-*.wandb")) for r in runs)
+    for run in ("i1_m1", "i1_m2"):
+        assert list((run_dir / "tb" / run).glob("events.out.tfevents.*")), run
 
 
 def test_imdb_experiment_composes_the_classic_recipe():
@@ -99,32 +94,27 @@ def test_imdb_experiment_runs_on_local_stand_ins(tiny_models, tmp_path):
     assert (run_dir / "final" / "config.json").exists()
 
 
-def test_same_config_and_seed_give_bit_identical_final_weights(tiny_models, tmp_path):
+def test_same_config_and_seed_give_bit_identical_final_weights(tiny_models, smoke_run, tmp_path):
     from safetensors.torch import load_file
 
-    finals, metrics = [], []
-    for name in ("a", "b"):
-        run_dir = tmp_path / name
-        cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2",
-            f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-        finals.append(load_file(run_dir / "final" / "model.safetensors"))
-        metrics.append({k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k != "seconds"})
+    run_dir = tmp_path / "b"
+    cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    finals = [load_file(d / "final" / "model.safetensors") for d in (smoke_run, run_dir)]
+    metrics = [{k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k != "seconds"}
+               for d in (smoke_run, run_dir)]
     assert finals[0].keys() == finals[1].keys()
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
     assert metrics[0] == metrics[1]
 
 
-def test_notebook_runs_against_smoke_outputs(tiny_models, tmp_path, monkeypatch):
+def test_notebook_runs_against_smoke_outputs(smoke_run, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    run_dir = tmp_path / "run"
-    cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2",
-        f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    monkeypatch.setenv("WARP_RUN_DIR", str(run_dir))
+    monkeypatch.setenv("WARP_RUN_DIR", str(smoke_run))
     nb = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / "warp_run.ipynb", as_version=4)
     NotebookClient(nb, timeout=120, kernel_name="python3").execute()
-    assert (run_dir / "curves.png").stat().st_size > 10_000
+    assert (smoke_run / "curves.png").stat().st_size > 10_000
 
 
 def test_train_builds_missing_models_on_first_use(asset_cache, tmp_path):
