@@ -81,16 +81,53 @@ def test_imdb_experiment_composes_the_classic_recipe():
     assert (w.iterations, w.runs, w.steps, w.ema_rate, w.slerp_lambda, w.liti_eta) == (2, 2, 100, 0.01, 0.5, 0.5)
 
 
-def test_imdb_experiment_runs_on_local_stand_ins(tiny_models, tmp_path):
-    """The online experiment's code path (hub names are `from_pretrained` names), on local folders."""
-    models = tiny_models / "models"
+def imdb_stand_in(folder: Path, reviews: int = 48) -> Path:
+    """A local copy in the hub IMDB dataset's format: parquet files per split (`text`, `label` 0/1), from
+    Pang & Lee reviews, loaded by the same `load_dataset` call as `stanfordnlp/imdb`."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from warp_lightning.data.texts import load_texts
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    (folder / "plain_text").mkdir(parents=True)
+    for split in ("train", "test"):
+        rows = load_texts("reviews", split).shuffle(seed=0).select(range(reviews))
+        Dataset.from_dict({"text": rows["text"], "label": rows["label"]}, features=features).to_parquet(
+            folder / "plain_text" / f"{split}-00000-of-00001.parquet")
+    return folder
+
+
+def tiny_distilbert(folder: Path, asset_cache: Path) -> Path:
+    """A stand-in for `distilbert-base-cased`: a 1-layer DistilBERT with a BERT WordPiece tokenizer (MiniLM's)."""
+    from transformers import BertTokenizerFast, DistilBertConfig, DistilBertModel
+
+    tokenizer = BertTokenizerFast.from_pretrained(asset_cache / "assets" / "minilm")
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, hidden_dim=64, n_layers=1, n_heads=2)
+    DistilBertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_imdb_experiment_runs_on_local_stand_ins(tiny_models, asset_cache, tmp_path):
+    """The online experiment's code path, data included: IMDB from a local copy in the hub's format, a
+    distilbert reward model trained on it with `reward +experiment=imdb`, then `train +experiment=imdb`."""
+    imdb = imdb_stand_in(tmp_path / "imdb")
+    reward_dir = tmp_path / "reward_distilbert_imdb"
+    cli("reward", "+experiment=imdb", f"reward_model.base={tiny_distilbert(tmp_path / 'distilbert', asset_cache)}",
+        f"reward_model.train_data_path={imdb}", f"save_to={reward_dir}", "reward_training.max_steps=2",
+        "reward_training.batch_size=8", "reward_training.max_eval_texts=16", f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path)
+    reward = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert 0 < reward["train_pairs"] <= 24 and reward["steps"] == 2  # pairs of the 48 train reviews of the copy
     run_dir = tmp_path / "run"
-    cli("train", "+experiment=imdb", f"policy.name_or_path={models / 'sft_gpt2'}",
-        f"reward_model.name_or_path={models / 'reward_minilm_rt'}", "data=reviews", "warp.iterations=1",
-        "warp.steps=2", "warp.prompts_per_step=2", "warp.samples_per_prompt=2", "warp.max_new_tokens=4",
-        "eval.prompts=4", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    cli("train", "+experiment=imdb", f"data.path={imdb}", f"policy.name_or_path={tiny_models / 'models' / 'sft_gpt2'}",
+        f"reward_model.name_or_path={reward_dir}", "warp.iterations=1", "warp.steps=2", "warp.prompts_per_step=2",
+        "warp.samples_per_prompt=2", "warp.max_new_tokens=4", "eval.prompts=4", f"hydra.run.dir={run_dir}",
+        cwd=tmp_path)
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["config"]["experiment_name"] == "imdb"
+    assert manifest["config"]["experiment_name"] == "imdb" and manifest["config"]["data"]["name"] == "imdb"
+    assert manifest["train_prompts"] == 48  # the first tokens of each train review of the stand-in
     assert (run_dir / "final" / "config.json").exists()
 
 

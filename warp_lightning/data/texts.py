@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TEXT_SETS = ("reviews", "sentences", "rt_snippets", "imdb", "file")
 SPLITS = ("train", "test")
+IMDB_HUB_ID = "stanfordnlp/imdb"
 SPLIT_SEED = 20240607
 TEST_FRACTION = {"reviews": 0.2, "sentences": 0.2, "rt_snippets": 0.1, "file": 0.2}
 MAX_TEXT_CHARS = 20_000  # longer texts (a few reviews run to 100k characters) are truncated
@@ -272,12 +273,13 @@ def load_texts(name: str, split: str | None = None, cache: str | Path | None = N
         raise UserError(f"unknown text set {name!r}; choose one of {', '.join(TEXT_SETS)}")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, not {split!r}")
-    if name == "imdb":
+    if name == "imdb":  # the hub dataset, or a local copy in its format (`path`: parquet files per split)
+        source = str(path) if path else IMDB_HUB_ID
         if split is None:
-            parts = [load_dataset("stanfordnlp/imdb", split=s) for s in SPLITS]
+            parts = [load_dataset(source, split=s) for s in SPLITS]
             ds = concatenate_datasets(parts)
         else:
-            ds = load_dataset("stanfordnlp/imdb", split=split)
+            ds = load_dataset(source, split=split)
         texts, labels = _clean(list(ds["text"]), list(ds["label"]), f"imdb/{split or 'all'}")
         return Dataset.from_dict({"text": texts, "label": labels}, features=_features())
 

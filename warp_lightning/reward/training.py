@@ -103,8 +103,9 @@ def run(cfg) -> dict:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
-    train_texts = load_texts(rcfg.train_data, "train", cache=cfg.paths.cache_dir)
-    val_texts = load_texts(rcfg.train_data, "test", cache=cfg.paths.cache_dir)
+    data_path = rcfg.get("train_data_path")  # a local copy of the data set (e.g. IMDB's parquet files)
+    train_texts = load_texts(rcfg.train_data, "train", cache=cfg.paths.cache_dir, path=data_path)
+    val_texts = load_texts(rcfg.train_data, "test", cache=cfg.paths.cache_dir, path=data_path)
     if tcfg.max_train_texts:
         train_texts = train_texts.shuffle(seed=tcfg.seed).select(range(min(len(train_texts), tcfg.max_train_texts)))
     if tcfg.max_val_texts:

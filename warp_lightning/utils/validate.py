@@ -44,7 +44,8 @@ DECLARED_TYPES: dict[str, tuple] = {
     "warp.grad_clip": (float, None),
     "policy.build": (str, None),
     "reward_model.build": (str, None),
-    "data.path": (str,),
+    "data.path": (str, None),  # data=file needs it (???); data=imdb: a local copy, null for the hub
+    "reward_model.train_data_path": (str, None),
     "eval.prompts": (int, None),  # evaluate (main's eval-work): null is the whole split
     "reward_training.max_train_texts": (int, None),
     "reward_training.max_val_texts": (int, None),
