@@ -36,35 +36,42 @@ gpu-check:
 	$(or $(GPU_PY),$(BIN)/python) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # `make reproduce`: experiments 1-3 of WARP.md on the offline default into outputs/reproduce/, then reports/
-# (markdown tables, PNG plots, the paper's claims). At most 90 minutes on 2 cores: the budget is in
+# (markdown tables, PNG plots, the paper's claims). At most 100 minutes on 2 cores: the budget is in
 # conf/experiment/reproduce.yaml. Run again after an interruption: finished runs are skipped (train resumes).
-# `make reproduce REPRO=smoke`: the same chain on the smoke settings, in about 2 minutes (the tests run it).
+# The claims compare arms of 3 seeds each: WARP (the sweep's T=100 jobs), RL with the fixed SFT anchor
+# (beta 0.1) and RL with the EMA anchor without merging, at equal compute.
+# `make reproduce REPRO=smoke`: the same chain on the smoke settings (2 WARP seeds, 1 per baseline; the tests).
 # REPRO_DIR, REPORTS: where the runs and the reports go; REPRO_ARGS: overrides for every command.
 reproduce:
 	@set -e; run="$(BIN)/python -m warp_lightning"; dir="$(or $(REPRO_DIR),outputs/reproduce)"; \
 	if [ "$(REPRO)" = smoke ]; then \
-	  x=smoke; sweep="warp.steps=2,3 warp.seed=0,1"; main="$$dir/sweep/T3_seed0"; \
+	  x=smoke; sweep_other="warp.steps=2 warp.seed=0"; T=3; seeds="0 1"; base_seeds="0"; \
 	  base="warp.steps=12 warp.snapshot_every=4"; ev="eval.subsamples=2 eval.prompts=4 eval.max_new_tokens=8"; \
 	  front_ev="$$ev etas=[0,0.5,1]"; \
 	else \
-	  x=reproduce; sweep=""; main="$$dir/sweep/T100_seed0"; \
-	  base=""; ev="eval.subsamples=5 eval.prompts=100"; front_ev="eval.subsamples=5 eval.prompts=50"; \
+	  x=reproduce; sweep_other="warp.steps=50,150 warp.seed=0"; T=100; seeds="0 1 2"; base_seeds="0 1 2"; \
+	  base="warp.snapshot_every=100"; ev="eval.subsamples=5 eval.prompts=100"; \
+	  front_ev="eval.subsamples=5 eval.prompts=40 etas=[0,0.25,0.5,0.75,1]"; \
 	fi; \
-	echo "== experiment 2: the T sweep (its T=100 seed-0 job is the WARP run of experiments 1 and 3)"; \
-	$$run train -m hparams_search=steps +experiment=$$x $$sweep 'warp.snapshot_every=$${warp.steps}' \
-	  hydra.sweep.dir=$$dir/sweep 'hydra.sweep.subdir=T$${warp.steps}_seed$${warp.seed}' $(REPRO_ARGS); \
+	main="$$dir/sweep/T$${T}_seed0"; \
+	arm() { l=""; for s in $$2; do l="$$l$${l:+, }$$1$$s"; done; echo "[$$l]"; }; \
+	echo "== experiment 2: the T sweep (its T=$$T jobs are the WARP arm of experiments 1 and 3)"; \
+	for grid in "warp.steps=$$T warp.seed=$$(echo $$seeds | tr ' ' ,)" "$$sweep_other"; do \
+	  $$run train -m hparams_search=steps +experiment=$$x $$grid 'warp.snapshot_every=$${warp.steps}' \
+	    hydra.sweep.dir=$$dir/sweep 'hydra.sweep.subdir=T$${warp.steps}_seed$${warp.seed}' $(REPRO_ARGS); \
+	done; \
 	echo "== baselines at equal compute (I*M*T RL steps, snapshots along training)"; \
-	$$run train "+experiment=[$$x,baseline_sft_anchor]" warp.kl_coef=0.01 $$base \
-	  hydra.run.dir=$$dir/sft_anchor_0.01 $(REPRO_ARGS); \
-	$$run train "+experiment=[$$x,baseline_sft_anchor]" warp.kl_coef=0.1 $$base \
-	  hydra.run.dir=$$dir/sft_anchor_0.1 $(REPRO_ARGS); \
-	$$run train "+experiment=[$$x,baseline_ema_nomerge]" $$base hydra.run.dir=$$dir/ema_nomerge $(REPRO_ARGS); \
+	b_seeds="warp.seed=$$(echo $$base_seeds | tr ' ' ,)"; \
+	$$run train -m "+experiment=[$$x,baseline_sft_anchor]" warp.kl_coef=0.1 $$b_seeds $$base \
+	  hydra.sweep.dir=$$dir/sft_anchor_0.1 'hydra.sweep.subdir=seed$${warp.seed}' $(REPRO_ARGS); \
+	$$run train -m "+experiment=[$$x,baseline_ema_nomerge]" $$b_seeds $$base \
+	  hydra.sweep.dir=$$dir/ema_nomerge 'hydra.sweep.subdir=seed$${warp.seed}' $(REPRO_ARGS); \
 	echo "== experiment 1: SFT vs WARP"; \
 	$$run evaluate "model={WARP: $$main/final}" $$ev hydra.run.dir=$$dir/evaluate $(REPRO_ARGS); \
 	echo "== experiment 3: fronts"; \
-	$$run front run=$$main $$front_ev hydra.run.dir=$$dir/front $(REPRO_ARGS) \
-	  "baselines={SFT_anchor_beta_0.01: $$dir/sft_anchor_0.01, SFT_anchor_beta_0.1: $$dir/sft_anchor_0.1, \
-	  EMA_anchor_no_merge: $$dir/ema_nomerge}"; \
+	$$run front "run=$$(arm $$dir/sweep/T$${T}_seed "$$seeds")" $$front_ev hydra.run.dir=$$dir/front $(REPRO_ARGS) \
+	  "baselines={SFT_anchor_beta_0.1: $$(arm $$dir/sft_anchor_0.1/seed "$$base_seeds"), \
+	  EMA_anchor_no_merge: $$(arm $$dir/ema_nomerge/seed "$$base_seeds")}"; \
 	$$run report evaluation=$$dir/evaluate sweep=$$dir/sweep front=$$dir/front run=$$main \
 	  out=$(or $(REPORTS),reports) hydra.run.dir=$$dir/report $(REPRO_ARGS)
 
