@@ -6,6 +6,7 @@ import lightning as L
 
 from warp_lightning.algo import rl
 from warp_lightning.algo.state import clone_state
+from warp_lightning.policy.lora import DenseEMA, dense_state, has_lora
 from warp_lightning.policy.models import save_policy
 from warp_lightning.policy.sharding import full_state
 from warp_lightning.train.strategies import IndependentRunsStrategy, ShardedStrategy, gather_states
@@ -17,18 +18,28 @@ class EMAAnchor(L.Callback):
     """theta_ema <- (1 - mu) * theta_ema + mu * theta_m after every optimizer step.
 
     The anchor never gets gradients; with `anchor: sft` this callback is not installed and the anchor
-    stays at theta_init (the fixed-anchor baseline).
+    stays at theta_init (the fixed-anchor baseline). A policy with LoRA adapters moves the dense anchor's adapted
+    matrices toward W + dW, which makes the anchor exactly theta_init + EMA(dW) (`policy/lora.py`).
     """
 
     def __init__(self, mu: float):
         self.mu = mu
 
     def on_fit_start(self, trainer, module):
+        self._dense = DenseEMA(module.anchor, module.policy) if has_lora(module.policy) else None
         self._anchor = [p for p in module.anchor.parameters()]
         self._policy = [p.detach() for p in module.policy.parameters()]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        rl.ema_update_(self._anchor, self._policy, self.mu)
+        if self._dense is not None:
+            self._dense.update_(self.mu)
+        else:
+            rl.ema_update_(self._anchor, self._policy, self.mu)
+
+
+def policy_state(policy) -> dict:
+    """theta_m as dense weights under the keys of the policy without adapters (gathered if sharded)."""
+    return dense_state(policy) if has_lora(policy) else full_state(policy)
 
 
 class MergeRuns(L.Callback):
@@ -43,7 +54,7 @@ class MergeRuns(L.Callback):
         self.state = state
 
     def on_fit_end(self, trainer, module):
-        theta_m = full_state(module.policy)
+        theta_m = policy_state(module.policy)
         if isinstance(trainer.strategy, IndependentRunsStrategy):
             # no process enters the all-gather before all have finished their run: one asked to stop meanwhile
             # (its checkpoint written, it will not gather) makes the others stop too instead of waiting forever
@@ -81,5 +92,7 @@ class Snapshots(L.Callback):
             state = full_state(module.policy)  # a collective: every process gathers
             if trainer.is_global_zero:
                 save_policy(self.skeleton, state, self.tokenizer, path)
+        elif has_lora(module.policy) and (trainer.is_global_zero or isinstance(trainer.strategy, IndependentRunsStrategy)):
+            save_policy(self.skeleton, dense_state(module.policy), self.tokenizer, path)  # W + dW, no adapters
         elif trainer.is_global_zero or isinstance(trainer.strategy, IndependentRunsStrategy):
             save_hf_folder(path, module.policy, self.tokenizer)

@@ -30,6 +30,7 @@ from warp_lightning.data.prompts import PromptBatches, splits_for
 from warp_lightning.eval.judge import load_judge
 from warp_lightning.eval.protocol import quick_eval
 from warp_lightning.policy.kernels import use_compiled_kernels
+from warp_lightning.policy.lora import add_lora, lora_enabled
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
 from warp_lightning.reward.scorer import load_reward_model
 from warp_lightning.train import checkpoint as ckpt
@@ -86,6 +87,8 @@ class Loop:
         run_policy.load_state_dict(self.state.theta_init)
         anchor = copy.deepcopy(run_policy)
         init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.kl_to_init_every else None)
+        if lora_enabled(self.cfg.policy.get("lora")):  # only adapters train; anchor and theta_init stay dense
+            run_policy = add_lora(run_policy, self.cfg.policy.lora)
         module = RLOOModule(run_policy, anchor, self.reward_model, self.tokenizer, w, sample_seed=seed + 1,
                             init_policy=init_policy, tags={"iteration": i, "run": m})
         callbacks = [MergeRuns(self.state)]

@@ -138,7 +138,8 @@ class RLOOModule(L.LightningModule):
 
     def configure_optimizers(self):
         w = self.warp
-        opt = instantiate(w.optimizer)(self.policy.parameters())  # conf/warp: Adam, its lr, betas and eps
+        trained = [p for p in self.policy.parameters() if p.requires_grad]  # all, or the LoRA adapters only
+        opt = instantiate(w.optimizer)(trained)  # conf/warp: Adam, its lr, betas and eps
         return {"optimizer": opt, "lr_scheduler": warmup_schedule(opt, w.warmup_steps, decay="constant")}
 
 

@@ -1,4 +1,5 @@
-"""The offline SFT stage: a small GPT-2 trained from scratch on movie reviews.
+"""The offline SFT stage: a small GPT-2 trained from scratch on movie reviews, or (`sft.init`) a pretrained causal
+LM such as SmolLM2-135M adapted to them (`+experiment=smollm2`), with held-out perplexity before and after.
 
 It stands in for `lvwerra/gpt2-imdb` (GPT-2 fine-tuned on IMDB): same architecture, the real GPT-2
 tokenizer of ASSETS.md, review-domain text. Saved with `save_pretrained` next to its tokenizer.
@@ -17,10 +18,11 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from warp_lightning.builds import ensure_model
 from warp_lightning.data.assets import fetch
 from warp_lightning.data.prompts import left_pad
 from warp_lightning.data.texts import load_texts
-from warp_lightning.policy.models import load_tokenizer
+from warp_lightning.policy.models import load_causal_lm, load_tokenizer
 from warp_lightning.policy.sampling import sample
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
@@ -76,6 +78,23 @@ class CausalLMModule(L.LightningModule):
                                                                   "cosine", self.floor)}
 
 
+def scratch_gpt2(s, tokenizer) -> GPT2LMHeadModel:
+    """The GPT-2 of `sft.n_layer`, `n_embd`, `n_head`, `n_positions`, `dropout`, initialised at random."""
+    return GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=max(s.n_positions, s.context), n_embd=s.n_embd, n_layer=s.n_layer,
+        n_head=s.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id, activation_function="gelu_pytorch_tanh", resid_pdrop=s.dropout,
+        embd_pdrop=s.dropout, attn_pdrop=s.dropout))
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int, device) -> float:
+    """exp of the mean next-token cross-entropy over `blocks` (held-out text)."""
+    model = model.float().eval().to(device)
+    losses = [model(input_ids=b.to(device), labels=b.to(device)).loss.item() for b in blocks.split(batch_size)]
+    return math.exp(sum(losses) / len(losses))
+
+
 @torch.no_grad()
 def sample_continuations(model, tokenizer, prompts: list[str], max_new_tokens: int, seed: int) -> list[str]:
     ids, mask = (t.to(model.device) for t in left_pad([tokenizer(p)["input_ids"] for p in prompts],
@@ -92,7 +111,12 @@ def run(cfg) -> dict:
     s = cfg.sft
     started = time.time()
     L.seed_everything(s.seed, workers=True)
-    tokenizer = load_tokenizer(fetch("gpt2_tokenizer", cache=Path(cfg.paths.cache_dir)))
+    init = s.get("init")
+    if init:  # a pretrained model, with its own tokenizer (built first if it is an offline build, e.g. smollm2)
+        ensure_model("sft.init", init, cfg.paths.cache_dir)
+        tokenizer = load_tokenizer(init.name_or_path)
+    else:
+        tokenizer = load_tokenizer(fetch("gpt2_tokenizer", cache=Path(cfg.paths.cache_dir)))
     train_texts: list[str] = []
     for name in s.corpus:
         split = "train" if name in ("reviews", "rt_snippets") else None
@@ -102,14 +126,16 @@ def run(cfg) -> dict:
     val_blocks = pack_blocks(val_texts, tokenizer, s.context)[: s.max_val_blocks]
     log.info("SFT corpus: %d train blocks, %d val blocks of %d tokens", len(train_blocks), len(val_blocks), s.context)
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=max(s.n_positions, s.context), n_embd=s.n_embd, n_layer=s.n_layer,
-                        n_head=s.n_head, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.eos_token_id, activation_function="gelu_pytorch_tanh",
-                        resid_pdrop=s.dropout, embd_pdrop=s.dropout, attn_pdrop=s.dropout)
-    model = GPT2LMHeadModel(config)
+    device = trainer_device(cfg.trainer)
+    if init:
+        model = load_causal_lm(init.name_or_path)
+        init_perplexity = perplexity(model, val_blocks, s.batch_size, device)
+        log.info("%s: held-out perplexity %.1f before SFT", init.name_or_path, init_perplexity)
+        model.cpu()
+    else:
+        model, init_perplexity = scratch_gpt2(s, tokenizer), None
     module = CausalLMModule(model, s.optimizer, s.warmup_steps, s.max_steps, s.lr_floor)
     out_dir = Path(cfg_output_dir())
-    device = trainer_device(cfg.trainer)
     log_device(cfg.trainer)
     stop = StopCheckpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
     trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=s.max_steps,
@@ -122,10 +148,10 @@ def run(cfg) -> dict:
              DataLoader(val_blocks, batch_size=s.batch_size))
 
     model = module.model.float().eval().to(device)
-    with torch.no_grad():
-        losses = [model(input_ids=b.to(device), labels=b.to(device)).loss.item() for b in val_blocks.split(s.batch_size)]
     metrics = {
-        "val_perplexity": math.exp(sum(losses) / len(losses)),
+        "val_perplexity": perplexity(model, val_blocks, s.batch_size, device),
+        "init_val_perplexity": init_perplexity,  # the pretrained model's, before SFT (sft.init); null from scratch
+        "init": str(init.name_or_path) if init else None,
         "unigram_perplexity": unigram_perplexity(train_blocks, val_blocks, len(tokenizer)),
         "train_tokens": int(train_blocks.numel()),
         "tokens_seen": int(trainer.global_step * s.batch_size * s.context),
@@ -138,6 +164,7 @@ def run(cfg) -> dict:
 
     save_hf_folder(cfg.save_to, model.cpu(), tokenizer)
     stop.done()
-    log.info("SFT policy saved to %s (val perplexity %.1f vs unigram %.1f)", cfg.save_to,
-             metrics["val_perplexity"], metrics["unigram_perplexity"])
+    log.info("SFT policy saved to %s (val perplexity %.1f vs unigram %.1f%s)", cfg.save_to,
+             metrics["val_perplexity"], metrics["unigram_perplexity"],
+             f"; {init_perplexity:.1f} before SFT" if init else "")
     return metrics

@@ -43,6 +43,9 @@ DECLARED_TYPES: dict[str, tuple] = {
     "trainer.process_group_backend": (str, None),
     "warp.grad_clip": (float, None),
     "policy.build": (str, None),
+    "sft.init.build": (str, None),
+    "sft.init": (dict, None),  # a pretrained model {name_or_path, build} to adapt, or null: GPT-2 from scratch
+    "policy.lora.target_modules": (str, list),  # all-linear, or a list of module names
     "reward_model.build": (str, None),
     "data.path": (str, None),  # data=file needs it (???); data=imdb: a local copy, null for the hub
     "reward_model.train_data_path": (str, None),
@@ -206,7 +209,25 @@ def validate_train_config(cfg) -> None:
         _int_at_least(cfg.eval, "eval", ("examples",), 0)
         check_min_new_tokens(cfg.eval, "eval")
     validate_trainer(cfg)
+    validate_lora(cfg)
     validate_model_paths(cfg)
+
+
+def validate_lora(cfg) -> None:
+    """policy.lora of `train`: rank 0 (off) or more, alpha > 0, target modules named, no FSDP with adapters."""
+    lora = cfg.policy.get("lora")
+    if lora is None:
+        return
+    _int_at_least(lora, "policy.lora", ("rank",), 0)
+    if lora.rank == 0:
+        return
+    _positive(lora, "policy.lora", ("alpha",))
+    targets = lora.target_modules
+    _check((isinstance(targets, str) and targets != "") or (isinstance(targets, ListConfig | list) and len(targets) > 0
+           and all(isinstance(t, str) for t in targets)), "policy.lora.target_modules", targets,
+           "name the adapted modules: all-linear, or a list such as [q_proj, v_proj]")
+    _check(cfg.trainer.get("strategy", "auto") != "fsdp", "trainer.strategy", "fsdp",
+           "LoRA adapters are not sharded: use trainer=ddp or ddp_runs with policy.lora.rank > 0, or rank 0")
 
 
 def check_min_new_tokens(block, name: str) -> None:
@@ -433,6 +454,10 @@ def validate_command(name: str, cfg, run_dir: str | None = None, text_sets: Iter
         _positive(s, "sft", ("lr",))
         validate_texts(s.corpus, "sft.corpus", text_sets)
         writable(str(Path(str(cfg.save_to)).parent), "save_to", "the trained policy is saved there")
+        if s.get("init") is not None:  # the pretrained model to adapt: a folder, a hub name or an offline build
+            validate_model_paths(OmegaConf.create({"sft.init": OmegaConf.to_container(s.init, resolve=True),
+                                                   "paths": OmegaConf.to_container(cfg.paths, resolve=True)}),
+                                 keys=("sft.init",))
     elif name == "reward":
         r = cfg.reward_training
         _int_at_least(r, "reward_training", ("batch_size", "epochs", "max_length", "eval_max_length"), 1)
