@@ -13,8 +13,9 @@ install:
 	$(BIN)/uv pip install $(UV_FLAGS) torch==2.13.0
 	$(BIN)/uv pip install $(UV_FLAGS) -e ".[dev]"
 
+# the whole suite, one process per core (at most 8; whole files per process: tests/conftest.py)
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 8 --dist loadfile --durations 15
 
 train:
 	$(BIN)/python -m warp_lightning train

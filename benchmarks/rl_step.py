@@ -3,12 +3,19 @@
     python benchmarks/rl_step.py                      # tiny and small, fp32, 5 timed steps each (`make bench`)
     python benchmarks/rl_step.py --device cuda --bf16 # tiny, small and the GPT-2 124M shape on the first GPU
     python benchmarks/rl_step.py --scaling            # our step against completions per step and model size
+    python benchmarks/rl_step.py --sizes smollm2,smollm2-lora --steps 3   # the SmolLM2-135M shape, full and LoRA
 
 A step: 16 prompts of 5-20 tokens, k = 4 completions each of exactly 32 new tokens sampled at temperature 1
 (EOS masked until then on both sides: `min_new_tokens` = 32, so that both do the same work),
 reward, log-probs of the policy and the anchor, RLOO loss with the KL folded into the reward, backward, grad
 clip, optimizer step, EMA update of the anchor. Both sides get a randomly initialised GPT-2 (the same weights,
 saved to one folder that both load), the real GPT-2 tokenizer, and the same reward model.
+
+`smollm2` is a random Llama of SmolLM2-135M's shape (30 layers, width 576, 9 heads with 3 KV heads, MLP 1536,
+tied embeddings; the GPT-2 tokenizer's 50,257 tokens for its 49,152). `smollm2-lora` trains LoRA adapters
+(r = 32, alpha = 64, every linear layer but the head) on both sides: ours through `policy/lora.py` (the EMA anchor
+moves toward W + dW), TRL through its `peft_config`, where the reference is the base model with the adapters
+disabled (TRL refuses an EMA reference with PEFT), so TRL does no EMA update and no anchor copy there.
 
 TRL is driven by `trainer.train()`; after each of its steps a callback runs one step of ours, so the two
 alternate in one process and share whatever else loads the machine. Our side calls the project's functions as
@@ -45,13 +52,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch.utils import flop_counter
-from transformers import DistilBertConfig, DistilBertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from warp_lightning.algo import rl
 from warp_lightning.data.assets import fetch
 from warp_lightning.data.prompts import left_pad
 from warp_lightning.policy.kernels import use_compiled_kernels
+from warp_lightning.policy.lora import DenseEMA, add_lora
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer
 from warp_lightning.policy.sampling import decode_texts, sample
 from warp_lightning.reward.scorer import RewardModel
@@ -61,7 +77,10 @@ SIZES = {  # name: (layers, width, heads)
     "tiny": (2, 128, 2),
     "small": (6, 384, 6),
     "gpt2": (12, 768, 12),  # the GPT-2 124M shape
+    "smollm2": (30, 576, 9),  # the SmolLM2-135M shape (a Llama: 3 KV heads, MLP 1536, tied embeddings)
+    "smollm2-lora": (30, 576, 9),  # the same, LoRA adapters only
 }
+LORA = OmegaConf.create({"rank": 32, "alpha": 64, "target_modules": "all-linear"})  # for sizes ending in -lora
 PHASES = ("generation", "reward", "forwards", "backward", "optimizer")
 GiB = 2**30
 
@@ -102,12 +121,18 @@ def make_prompts(tokenizer, work: Work, seed: int) -> list[list[int]]:
 
 
 def save_random_gpt2(size: str, tokenizer, folder: Path, seed: int) -> int:
-    """A randomly initialised GPT-2 of `size` (dropout off) saved with the tokenizer; returns its parameter count."""
+    """A randomly initialised GPT-2 of `size` (dropout off; a Llama for the SmolLM2 shapes) saved with the
+    tokenizer; returns its parameter count."""
     layers, width, heads = SIZES[size]
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, vocab_size=len(tokenizer), n_positions=1024,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config)
+    if size.startswith("smollm2"):
+        model = LlamaForCausalLM(LlamaConfig(
+            num_hidden_layers=layers, hidden_size=width, num_attention_heads=heads, num_key_value_heads=3,
+            intermediate_size=1536, vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=heads, vocab_size=len(tokenizer),
+                                           n_positions=1024, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return sum(p.numel() for p in model.parameters())
@@ -240,13 +265,19 @@ class WarpStep:
     """The project's RL step: `RLOOModule.training_step`, the optimizer step and the `EMAAnchor` update."""
 
     def __init__(self, model_dir: Path, reward_model: RewardModel, prompts: list[list[int]], work: Work,
-                 bf16: bool, seed: int, compiled: bool = True, device: str = "cpu", cuda_graphs: bool = True):
+                 bf16: bool, seed: int, compiled: bool = True, device: str = "cpu", cuda_graphs: bool = True,
+                 lora: bool = False):
         self.tokenizer = load_tokenizer(model_dir)
         self.policy = load_causal_lm(model_dir).to(device).eval()  # as training loads it
         self.anchor = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        self.dense_ema = None
+        if lora:  # as `train` with policy.lora.rank > 0: adapters in the policy, a dense anchor moved toward W + dW
+            self.policy = add_lora(self.policy, LORA)
+            self.dense_ema = DenseEMA(self.anchor, self.policy)
+        self.trained = [p for p in self.policy.parameters() if p.requires_grad]
         self.reward_model, self.work, self.bf16, self.compiled = reward_model, work, bf16, compiled
         self.device, self.cuda_graphs = device, cuda_graphs
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=work.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.optimizer = torch.optim.Adam(self.trained, lr=work.lr, betas=(0.9, 0.999), eps=1e-8)
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
         self.prompt_ids = ids.repeat_interleave(work.k, 0).to(device)
         self.prompt_mask = mask.repeat_interleave(work.k, 0).to(device)
@@ -270,10 +301,13 @@ class WarpStep:
         with probe("backward"):
             loss.backward()
         with probe("optimizer"):
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), w.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.trained, w.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            rl.ema_update_(list(self.anchor.parameters()), [p.detach() for p in self.policy.parameters()], w.mu)
+            if self.dense_ema is not None:
+                self.dense_ema.update_(w.mu)
+            else:
+                rl.ema_update_(list(self.anchor.parameters()), [p.detach() for p in self.policy.parameters()], w.mu)
         assert rollout.completion_mask.all() and rollout.completion_ids.shape[1] == w.new_tokens
         return probe
 
@@ -293,7 +327,7 @@ class WarpStep:
 
 
 def trl_trainer(model_dir: Path, reward: RewardModel, prompts, work: Work, max_steps: int, bf16: bool, seed: int,
-                callback, device: str = "cpu"):
+                callback, device: str = "cpu", lora: bool = False):
     """RLOOTrainer doing our step's work: one update per batch of 16 prompts x 4, exactly 32 new tokens."""
     from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
@@ -310,9 +344,16 @@ def trl_trainer(model_dir: Path, reward: RewardModel, prompts, work: Work, max_s
         temperature=1.0, top_p=1.0, top_k=0, beta=work.beta, learning_rate=work.lr, lr_scheduler_type="constant",
         max_grad_norm=work.grad_clip, max_steps=max_steps, disable_dropout=True,
         # the reference model moves like our EMA anchor: ref <- alpha * policy + (1 - alpha) * ref every step
-        sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=work.mu,
+        # (with PEFT, TRL's reference is the base model with the adapters disabled: no EMA possible)
+        sync_ref_model=not lora, ref_model_sync_steps=1, ref_model_mixup_alpha=work.mu,
     )
-    trainer = RLOOTrainer(model=str(model_dir), reward_funcs=[reward.model], args=args,
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA.rank, lora_alpha=LORA.alpha, target_modules=LORA.target_modules,
+                                 lora_dropout=0.0, task_type="CAUSAL_LM")
+    trainer = RLOOTrainer(model=str(model_dir), reward_funcs=[reward.model], args=args, peft_config=peft_config,
                           train_dataset=Dataset.from_dict({"prompt": texts * max_steps}),
                           processing_class=tokenizer, reward_processing_classes=[reward.tokenizer])
     trainer.add_callback(callback)  # after TRL's own SyncRefModelCallback: its EMA is inside the timed step
@@ -362,13 +403,14 @@ def child(args) -> None:
         model_dir = Path(tmp)
         save_random_gpt2(args.sizes, tokenizer, model_dir, args.seed)
         if args.child == "ours":
-            ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device)
+            ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device,
+                            lora=args.sizes.endswith("-lora"))
             start = current_memory(args.device)
             seconds = [sum(ours().seconds.values()) for _ in range(args.warmup + args.steps)][args.warmup:]
         else:
             callback = step_callback(device=args.device)
             trl_trainer(model_dir, reward, prompts, work, args.warmup + args.steps, args.bf16, args.seed,
-                        callback, args.device).train()
+                        callback, args.device, lora=args.sizes.endswith("-lora")).train()
             seconds, start = callback.seconds[args.warmup:], callback.start_rss
     print(json.dumps({"seconds": seconds, "peak": peak_memory(args.device), "start": start}))
 
@@ -416,7 +458,9 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> tup
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp)
         n_params = save_random_gpt2(size, tokenizer, model_dir, args.seed)
-        ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device)
+        lora = size.endswith("-lora")
+        ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device,
+                        lora=lora)
         timed = range(args.warmup, args.warmup + args.steps)
         phases, our_flops = [], {}
 
@@ -430,7 +474,7 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> tup
 
         callback = step_callback(our_step, flops_step=timed.stop, device=args.device)
         trainer = trl_trainer(model_dir, reward, prompts, work, timed.stop + 1, args.bf16, args.seed, callback,
-                              args.device)
+                              args.device, lora=lora)
         trl_generate = time_generate(trainer.model, args.device)  # one call per step
         trainer.train()
     trl_s = callback.seconds[timed.start : timed.stop]

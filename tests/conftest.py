@@ -1,14 +1,48 @@
 """Shared fixtures: one asset cache per machine (each registry file is downloaded at most once), and a
-tiny SFT policy and reward model trained through the CLI once per test session."""
+tiny SFT policy and reward model trained through the CLI once per test session.
+
+`make test` runs the suite in parallel (pytest-xdist, one process per core, whole files per process). The
+session fixtures that build something (`tiny_models`, `smoke_run`) build it once for all the processes: the
+first takes a lock and builds into the session's common folder, the others wait and reuse it. Each process
+computes with one thread (its CLI children too): the processes already share the cores.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest -n; None in a plain run
+if WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def pytest_configure(config):
+    if WORKER:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` once per test session, shared by the xdist processes (each waits for the one building)."""
+    from warp_lightning.utils.io import file_lock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if WORKER else base  # the workers' temp folders are siblings in the session's folder
+    folder, done = root / name, root / f".{name}.done"
+    with file_lock(root / f".{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +94,13 @@ def tiny_models(tmp_path_factory, asset_cache):
     if given and all((Path(given) / "models" / m / "model.safetensors").exists()
                      for m in ("sft_gpt2", "reward_minilm_rt")):
         return Path(given)
-    root = tmp_path_factory.mktemp("tiny")
-    models = root / "models"
-    cli("sft", *TINY_SFT, f"paths.models_dir={models}", f"hydra.run.dir={root / 'sft'}", cwd=root)
-    cli("reward", *TINY_REWARD, f"paths.models_dir={models}", f"hydra.run.dir={root / 'reward'}", cwd=root)
-    return root
+
+    def build(root: Path) -> None:
+        models = root / "models"
+        cli("sft", *TINY_SFT, f"paths.models_dir={models}", f"hydra.run.dir={root / 'sft'}", cwd=root)
+        cli("reward", *TINY_REWARD, f"paths.models_dir={models}", f"hydra.run.dir={root / 'reward'}", cwd=root)
+
+    return built_once(tmp_path_factory, "tiny", build)
 
 
 def warp_cfg(**overrides):
@@ -83,6 +119,7 @@ SMOKE_RUN = ["train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2"
 def smoke_run(tiny_models, tmp_path_factory):
     """One `train +experiment=smoke warp.iterations=1` on the tiny models, shared by the tests that only read a
     finished run (the run folder; `SMOKE_RUN` are its arguments, for tests that run the same command again)."""
-    root = tmp_path_factory.mktemp("smoke_run")
-    cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
-    return root / "run"
+    def build(root: Path) -> None:
+        cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
+
+    return built_once(tmp_path_factory, "smoke_run", build) / "run"
