@@ -204,6 +204,9 @@ def test_reproduce_smoke_writes_every_report(reproduced):
     assert "MDE" in (reports / "claims.md").read_text().split("\n\n")[-1]
     readme = (reports / "README.md").read_text()
     assert "![" in readme and "Experiment 1" in readme and "claims" in readme
+    completions = (reports / "sft_vs_warp.md").read_text().split("Completions of the first prompts")[1]
+    rows = [line for line in completions.splitlines() if line.startswith("| ") and "prompt |" not in line]
+    assert len(rows) == 4 and all(line.count(" / ") == 2 for line in rows)  # 4 prompts in subsample 0; SFT, WARP
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -78,7 +79,32 @@ def experiment1(evaluation_dir: Path) -> str:
             "disjoint seeded subsamples (each with its own sampling seed; one completion per prompt), the same prompts "
             "and sampling random numbers for every model. Means with the half-width of their 95% interval; "
             "differences to SFT are paired (per prompt) with their 95% interval "
-            f"({first.get('interval', 'Student t over subsamples')}).{judge_text} KL: {first['kl_estimator']}.")
+            f"({first.get('interval', 'Student t over subsamples')}).{judge_text} KL: {first['kl_estimator']}."
+            + completions_table(Path(evaluation_dir) / "completions.csv"))
+
+
+def completions_table(path: Path, n: int = 6) -> str:
+    """The completions of the first `n` prompts of the first subsample (the evaluation's order, not a choice), one
+    column per model, each with its proxy reward and judge score; empty without `completions.csv`."""
+    if not path.exists():
+        return ""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["subsample"] == "0" and r["sample"] == "0"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    by_prompt: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_index"], {})[r["model"]] = r
+    table = []
+    for cells in list(by_prompt.values())[:n]:
+        texts = [cells[m]["text"] for m in models if m in cells]
+        prompt = os.path.commonprefix(texts)
+        prompt = prompt[: prompt.rfind(" ") + 1] if " " in prompt else prompt  # back to a word boundary
+        table.append([prompt.strip()] + [
+            f"{cells[m]['text'][len(prompt):].strip()} ({float(cells[m]['reward']):.2f} / "
+            f"{float(cells[m]['judge']):.2f})" if m in cells else "" for m in models])
+    header = ["prompt", *[f"{m} continuation (proxy / judge)" for m in models]]
+    return ("\n\nCompletions of the first prompts of the first subsample (in the evaluation's order, not selected), "
+            "the same sampling random numbers for every model:\n\n" + markdown_table(header, table))
 
 
 # ---- experiment 2: the T sweep ---------------------------------------------------------------------------
