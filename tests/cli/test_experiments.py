@@ -206,7 +206,7 @@ def test_reproduce_smoke_writes_every_report(reproduced):
     assert "![" in readme and "Experiment 1" in readme and "claims" in readme
     completions = (reports / "sft_vs_warp.md").read_text().split("Completions of the first prompts")[1]
     rows = [line for line in completions.splitlines() if line.startswith("| ") and "prompt |" not in line]
-    assert len(rows) == 4 and all(line.count(" / ") == 2 for line in rows)  # 4 prompts in subsample 0; SFT, WARP
+    assert len(rows) == 4 and all(line.count(" / ") >= 2 for line in rows)  # 4 prompts in subsample 0; SFT, WARP
 
 
 @pytest.mark.slow
