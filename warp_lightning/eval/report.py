@@ -83,6 +83,11 @@ def experiment1(evaluation_dir: Path) -> str:
             + completions_table(Path(evaluation_dir) / "completions.csv"))
 
 
+def _one_line(text: str) -> str:
+    """`text` with each run of whitespace (newlines too) as one space: a markdown table cell."""
+    return " ".join(text.split())
+
+
 def completions_table(path: Path, n: int = 6) -> str:
     """The completions of the first `n` prompts of the first subsample (the evaluation's order, not a choice), one
     column per model, each with its proxy reward and judge score; empty without `completions.csv`."""
@@ -99,8 +104,8 @@ def completions_table(path: Path, n: int = 6) -> str:
         texts = [cells[m]["text"] for m in models if m in cells]
         prompt = os.path.commonprefix(texts)
         prompt = prompt[: prompt.rfind(" ") + 1] if " " in prompt else prompt  # back to a word boundary
-        table.append([prompt.strip()] + [
-            f"{cells[m]['text'][len(prompt):].strip()} ({float(cells[m]['reward']):.2f} / "
+        table.append([_one_line(prompt)] + [
+            f"{_one_line(cells[m]['text'][len(prompt):])} ({float(cells[m]['reward']):.2f} / "
             f"{float(cells[m]['judge']):.2f})" if m in cells else "" for m in models])
     header = ["prompt", *[f"{m} continuation (proxy / judge)" for m in models]]
     return ("\n\nCompletions of the first prompts of the first subsample (in the evaluation's order, not selected), "
