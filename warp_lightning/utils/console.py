@@ -18,6 +18,7 @@ WARNINGS = (
     r".*module\(s\) in eval mode.*",  # the anchor and the frozen reference are in eval mode on purpose
     r".*does not have many workers.*",  # prompts are a few token ids per step: no workers needed
     r".*`torch.jit.script_method` is deprecated.*",
+    r".*`past_key_values` is deprecated.*",  # transformers' rename, raised from inside torch's module call
     r".*The `srun` command is available on your system but is not used.*",
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*resuming from a checkpoint that ended before the epoch ended.*",  # sft/reward say it (utils/resume.py)
