@@ -10,7 +10,7 @@ elsewhere, and SLERP (per tensor), LITI and the saved folders act on dW; no adap
 (each loads as a plain `AutoModelForCausalLM`). Averaging A and B separately would not be this merge: the mean
 of products B_m A_m is not the product of means.
 
-The EMA anchor stays a dense model: after every step, `ema_dense_` moves each adapted matrix of the anchor
+The EMA anchor stays a dense model: after every step, `DenseEMA.update_` moves each adapted matrix of the anchor
 toward W + dW. The other tensors of the policy are frozen at theta_init, where the anchor starts, so the anchor
 is exactly theta_init + EMA(dW).
 """

@@ -27,8 +27,9 @@ class EMAAnchor(L.Callback):
 
     def on_fit_start(self, trainer, module):
         self._dense = DenseEMA(module.anchor, module.policy) if has_lora(module.policy) else None
-        self._anchor = [p for p in module.anchor.parameters()]
-        self._policy = [p.detach() for p in module.policy.parameters()]
+        if self._dense is None:
+            self._anchor = [p for p in module.anchor.parameters()]
+            self._policy = [p.detach() for p in module.policy.parameters()]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self._dense is not None:
@@ -92,7 +93,8 @@ class Snapshots(L.Callback):
             state = full_state(module.policy)  # a collective: every process gathers
             if trainer.is_global_zero:
                 save_policy(self.skeleton, state, self.tokenizer, path)
-        elif has_lora(module.policy) and (trainer.is_global_zero or isinstance(trainer.strategy, IndependentRunsStrategy)):
-            save_policy(self.skeleton, dense_state(module.policy), self.tokenizer, path)  # W + dW, no adapters
         elif trainer.is_global_zero or isinstance(trainer.strategy, IndependentRunsStrategy):
-            save_hf_folder(path, module.policy, self.tokenizer)
+            if has_lora(module.policy):
+                save_policy(self.skeleton, dense_state(module.policy), self.tokenizer, path)  # W + dW, no adapters
+            else:
+                save_hf_folder(path, module.policy, self.tokenizer)
