@@ -15,7 +15,7 @@ install:
 
 # the whole suite, one process per core (at most 8; whole files per process: tests/conftest.py)
 test:
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 8 --dist loadfile --durations 15
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 8 --dist loadfile --no-loadscope-reorder --durations 15
 
 train:
 	$(BIN)/python -m warp_lightning train

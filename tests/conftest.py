@@ -1,10 +1,12 @@
 """Shared fixtures: one asset cache per machine (each registry file is downloaded at most once), and a
 tiny SFT policy and reward model trained through the CLI once per test session.
 
-`make test` runs the suite in parallel (pytest-xdist, one process per core, whole files per process). The
-session fixtures that build something (`tiny_models`, `smoke_run`) build it once for all the processes: the
-first takes a lock and builds into the session's common folder, the others wait and reuse it. Each process
-computes with one thread (its CLI children too): the processes already share the cores.
+`make test` runs the suite in parallel (pytest-xdist, one process per core, whole files per process, the
+longest files first: `LONGEST_FIRST`). The session fixtures that build something (`tiny_models`, `smoke_run`,
+`smoke_run_i2`) build it once for all the processes: the first takes a lock and builds into the session's common
+folder, the others wait and reuse it. Every process computes with one thread (its CLI children too): tiny models
+gain nothing from a second one, the processes already share the cores, and runs compared bit for bit (DDP
+against sequential) need the same thread count in every process.
 """
 
 from __future__ import annotations
@@ -18,15 +20,27 @@ from pathlib import Path
 import pytest
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ... under pytest -n; None in a plain run
-if WORKER:
-    os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"
+
+# Files that take the longest (CLI runs), handed out first so that the xdist processes finish together (with
+# `--dist loadfile --no-loadscope-reorder`; xdist would otherwise start with the files holding the most tests).
+# The second one needs no tiny model: it runs while the first one's process builds them.
+LONGEST_FIRST = ("train/test_distributed.py", "cli/test_stops.py", "policy/test_smollm2.py", "cli/test_experiments.py",
+                 "cli/test_reliability.py", "cli/test_pipeline.py", "cli/test_smollm2_experiment.py")
 
 
 def pytest_configure(config):
-    if WORKER:
-        import torch
+    import torch
 
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.path.as_posix()
+        return next((k for k, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)), len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the order inside a file, and of the other files, is kept
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
@@ -86,21 +100,56 @@ def cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return proc
 
 
+def _given_models() -> Path | None:
+    given = os.environ.get("WARP_LIGHTNING_TEST_MODELS")
+    if given and all((Path(given) / "models" / m / "model.safetensors").exists() for m in ("sft_gpt2", "reward_minilm_rt")):
+        return Path(given)
+    return None
+
+
+SMOKE_RUN = ["train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2"]
+
+
+def first_use_train(root: Path) -> None:
+    """`SMOKE_RUN` on an empty models folder: `train` builds the tiny SFT policy and reward model itself (its
+    `sft` and `reward` children, with `TINY_SFT` and `TINY_REWARD`), then runs the loop into `root / "run"`."""
+    sft = "[" + ",".join(f'"{o}"' for o in TINY_SFT) + "]"
+    reward = "[" + ",".join(f'"{o}"' for o in TINY_REWARD) + "]"
+    cli(*SMOKE_RUN, f"paths.models_dir={root / 'models'}", f"policy.build_overrides={sft}",
+        f"reward_model.build_overrides={reward}", f"hydra.run.dir={root / 'run'}", cwd=root)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, asset_cache):
-    """A tiny SFT policy and a tiny reward model, trained through the CLI into one models folder (or those of
-    `WARP_LIGHTNING_TEST_MODELS`, built with the same settings: `make gpu-check` builds them once)."""
-    given = os.environ.get("WARP_LIGHTNING_TEST_MODELS")
-    if given and all((Path(given) / "models" / m / "model.safetensors").exists()
-                     for m in ("sft_gpt2", "reward_minilm_rt")):
-        return Path(given)
+    """A folder whose `models/` holds a tiny SFT policy and a tiny reward model, built by the first `train` on an
+    empty models folder (`first_use_train`: the main job on a fresh machine), whose run is also `smoke_run`.
+    `WARP_LIGHTNING_TEST_MODELS` names models built with the same settings instead (`make gpu-check`)."""
+    return _given_models() or built_once(tmp_path_factory, "tiny", first_use_train)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_models, tmp_path_factory):
+    """One `SMOKE_RUN` (`train +experiment=smoke warp.iterations=1`) on the tiny models, shared by the tests that
+    only read a finished run (the run folder; tests that run the same command again use `SMOKE_RUN`)."""
+    if _given_models() is None:
+        return tiny_models / "run"  # the first-use train
 
     def build(root: Path) -> None:
-        models = root / "models"
-        cli("sft", *TINY_SFT, f"paths.models_dir={models}", f"hydra.run.dir={root / 'sft'}", cwd=root)
-        cli("reward", *TINY_REWARD, f"paths.models_dir={models}", f"hydra.run.dir={root / 'reward'}", cwd=root)
+        cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
 
-    return built_once(tmp_path_factory, "tiny", build)
+    return built_once(tmp_path_factory, "smoke_run", build) / "run"
+
+
+SMOKE_RUN_I2 = ["train", "+experiment=smoke", "eval.prompts=4"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run_i2(tiny_models, tmp_path_factory):
+    """The whole smoke loop (I=2, M=2) sequentially: read by the pipeline test, compared with `trainer=ddp_runs`."""
+    def build(root: Path) -> None:
+        cli(*SMOKE_RUN_I2, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
+
+    return built_once(tmp_path_factory, "smoke_run_i2", build) / "run"
 
 
 def warp_cfg(**overrides):
@@ -110,16 +159,3 @@ def warp_cfg(**overrides):
     from warp_lightning.cli import CONF_DIR
 
     return OmegaConf.merge(OmegaConf.load(CONF_DIR / "warp" / "default.yaml"), overrides)
-
-
-SMOKE_RUN = ["train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2"]
-
-
-@pytest.fixture(scope="session")
-def smoke_run(tiny_models, tmp_path_factory):
-    """One `train +experiment=smoke warp.iterations=1` on the tiny models, shared by the tests that only read a
-    finished run (the run folder; `SMOKE_RUN` are its arguments, for tests that run the same command again)."""
-    def build(root: Path) -> None:
-        cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
-
-    return built_once(tmp_path_factory, "smoke_run", build) / "run"

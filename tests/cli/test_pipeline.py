@@ -5,13 +5,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOKE_RUN, TINY_REWARD, TINY_SFT, cli
+from conftest import SMOKE_RUN, _given_models, cli, first_use_train
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 pytestmark = pytest.mark.slow
 
+def build_metrics(models: Path, name: str) -> dict:
+    """metrics.json of the build of `name` that a first `train` ran (its run folder is next to the model)."""
+    return json.loads(next(models.glob(f".{name}.build-*/metrics.json")).read_text())
+
+
 def test_sft_writes_metrics_and_a_reloadable_policy(tiny_models):
-    metrics = json.loads((tiny_models / "sft" / "metrics.json").read_text())
+    metrics = build_metrics(tiny_models / "models", "sft_gpt2")
     assert metrics["steps"] == 3 and metrics["val_perplexity"] > 1 and metrics["unigram_perplexity"] > 1
     assert len(metrics["samples"]) == 3
     folder = tiny_models / "models" / "sft_gpt2"
@@ -23,7 +28,7 @@ def test_sft_writes_metrics_and_a_reloadable_policy(tiny_models):
 
 
 def test_reward_writes_metrics_and_a_reloadable_scorer(tiny_models):
-    metrics = json.loads((tiny_models / "reward" / "metrics.json").read_text())
+    metrics = build_metrics(tiny_models / "models", "reward_minilm_rt")
     for key in ("val_pair_accuracy", "sentences_accuracy", "reviews_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
     folder = tiny_models / "models" / "reward_minilm_rt"
@@ -31,10 +36,8 @@ def test_reward_writes_metrics_and_a_reloadable_scorer(tiny_models):
     assert model.config.num_labels == 1
 
 
-def test_smoke_experiment_runs_the_whole_loop_and_final_reloads(tiny_models, tmp_path):
-    run_dir = tmp_path / "run"
-    cli("train", "+experiment=smoke", f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run_dir}",
-        cwd=tmp_path)
+def test_smoke_experiment_runs_the_whole_loop_and_final_reloads(tiny_models, smoke_run_i2):
+    run_dir = smoke_run_i2
     for i in (1, 2):
         for kind in ("slerp", "init"):
             assert (run_dir / f"iter_{i}" / kind / "model.safetensors").exists()
@@ -154,14 +157,15 @@ def test_notebook_runs_against_smoke_outputs(smoke_run, monkeypatch):
     assert (smoke_run / "curves.png").stat().st_size > 10_000
 
 
-def test_train_builds_missing_models_on_first_use(asset_cache, tmp_path):
-    """The main job on a fresh machine: `train` runs `sft` and `reward` itself when their folders are missing."""
-    models = tmp_path / "models"
-    sft = "[" + ",".join(f'"{o}"' for o in TINY_SFT) + "]"
-    reward = "[" + ",".join(f'"{o}"' for o in TINY_REWARD) + "]"
-    cli("train", "+experiment=smoke", "warp.iterations=1", "eval.prompts=2", f"paths.models_dir={models}",
-        f"policy.build_overrides={sft}", f"reward_model.build_overrides={reward}",
-        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert (models / "sft_gpt2" / "model.safetensors").exists()
-    assert (models / "reward_minilm_rt" / "model.safetensors").exists()
-    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+def test_train_builds_missing_models_on_first_use(tiny_models, tmp_path):
+    """The main job on a fresh machine: `train` runs `sft` and `reward` itself when their folders are missing
+    (the suite's tiny models are built that way: conftest.first_use_train)."""
+    root = tiny_models
+    if _given_models():  # models built beforehand: run the first use here
+        root = tmp_path
+        first_use_train(root)
+    log = (root / "run" / "cli.log").read_text()
+    for kind, name, command in (("policy", "sft_gpt2", "sft"), ("reward_model", "reward_minilm_rt", "reward")):
+        assert (root / "models" / name / "model.safetensors").exists()
+        assert f"building it with `python -m warp_lightning {command}` (first use only)" in log, kind
+    assert (root / "run" / "final" / "model.safetensors").exists()

@@ -218,3 +218,168 @@ def test_preference_pairs(asset_cache):
     assert len(preference_pairs(unbalanced)) == 1
     with pytest.raises(ValueError, match="both labels"):
         preference_pairs(Dataset.from_dict({"text": ["a"], "label": [1]}))
+
+
+# ---- the held-out prompts' disk cache ----------------------------------------------------------------------
+
+WORDS = "the film plot actor scene story ending music light camera long slow bright quiet dull warm".split()
+
+
+def _write_texts(path: Path, lead: str = "Text", n: int = 60) -> Path:
+    """`n` texts of two to four sentences of varied words (one per line), each starting with `lead`; every third
+    one also holds a sentence that is in other texts too (a held-out one shares it with train texts)."""
+    import random
+
+    rng = random.Random(0)
+    lines = [f"{lead} {i}: " + " ".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))).capitalize()
+                                         + "." for _ in range(rng.randint(2, 4)))
+             + " The camera stays on the actor through the whole quiet scene." * (i % 3 == 0) for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _file_splits(tokenizer, cache, path, seed=0, **kw):
+    args = {"min_tokens": 4, "max_tokens": 9, "heldout": "sentences", "per_text": 3, "exclude_seen": ["train"]} | kw
+    return prompt_splits("file", tokenizer, args.pop("min_tokens"), args.pop("max_tokens"), seed, cache=cache,
+                         path=path, **args)
+
+
+def _heldout(splits) -> tuple[dict, dict]:
+    return splits.validation.to_dict(), splits.test.to_dict()
+
+
+@pytest.fixture
+def count_heldout(monkeypatch):
+    """Counts the calls of `_heldout_rows` (the work the cache saves); `.fail = True` makes a call raise."""
+    from warp_lightning.data import prompts
+
+    real = prompts._heldout_rows
+
+    def counted(*args, **kwargs):
+        assert not counted.fail, "held-out prompts computed again: the cache was not used"
+        counted.calls += 1
+        return real(*args, **kwargs)
+
+    counted.calls, counted.fail = 0, False
+    monkeypatch.setattr(prompts, "_heldout_rows", counted)
+    return counted
+
+
+def test_held_out_prompts_are_read_back_from_the_cache(asset_cache, gpt2_tokenizer, tmp_path, monkeypatch, caplog,
+                                                       count_heldout):
+    """The default data config: a second call reads the held-out prompts back (same rows, same log lines plus one
+    naming the cache file), and they equal those computed with the cache off."""
+    from omegaconf import OmegaConf
+
+    from warp_lightning.data import prompts
+
+    monkeypatch.setattr(prompts, "prompt_cache_dir", lambda cache: tmp_path / "prompts")
+    data = OmegaConf.load(REPO / "conf" / "data" / "reviews.yaml")
+
+    def call():
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="warp_lightning.data.prompts"):
+            splits = splits_for(data, gpt2_tokenizer, seed=0, cache=asset_cache)
+        return splits, [r.getMessage() for r in caplog.records if r.name == "warp_lightning.data.prompts"]
+
+    first, computed_log = call()
+    files = list((tmp_path / "prompts").glob("heldout-*.json"))
+    assert len(files) == 1 and count_heldout.calls == 1
+    assert any("held-out prompts dropped" in m for m in computed_log)
+    count_heldout.fail = True
+    second, read_log = call()
+    assert _heldout(second) == _heldout(first)
+    assert second.train.to_dict() == first.train.to_dict()
+    assert read_log == [f"reviews held-out prompts: read from the cache {files[0]} (computed once for these "
+                        "settings)", *computed_log]
+
+    count_heldout.fail = False
+    monkeypatch.setenv(prompts.PROMPT_CACHE_ENV, "0")
+    written = files[0].stat().st_mtime_ns
+    uncached, uncached_log = call()
+    assert count_heldout.calls == 2 and uncached_log == computed_log
+    assert _heldout(uncached) == _heldout(first)
+    assert list((tmp_path / "prompts").glob("heldout-*.json")) == files and files[0].stat().st_mtime_ns == written
+
+
+def test_a_changed_setting_or_tokenizer_misses_the_cache(tmp_path, asset_cache, gpt2_tokenizer, count_heldout):
+    from transformers import AutoTokenizer
+
+    from warp_lightning.data import prompts
+    from warp_lightning.data.assets import fetch
+
+    path = _write_texts(tmp_path / "texts.txt")
+    cached = lambda: sorted((tmp_path / "prompts").glob("heldout-*.json"))  # noqa: E731
+    base = _heldout(_file_splits(gpt2_tokenizer, tmp_path, path))
+    assert len(cached()) == 1 and count_heldout.calls == 1
+    for n, change in enumerate([{"max_tokens": 10}, {"exclude_seen": []}, {"per_text": 2},
+                                {"validation_fraction": 0.5}, {"heldout": "first"}], start=2):
+        other = _heldout(_file_splits(gpt2_tokenizer, tmp_path, path, **change))
+        assert len(cached()) == n and count_heldout.calls == n, change
+        assert other != base, change
+    other_tokenizer = AutoTokenizer.from_pretrained(fetch("gpt2_tokenizer", cache=asset_cache))
+    other_tokenizer.add_tokens(["film plot"])  # same name_or_path, other tokens
+    _file_splits(other_tokenizer, tmp_path, path)
+    assert len(cached()) == 7 and count_heldout.calls == 7
+    count_heldout.fail = True  # the first settings are still cached
+    assert _heldout(_file_splits(gpt2_tokenizer, tmp_path, path)) == base
+    # the hub's imdb (online) is never cached
+    settings = {"name": "imdb", "min_tokens": 5, "max_tokens": 20, "heldout": "first", "per_text": 1,
+                "validation_fraction": 0.5, "exclude_seen": []}
+    assert prompts._heldout_cache_entry(settings, gpt2_tokenizer, tmp_path, None) == (None, None)
+    assert prompts._heldout_cache_entry({**settings, "name": "file", "exclude_seen": ["imdb"]}, gpt2_tokenizer,
+                                        tmp_path, path) == (None, None)
+
+
+def test_an_edited_text_file_misses_the_cache(tmp_path, gpt2_tokenizer, count_heldout, monkeypatch):
+    import os
+
+    from warp_lightning.data import prompts
+
+    path = _write_texts(tmp_path / "texts.txt", "Text")
+    before = _file_splits(gpt2_tokenizer, tmp_path, path)
+    assert any(p.startswith("Text ") for p in [*before.validation["prompt"], *before.test["prompt"]])
+    size, mtime = path.stat().st_size, path.stat().st_mtime_ns
+    _write_texts(path, "Line")  # other texts of the same size: only the modification time tells
+    os.utime(path, ns=(mtime + 10**9, mtime + 10**9))
+    assert path.stat().st_size == size
+    after = _file_splits(gpt2_tokenizer, tmp_path, path)
+    assert count_heldout.calls == 2 and len(list((tmp_path / "prompts").glob("heldout-*.json"))) == 2
+    held = [*after.validation["prompt"], *after.test["prompt"]]
+    assert any(p.startswith("Line ") for p in held) and not any("Text" in p for p in held)
+    assert all(p.startswith("Line ") for p in after.train["prompt"])
+    monkeypatch.setenv(prompts.PROMPT_CACHE_ENV, "0")
+    assert _heldout(_file_splits(gpt2_tokenizer, tmp_path, path)) == _heldout(after)
+
+
+def test_a_corrupt_cache_file_is_computed_again_and_replaced(tmp_path, gpt2_tokenizer, count_heldout, caplog):
+    import json
+
+    path = _write_texts(tmp_path / "texts.txt")
+    first = _heldout(_file_splits(gpt2_tokenizer, tmp_path, path))
+    (file,) = (tmp_path / "prompts").glob("heldout-*.json")
+    good = file.read_bytes()
+    broken_column = json.dumps({**json.loads(good), "test": {"prompt": 3}}).encode()  # the right key, bad rows
+    for garbage in (b"\x00\xff\xfe not json", good[: len(good) // 2], b"[]", broken_column):
+        file.write_bytes(garbage)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="warp_lightning.data.prompts"):
+            assert _heldout(_file_splits(gpt2_tokenizer, tmp_path, path)) == first
+        assert [r.getMessage().split(" (")[0] for r in caplog.records if r.levelno == logging.WARNING] == [
+            f"ignoring the unreadable held-out prompt cache {file}"]
+        assert json.loads(file.read_bytes()) == json.loads(good)
+    assert count_heldout.calls == 5
+    assert not [p for p in file.parent.iterdir() if p != file]  # no temporary file left behind
+    count_heldout.fail = True
+    assert _heldout(_file_splits(gpt2_tokenizer, tmp_path, path)) == first
+
+
+def test_train_prompts_still_follow_the_seed_when_held_out_ones_are_cached(tmp_path, gpt2_tokenizer,
+                                                                           count_heldout):
+    path = _write_texts(tmp_path / "texts.txt")
+    a = _file_splits(gpt2_tokenizer, tmp_path, path, seed=0)
+    count_heldout.fail = True
+    b = _file_splits(gpt2_tokenizer, tmp_path, path, seed=1)
+    assert a.train["input_ids"] != b.train["input_ids"]
+    assert a.train.to_dict() == _file_splits(gpt2_tokenizer, tmp_path, path, seed=0).train.to_dict()
+    assert _heldout(a) == _heldout(b) and len(a.validation) and len(a.test)

@@ -17,20 +17,35 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 
 
+ONE_ITERATION = ("warp.iterations=1", "warp.checkpoint_every=1")  # a checkpoint each step: the resume test
+
+
 def smoke(tiny_models, run_dir, *extra):
     return ["train", "+experiment=smoke", "eval.prompts=4", f"paths.models_dir={tiny_models / 'models'}",
             f"hydra.run.dir={run_dir}", *extra]
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    # the same matmul thread count in every process, so that floating-point sums run in the same order
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+# Every process computes with one thread (conftest): the same matmul thread count in every process, so that
+# floating-point sums run in the same order.
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_models, tmp_path_factory):
+    """One iteration of the smoke loop with `trainer=ddp` (each step split over 2 processes)."""
+    run_dir = tmp_path_factory.mktemp("ddp") / "run"
+    cli(*smoke(tiny_models, run_dir, "trainer=ddp", *ONE_ITERATION), cwd=run_dir.parent)
+    return run_dir
 
 
-def test_ddp_runs_trains_the_m_runs_in_parallel_and_merges_bit_identically(tiny_models, tmp_path, one_thread):
-    sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
-    cli(*smoke(tiny_models, sequential), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def fsdp_run(tiny_models, tmp_path_factory):
+    """The same with `trainer=fsdp`: compared with `ddp_run`, and the uninterrupted run of the resume test."""
+    run_dir = tmp_path_factory.mktemp("fsdp") / "run"
+    cli(*smoke(tiny_models, run_dir, "trainer=fsdp", *ONE_ITERATION), cwd=run_dir.parent)
+    return run_dir
+
+
+def test_ddp_runs_trains_the_m_runs_in_parallel_and_merges_bit_identically(tiny_models, smoke_run_i2, tmp_path):
+    sequential, parallel = smoke_run_i2, tmp_path / "parallel"  # conftest.SMOKE_RUN_I2: the same run, sequential
     cli(*smoke(tiny_models, parallel, "trainer=ddp_runs"), cwd=tmp_path)
     for folder in ("iter_1/slerp", "iter_1/init", "iter_2/slerp", "final"):
         a = load_file(sequential / folder / "model.safetensors")
@@ -45,13 +60,11 @@ def test_ddp_runs_trains_the_m_runs_in_parallel_and_merges_bit_identically(tiny_
         assert (parallel / "logs" / run / "metrics.csv").read_text().count("\n") >= 4, run
 
 
-def test_ddp_splits_each_step_over_two_processes(tiny_models, tmp_path, one_thread):
-    run_dir = tmp_path / "ddp"
-    cli(*smoke(tiny_models, run_dir, "trainer=ddp", "warp.iterations=1"), cwd=tmp_path)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+def test_ddp_splits_each_step_over_two_processes(tiny_models, ddp_run):
+    manifest = json.loads((ddp_run / "manifest.json").read_text())
     assert manifest["processes"] == 2 and [r["steps"] for r in manifest["runs"]] == [3, 3]
-    assert (run_dir / "train_ddp_process_1.log").exists()  # the second process ran the same job
-    final = load_file(run_dir / "final" / "model.safetensors")
+    assert (ddp_run / "train_ddp_process_1.log").exists()  # the second process ran the same job
+    final = load_file(ddp_run / "final" / "model.safetensors")
     sft = load_file(tiny_models / "models" / "sft_gpt2" / "model.safetensors")
     assert any(not torch.equal(final[k], sft[k]) for k in final if k in sft)
 
@@ -60,10 +73,8 @@ def output(proc) -> str:
     return proc.stdout + proc.stderr  # Hydra's job log goes to stdout
 
 
-def test_fsdp_shards_every_weight_and_trains_exactly_like_ddp(tiny_models, tmp_path, one_thread):
-    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
-    cli(*smoke(tiny_models, ddp, "trainer=ddp", "warp.iterations=1"), cwd=tmp_path)
-    cli(*smoke(tiny_models, fsdp, "trainer=fsdp", "warp.iterations=1"), cwd=tmp_path)
+def test_fsdp_shards_every_weight_and_trains_exactly_like_ddp(ddp_run, fsdp_run):
+    ddp, fsdp = ddp_run, fsdp_run
     logs = (fsdp / "cli.log").read_text() + (fsdp / "train_ddp_process_1.log").read_text()
     held = {int(r): (int(n), int(total)) for r, n, total in
             re.findall(r"fsdp: process (\d) holds (\d+) of the (\d+) weights", logs)}
@@ -83,10 +94,9 @@ def test_fsdp_shards_every_weight_and_trains_exactly_like_ddp(tiny_models, tmp_p
     assert json.loads((fsdp / "manifest.json").read_text())["processes"] == 2
 
 
-def test_fsdp_resumes_after_sigkill_bit_identically(tiny_models, tmp_path, one_thread):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    args = ("trainer=fsdp", "warp.iterations=1", "warp.checkpoint_every=1")
-    cli(*smoke(tiny_models, whole, *args), cwd=tmp_path)
+def test_fsdp_resumes_after_sigkill_bit_identically(tiny_models, fsdp_run, tmp_path):
+    whole, broken = fsdp_run, tmp_path / "broken"
+    args = ("trainer=fsdp", *ONE_ITERATION)
     proc = subprocess.Popen([sys.executable, "-m", "warp_lightning", *smoke(tiny_models, broken, *args)],
                             cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import bisect
 import collections
+import functools
+import hashlib
 import html
+import json
 import logging
+import os
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -17,7 +21,9 @@ import numpy as np
 import torch
 
 from warp_lightning import UserError
+from warp_lightning.data.assets import ASSETS, cache_dir
 from warp_lightning.data.texts import load_texts, normalize_text, split_indices
+from warp_lightning.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +271,103 @@ def _dataset(columns: dict):
     return Dataset.from_dict(columns, features=features)
 
 
+def _heldout_splits(name: str, train_texts, tokenizer, cache, path, *, min_tokens: int, max_tokens: int,
+                    heldout: str, per_text: int, validation_fraction: float,
+                    exclude_seen: list[str]) -> tuple[dict, dict, dict]:
+    """The validation and test prompt columns of `prompt_splits`, and the counts of what was dropped and why."""
+    held = load_texts(name, "test", cache, path)
+    texts, labels = list(held["text"]), list(held["label"])
+    seen_texts = [t for s in exclude_seen
+                  for t in (train_texts if s == "train" else load_texts(s, None, cache))["text"]]
+    columns, dropped = _heldout_rows(texts, labels, heldout, per_text, tokenizer, min_tokens, max_tokens,
+                                     seen_texts, list(train_texts["text"]))
+    test_rows, validation_rows = split_indices(labels, validation_fraction, HELDOUT_SEED)
+    in_validation = set(validation_rows)
+    parts = {"validation": [k for k, i in enumerate(columns["source_index"]) if i in in_validation]}
+    validation_keys = {normalize_text(columns["prompt"][k]) for k in parts["validation"]}
+    parts["test"] = [k for k, i in enumerate(columns["source_index"]) if i not in in_validation
+                     and normalize_text(columns["prompt"][k]) not in validation_keys]
+    dropped_test = sum(i not in in_validation for i in columns["source_index"]) - len(parts["test"])
+    if dropped_test:
+        dropped["test prompt equal to a validation prompt"] = dropped_test
+    validation, test = ({c: [v[k] for k in parts[split]] for c, v in columns.items()}
+                        for split in ("validation", "test"))
+    return validation, test, dropped
+
+
+# ---- the held-out prompts' disk cache ----------------------------------------------------------------------
+
+PROMPT_CACHE_ENV = "WARP_LIGHTNING_PROMPT_CACHE"  # "0" turns the cache of held-out prompts off
+
+
+def prompt_cache_dir(cache: str | Path | None) -> Path:
+    """The folder of cached held-out prompts: `<assets cache>/prompts` (`cache`, else `assets.cache_dir()`)."""
+    return (Path(str(cache)).expanduser() if cache else cache_dir()) / "prompts"
+
+
+@functools.cache
+def _code_digest() -> str:
+    """sha256 of the source of this module and of data/texts.py: an edit to either invalidates the cache."""
+    here = Path(__file__)
+    return hashlib.sha256(here.read_bytes() + here.with_name("texts.py").read_bytes()).hexdigest()
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """sha256 of what a tokenizer encodes and decodes with: its whole definition (vocabulary, merges, normaliser,
+    pre-tokeniser) where it is a fast one, else its vocabulary; and its special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(json.dumps([spec, tokenizer.special_tokens_map], sort_keys=True).encode()).hexdigest()
+
+
+def _files(path) -> list:
+    """[resolved path, size, mtime_ns] of the file `path`, or of every file under the folder `path`."""
+    root = Path(path).expanduser().resolve()
+    found = sorted(root.rglob("*")) if root.is_dir() else [root]
+    return [[str(p), s.st_size, s.st_mtime_ns] for p in found if p.is_file() for s in [p.stat()]]
+
+
+def _heldout_cache_entry(settings: dict, tokenizer, cache, path) -> tuple[Path, dict] | tuple[None, None]:
+    """The cache file and the key (everything the held-out prompts depend on) of `settings`; (None, None) when
+    the cache is off or cannot tell when its entry is stale (the hub's `imdb`, online)."""
+    online = "imdb" in settings["exclude_seen"] or (settings["name"] == "imdb" and not path)
+    if os.environ.get(PROMPT_CACHE_ENV, "1").strip().lower() in ("0", "false", "no", "off") or online:
+        return None, None
+    from importlib.metadata import version
+
+    key = {"settings": settings, "tokenizer": [type(tokenizer).__name__, _tokenizer_digest(tokenizer)],
+           # the user's texts (stat before they are read: an edit meanwhile misses next time); fetched assets
+           # never change in place, their checksums name their content
+           "files": _files(path) if path and settings["name"] in ("file", "imdb") else None,
+           "assets": {a: ASSETS[a].sha256 for a in ("pang_lee", "rt_snippets")},  # what `load_texts` reads
+           "code": _code_digest(), "libraries": {m: version(m) for m in ("numpy", "tokenizers", "transformers")}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return prompt_cache_dir(cache) / f"heldout-{digest[:16]}.json", key
+
+
+def _read_heldout(file: Path, key: dict):
+    """The (validation, test, dropped) saved in `file` for `key`, or None: no such file, another key, or a file
+    that cannot be read (logged; it is computed and written again)."""
+    try:
+        saved = json.loads(file.read_bytes())
+        if saved["key"] != key:
+            return None
+        return _dataset(saved["validation"]), _dataset(saved["test"]), dict(saved["dropped"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        log.warning("ignoring the unreadable held-out prompt cache %s (%s: %s)", file, type(err).__name__, err)
+        return None
+
+
+def _write_heldout(file: Path, key: dict, validation: dict, test: dict, dropped: dict) -> None:
+    data = {"key": key, "validation": validation, "test": test, "dropped": dropped}
+    try:
+        atomic_write_bytes(file, json.dumps(data, separators=(",", ":")).encode())
+    except OSError as err:  # a read-only or full cache folder: the run goes on without the cache
+        log.warning("could not write the held-out prompt cache %s (%s)", file, err)
+
+
 def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: int,
                   cache: str | Path | None = None, path: str | Path | None = None, *, heldout: str = "first",
                   per_text: int = 1, validation_fraction: float = VALIDATION_FRACTION,
@@ -282,6 +385,12 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
     texts of `name`), a held-out prompt equal to the start of a train text (a train prompt for some length), and a
     repeated prompt are dropped; validation and test prompts come from different texts, and a test prompt equal to
     a validation prompt is dropped too. Each count is logged.
+
+    The held-out prompts (seconds of work: the seen-text check) are computed once and kept in
+    `<cache>/prompts/heldout-<key>.json` (`prompt_cache_dir`); the key covers the arguments, the tokenizer's
+    definition, the size and modification time of the user's files (`file`, a local `imdb`), the assets' checksums
+    and the source of this module and of data/texts.py, so a later call reads the same prompts and counts back.
+    The hub's `imdb` is not cached; `WARP_LIGHTNING_PROMPT_CACHE=0` turns the cache off.
     """
     if heldout not in ("first", "sentences"):
         raise UserError(f"data.heldout_prompts={heldout!r} is invalid: choose first or sentences")
@@ -292,31 +401,27 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
     if min_tokens < 1 or min_tokens > max_tokens:
         raise UserError(f"data.min_prompt_tokens={min_tokens} is invalid: must be between 1 and "
                         f"data.max_prompt_tokens={max_tokens}")
+    settings = {"min_tokens": int(min_tokens), "max_tokens": int(max_tokens), "heldout": heldout,
+                "per_text": per_text, "validation_fraction": float(validation_fraction),
+                "exclude_seen": [str(s) for s in exclude_seen]}
+    file, key = _heldout_cache_entry({"name": name, **settings}, tokenizer, cache, path)
     train_texts = load_texts(name, "train", cache, path)
     train = make_prompts(train_texts, tokenizer, min_tokens, max_tokens, seed)
-    held = load_texts(name, "test", cache, path)
-    texts, labels = list(held["text"]), list(held["label"])
-    seen_texts = [t for s in exclude_seen
-                  for t in (train_texts if str(s) == "train" else load_texts(str(s), None, cache))["text"]]
-    columns, dropped = _heldout_rows(texts, labels, heldout, per_text, tokenizer, min_tokens, max_tokens,
-                                     seen_texts, list(train_texts["text"]))
-    test_rows, validation_rows = split_indices(labels, validation_fraction, HELDOUT_SEED)
-    in_validation = set(validation_rows)
-    parts = {"validation": [k for k, i in enumerate(columns["source_index"]) if i in in_validation]}
-    validation_keys = {normalize_text(columns["prompt"][k]) for k in parts["validation"]}
-    parts["test"] = [k for k, i in enumerate(columns["source_index"]) if i not in in_validation
-                     and normalize_text(columns["prompt"][k]) not in validation_keys]
-    dropped_test = sum(i not in in_validation for i in columns["source_index"]) - len(parts["test"])
-    if dropped_test:
-        dropped["test prompt equal to a validation prompt"] = dropped_test
-    validation, test = ({c: [v[k] for k in parts[split]] for c, v in columns.items()}
-                        for split in ("validation", "test"))
+    held = _read_heldout(file, key) if file else None
+    if held is not None:
+        log.info("%s held-out prompts: read from the cache %s (computed once for these settings)", name, file)
+    else:
+        columns = _heldout_splits(name, train_texts, tokenizer, cache, path, **settings)
+        if file:
+            _write_heldout(file, key, *columns)
+        held = _dataset(columns[0]), _dataset(columns[1]), columns[2]
+    validation, test, dropped = held
     if dropped:
         log.info("%s held-out prompts dropped: %s", name, ", ".join(f"{n} {why}" for why, n in dropped.items()))
     log.info("%s prompts of %d-%d tokens: %d train, %d validation (from %d texts), %d test (from %d texts)", name,
-             min_tokens, max_tokens, len(train), len(validation["prompt"]), len(set(validation["source_index"])),
-             len(test["prompt"]), len(set(test["source_index"])))
-    return PromptSplits(train, _dataset(validation), _dataset(test))
+             min_tokens, max_tokens, len(train), len(validation), len(set(validation["source_index"])),
+             len(test), len(set(test["source_index"])))
+    return PromptSplits(train, validation, test)
 
 
 def splits_for(data, tokenizer, seed: int, cache: str | Path | None = None) -> PromptSplits:
