@@ -383,3 +383,22 @@ def test_train_prompts_still_follow_the_seed_when_held_out_ones_are_cached(tmp_p
     assert a.train["input_ids"] != b.train["input_ids"]
     assert a.train.to_dict() == _file_splits(gpt2_tokenizer, tmp_path, path, seed=0).train.to_dict()
     assert _heldout(a) == _heldout(b) and len(a.validation) and len(a.test)
+
+
+def test_writing_an_entry_removes_those_of_another_code_version(tmp_path, gpt2_tokenizer, count_heldout, monkeypatch):
+    from warp_lightning.data import prompts
+
+    path = _write_texts(tmp_path / "texts.txt")
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    stale = [folder / "heldout-00000000-0123456789abcdef.json", folder / "heldout-0123456789abcdef.json"]
+    for f in stale:
+        f.write_text("{}")
+    first = _heldout(_file_splits(gpt2_tokenizer, tmp_path, path))
+    (current,) = folder.glob("heldout-*.json")  # the stale entries are gone
+    assert current.name.startswith(f"heldout-{prompts._code_digest()[:8]}-")
+    other = _heldout(_file_splits(gpt2_tokenizer, tmp_path, path, max_tokens=10))  # same code: both entries stay
+    assert len(list(folder.glob("heldout-*.json"))) == 2 and other != first
+    monkeypatch.setattr(prompts, "_code_digest", lambda: "f" * 64)  # the code changed: computed again, old removed
+    assert _heldout(_file_splits(gpt2_tokenizer, tmp_path, path)) == first and count_heldout.calls == 3
+    assert [f.name.split("-")[1] for f in folder.glob("heldout-*.json")] == ["ffffffff"]

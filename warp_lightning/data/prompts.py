@@ -342,7 +342,7 @@ def _heldout_cache_entry(settings: dict, tokenizer, cache, path) -> tuple[Path, 
            "assets": {a: ASSETS[a].sha256 for a in ("pang_lee", "rt_snippets")},  # what `load_texts` reads
            "code": _code_digest(), "libraries": {m: version(m) for m in ("numpy", "tokenizers", "transformers")}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return prompt_cache_dir(cache) / f"heldout-{digest[:16]}.json", key
+    return prompt_cache_dir(cache) / f"heldout-{key['code'][:8]}-{digest[:16]}.json", key
 
 
 def _read_heldout(file: Path, key: dict):
@@ -361,9 +361,13 @@ def _read_heldout(file: Path, key: dict):
 
 
 def _write_heldout(file: Path, key: dict, validation: dict, test: dict, dropped: dict) -> None:
+    """Write the entry, and remove those of another version of the code (named by their code digest: stale)."""
     data = {"key": key, "validation": validation, "test": test, "dropped": dropped}
     try:
         atomic_write_bytes(file, json.dumps(data, separators=(",", ":")).encode())
+        for old in file.parent.glob("heldout-*.json"):
+            if old.name.split("-")[1] != key["code"][:8]:
+                old.unlink(missing_ok=True)
     except OSError as err:  # a read-only or full cache folder: the run goes on without the cache
         log.warning("could not write the held-out prompt cache %s (%s)", file, err)
 
@@ -387,10 +391,11 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
     a validation prompt is dropped too. Each count is logged.
 
     The held-out prompts (seconds of work: the seen-text check) are computed once and kept in
-    `<cache>/prompts/heldout-<key>.json` (`prompt_cache_dir`); the key covers the arguments, the tokenizer's
-    definition, the size and modification time of the user's files (`file`, a local `imdb`), the assets' checksums
-    and the source of this module and of data/texts.py, so a later call reads the same prompts and counts back.
-    The hub's `imdb` is not cached; `WARP_LIGHTNING_PROMPT_CACHE=0` turns the cache off.
+    `<cache>/prompts/heldout-<code>-<key>.json` (`prompt_cache_dir`); the key covers the arguments, the
+    tokenizer's definition, the size and modification time of the user's files (`file`, a local `imdb`), the
+    assets' checksums and the source of this module and of data/texts.py, so a later call reads the same prompts
+    and counts back. Writing an entry removes those of another version of the code. The hub's `imdb` is not
+    cached; `WARP_LIGHTNING_PROMPT_CACHE=0` turns the cache off.
     """
     if heldout not in ("first", "sentences"):
         raise UserError(f"data.heldout_prompts={heldout!r} is invalid: choose first or sentences")
