@@ -127,17 +127,21 @@ def tiny_models(tmp_path_factory, asset_cache):
     return _given_models() or built_once(tmp_path_factory, "tiny", first_use_train)
 
 
+def shared_run(tmp_path_factory, name: str, tiny_models: Path, args) -> Path:
+    """The CLI `args` on the tiny models, run once per test session for all processes: its run folder."""
+    def build(root: Path) -> None:
+        cli(*args, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
+
+    return built_once(tmp_path_factory, name, build) / "run"
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tiny_models, tmp_path_factory):
     """One `SMOKE_RUN` (`train +experiment=smoke warp.iterations=1`) on the tiny models, shared by the tests that
     only read a finished run (the run folder; tests that run the same command again use `SMOKE_RUN`)."""
     if _given_models() is None:
         return tiny_models / "run"  # the first-use train
-
-    def build(root: Path) -> None:
-        cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
-
-    return built_once(tmp_path_factory, "smoke_run", build) / "run"
+    return shared_run(tmp_path_factory, "smoke_run", tiny_models, SMOKE_RUN)
 
 
 SMOKE_RUN_I2 = ["train", "+experiment=smoke", "eval.prompts=4"]
@@ -146,10 +150,7 @@ SMOKE_RUN_I2 = ["train", "+experiment=smoke", "eval.prompts=4"]
 @pytest.fixture(scope="session")
 def smoke_run_i2(tiny_models, tmp_path_factory):
     """The whole smoke loop (I=2, M=2) sequentially: read by the pipeline test, compared with `trainer=ddp_runs`."""
-    def build(root: Path) -> None:
-        cli(*SMOKE_RUN_I2, f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={root / 'run'}", cwd=root)
-
-    return built_once(tmp_path_factory, "smoke_run_i2", build) / "run"
+    return shared_run(tmp_path_factory, "smoke_run_i2", tiny_models, SMOKE_RUN_I2)
 
 
 def warp_cfg(**overrides):

@@ -3,7 +3,6 @@ smoke settings, the analysis notebook, and W&B's offline record of each run's re
 
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -173,10 +172,7 @@ def reproduced(tiny_models, tmp_path_factory):
     proc = subprocess.run(["make", "-s", "-C", str(REPO), "reproduce", "REPRO=smoke", f"REPRO_DIR={root}",
                            f"REPORTS={root / 'reports'}", f"BIN={Path(sys.executable).parent}",
                            f"REPRO_ARGS=paths.models_dir={tiny_models / 'models'}"],
-                          capture_output=True, text=True,
-                          # one thread: tiny models gain nothing from two, and two OpenMP threads spin-wait for
-                          # minutes when other processes share the 2 cores
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True)  # one thread, as every test process (conftest)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return root
 
