@@ -100,7 +100,8 @@ def cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return proc
 
 
-def _given_models() -> Path | None:
+def given_models() -> Path | None:
+    """The folder named by `WARP_LIGHTNING_TEST_MODELS` when it holds both tiny models (`make gpu-check`), else None."""
     given = os.environ.get("WARP_LIGHTNING_TEST_MODELS")
     if given and all((Path(given) / "models" / m / "model.safetensors").exists() for m in ("sft_gpt2", "reward_minilm_rt")):
         return Path(given)
@@ -124,7 +125,7 @@ def tiny_models(tmp_path_factory, asset_cache):
     """A folder whose `models/` holds a tiny SFT policy and a tiny reward model, built by the first `train` on an
     empty models folder (`first_use_train`: the main job on a fresh machine), whose run is also `smoke_run`.
     `WARP_LIGHTNING_TEST_MODELS` names models built with the same settings instead (`make gpu-check`)."""
-    return _given_models() or built_once(tmp_path_factory, "tiny", first_use_train)
+    return given_models() or built_once(tmp_path_factory, "tiny", first_use_train)
 
 
 def shared_run(tmp_path_factory, name: str, tiny_models: Path, args) -> Path:
@@ -139,7 +140,7 @@ def shared_run(tmp_path_factory, name: str, tiny_models: Path, args) -> Path:
 def smoke_run(tiny_models, tmp_path_factory):
     """One `SMOKE_RUN` (`train +experiment=smoke warp.iterations=1`) on the tiny models, shared by the tests that
     only read a finished run (the run folder; tests that run the same command again use `SMOKE_RUN`)."""
-    if _given_models() is None:
+    if given_models() is None:
         return tiny_models / "run"  # the first-use train
     return shared_run(tmp_path_factory, "smoke_run", tiny_models, SMOKE_RUN)
 

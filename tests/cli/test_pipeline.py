@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOKE_RUN, _given_models, cli, first_use_train
+from conftest import SMOKE_RUN, cli, first_use_train, given_models
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 pytestmark = pytest.mark.slow
@@ -161,7 +161,7 @@ def test_train_builds_missing_models_on_first_use(tiny_models, tmp_path):
     """The main job on a fresh machine: `train` runs `sft` and `reward` itself when their folders are missing
     (the suite's tiny models are built that way: conftest.first_use_train)."""
     root = tiny_models
-    if _given_models():  # models built beforehand: run the first use here
+    if given_models():  # models built beforehand: run the first use here
         root = tmp_path
         first_use_train(root)
     log = (root / "run" / "cli.log").read_text()
