@@ -86,9 +86,10 @@ def test_merging_lora_runs_is_the_dense_slerp_of_their_delta_w_not_the_product_o
     model = tiny_llama()
     theta_init = clone_state(model.state_dict())
     runs = [adapted(model, seed) for seed in (1, 2)]
-    state = WarpState(theta_init, runs_per_iteration=2, merge="slerp", slerp_lambda=0.5, liti_eta=0.5)
+    state = WarpState(theta_init, runs_per_iteration=2, merge_method="slerp", slerp_lambda=0.5, liti_eta=0.5)
     for run in runs:
-        state.finish_run(dense_state(run))
+        state.add_run(dense_state(run))
+    state.merge()
     layers = [lora_layers(r) for r in runs]
     for name in layers[0]:
         d1, d2 = hand_delta(layers[0][name]), hand_delta(layers[1][name])

@@ -44,7 +44,8 @@ def policy_state(policy) -> dict:
 
 
 class MergeRuns(L.Callback):
-    """At the end of each run, hand theta_m to the `WarpState`; after the M-th, it merges (SLERP/linear + LITI).
+    """At the end of each run, hand theta_m to the `WarpState`; after the M-th, call its merge step (SLERP or
+    linear, then LITI: `WarpState.merge`).
 
     The one merge path of the loop: run after run in one process, or (trainer=ddp_runs) the M runs ending
     together, one per process, where theta_m of every process is all-gathered in run order, so that every
@@ -56,19 +57,21 @@ class MergeRuns(L.Callback):
 
     def on_fit_end(self, trainer, module):
         theta_m = policy_state(module.policy)
-        if isinstance(trainer.strategy, IndependentRunsStrategy):
+        independent = isinstance(trainer.strategy, IndependentRunsStrategy)
+        if independent:
             # no process enters the all-gather before all have finished their run: one asked to stop meanwhile
             # (its checkpoint written, it will not gather) makes the others stop too instead of waiting forever
             signals.wait_for_peers(f"warp_lightning/merge/{self.state.iteration}", trainer.world_size)
             finished = gather_states(clone_state(theta_m), trainer.world_size)
         else:
             finished = [theta_m]
-        merges = len(self.state.merge_stats)
         for theta in finished:
-            self.state.finish_run(theta)
-        last_run = not isinstance(trainer.strategy, IndependentRunsStrategy) or trainer.global_rank == trainer.world_size - 1
-        if len(self.state.merge_stats) > merges and trainer.logger and last_run:
-            stats = self.state.merge_stats[-1]
+            self.state.add_run(theta)
+        if not self.state.ready_to_merge:
+            return
+        stats = self.state.merge()
+        last_run = not independent or trainer.global_rank == trainer.world_size - 1
+        if trainer.logger and last_run:
             trainer.logger.log_metrics({f"merge/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
             trainer.logger.save()
 

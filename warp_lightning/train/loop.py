@@ -1,11 +1,16 @@
-"""`python -m warp_lightning train`: the WARP loop of WARP.md.
+"""`python -m warp_lightning train`: the WARP loop of WARP.md, as one recipe (`WarpRecipe.loop`).
 
     for i in 1..I:
-        for m in 1..M:   theta_m, theta_ema <- theta_init; T RLOO steps (RLOOModule + EMAAnchor)
-        theta_slerp <- slerp(theta_init, {theta_m}, lambda); theta_init <- liti(theta_init, theta_slerp, eta)
+        for m in 1..M:            train_run(i, m): theta_m, theta_ema <- theta_init; T RLOO steps (RLOOModule,
+                                  EMAAnchor); MergeRuns hands theta_m to the WarpState and, after the M-th run,
+                                  calls its one merge step: theta_slerp <- slerp(theta_init, {theta_m}, lambda),
+                                  theta_init <- liti(theta_init, theta_slerp, eta)
+            save(i, m)            loop.pt after every run; iter_i/slerp and iter_i/init once iteration i merged
 
-Every set of weights lives in `WarpState` (theta_sft, theta_init, theta_slerp, the finished theta_m)
-or in the run's `RLOOModule` (theta_m = `policy`, theta_ema = `anchor`).
+Every set of weights lives in `WarpState` (theta_sft, theta_init, theta_slerp, the finished theta_m) or in the
+run's `RLOOModule` (theta_m = `policy`, theta_ema = `anchor`). `skeleton` is a model in CPU memory that only
+gives the state dicts a shape (to save them, to evaluate them). With `trainer=ddp_runs` the M runs of an
+iteration train at once, run m in process m - 1, and every process merges the same gathered theta_m.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -50,7 +54,7 @@ from warp_lightning.utils.validate import validate_train_config
 log = logging.getLogger(__name__)
 
 
-def run_trainer(cfg, out_dir: Path, run_name: str | None, callbacks: list, max_steps: int) -> L.Trainer:
+def build_run_trainer(cfg, out_dir: Path, run_name: str | None, callbacks: list, max_steps: int) -> L.Trainer:
     """The Lightning Trainer of one run (`run_name=None`: no logger, used to start the processes)."""
     logger = build_logger(cfg.logger, out_dir, run_name, group=cfg.experiment_name) if run_name else False
     return build_trainer(cfg.trainer, max_steps=max_steps, max_epochs=1, strategy=strategy_for(cfg), logger=logger,
@@ -65,31 +69,73 @@ def resume_config(cfg) -> dict:
     return config
 
 
-@dataclass
-class Loop:
-    """What every run of the loop shares: config, models, prompts, the WarpState, where outputs go."""
-    cfg: object
-    out_dir: Path
-    policy: torch.nn.Module
-    tokenizer: object
-    reward_model: object
-    train_ids: list
-    state: WarpState
-    parallel: bool = False  # trainer=ddp_runs: run m trains in process m - 1
-    rank: int = 0
+class WarpRecipe:
+    """The `train` command: `setup` (models, prompts, the WarpState, what an interrupted attempt finished), `loop`
+    (WARP.md's I x M loop), `evaluate` (SFT against the final theta_slerp on held-out prompts)."""
 
-    def train_run(self, i: int, m: int) -> dict:
-        """Run m of iteration i from theta_init (or from its checkpoint); returns its manifest record."""
-        w, ckpt_dir = self.cfg.warp, self.out_dir / "checkpoints"
+    def __init__(self, cfg):
+        self.cfg, self.w = cfg, cfg.warp
+        self.out_dir = Path(cfg_output_dir())
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.parallel = cfg.trainer.get("strategy") == "ddp_runs"  # run m trains in process m - 1
+        self.rank, self.world = 0, 1
+        self.run_records: list[dict] = []
+
+    def setup(self) -> None:
+        cfg, w = self.cfg, self.w
+        torch.manual_seed(w.seed)
+        use_compiled_kernels(w.compile)
+        ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
+        ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
+        if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs", "fsdp"):  # models exist: start the processes
+            os.environ[signals.PARENT_ENV] = str(os.getpid())  # the processes Lightning starts die with this one
+            try:
+                self.rank, self.world = start_processes(build_run_trainer(cfg, self.out_dir, None, [], 1))
+            finally:
+                os.environ.pop(signals.PARENT_ENV, None)
+        self.device, self.precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
+        self.compute = log_device(cfg.trainer)
+        self.tokenizer = load_tokenizer(cfg.policy.name_or_path)
+        self.skeleton = load_causal_lm(cfg.policy.name_or_path)  # CPU memory; each run's copies go to `device`
+        self.reward_model = load_reward_model(cfg.reward_model, self.device)
+        self.splits = splits_for(cfg.data, self.tokenizer, w.seed, cache=cfg.paths.cache_dir)
+        self.train_ids = list(self.splits.train["input_ids"])
+        self.state = WarpState(clone_state(self.skeleton.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta)
+        self.config = resume_config(cfg)
+        done, self.run_records = ckpt.load_loop(self.ckpt_dir, self.state, self.config)
+        if done != (1, 0):
+            log.info("resuming %s: iterations/runs up to (%d, %d) are done", self.out_dir, *done)
+
+    def loop(self) -> None:
+        """WARP.md's loop. A SIGTERM/SIGINT in here: the optimizer step in progress finishes, its checkpoint is
+        written (RunCheckpoint), or loop.pt between runs, and `Preempted` stops the command (exit 143 or 130)."""
+        with signals.deferred():
+            for i in range(1, self.w.iterations + 1):
+                for m in self.runs_to_train(i):
+                    self.run_records += self.train_run(i, m)  # after the M-th run, MergeRuns merged: SLERP + LITI
+                    self.save(i, m)
+
+    def runs_to_train(self, i: int) -> list[int]:
+        """The runs of iteration i this process still trains (one per process, all at once, with ddp_runs)."""
+        if self.state.merged(i):
+            return []
+        if self.parallel:
+            return [self.rank + 1]
+        return [m for m in range(1, self.w.runs + 1) if not self.state.finished(i, m)]
+
+    def train_run(self, i: int, m: int) -> list[dict]:
+        """Run m of iteration i from theta_init (or from its checkpoint); returns its manifest record (with
+        ddp_runs: the records of the M runs that trained together)."""
+        cfg, w, ckpt_dir = self.cfg, self.w, self.ckpt_dir
         seed = derive_seed(w.seed, i, m)
         torch.manual_seed(seed)
-        run_policy = copy.deepcopy(self.policy)
-        run_policy.load_state_dict(self.state.theta_init)
-        anchor = copy.deepcopy(run_policy)
-        init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(run_policy) if w.kl_to_init_every else None)
-        if lora_enabled(self.cfg.policy.get("lora")):  # only adapters train; anchor and theta_init stay dense
-            run_policy = add_lora(run_policy, self.cfg.policy.lora)
-        module = RLOOModule(run_policy, anchor, self.reward_model, self.tokenizer, w, sample_seed=seed + 1,
+        theta_m = copy.deepcopy(self.skeleton)
+        theta_m.load_state_dict(self.state.theta_init)
+        anchor = copy.deepcopy(theta_m)
+        init_policy = anchor if w.anchor == "sft" else (copy.deepcopy(theta_m) if w.kl_to_init_every else None)
+        if lora_enabled(cfg.policy.get("lora")):  # only adapters train; anchor and theta_init stay dense
+            theta_m = add_lora(theta_m, cfg.policy.lora)
+        module = RLOOModule(theta_m, anchor, self.reward_model, self.tokenizer, w, sample_seed=seed + 1,
                             init_policy=init_policy, tags={"iteration": i, "run": m})
         callbacks = [MergeRuns(self.state)]
         callbacks += [EMAAnchor(w.ema_rate)] if w.anchor == "ema" else []
@@ -98,15 +144,15 @@ class Loop:
         callbacks.append(checkpoints)
         if w.snapshot_every:
             callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer,
-                                       self.policy))
-        trainer = run_trainer(self.cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
+                                       self.skeleton))
+        trainer = build_run_trainer(cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
         resume_from = ckpt.run_checkpoint(ckpt_dir, i, m)
         start = ckpt.checkpoint_step(resume_from) if resume_from else 0
         if resume_from:
             log.info("resuming iteration %d run %d at step %d from %s", i, m, start, resume_from)
             trim_logs(trainer.logger, start)
         prompts = PromptBatches(self.train_ids, w.steps, w.prompts_per_step, seed, self.tokenizer.pad_token_id,
-                                start, shard=self.cfg.trainer.get("strategy") in ("ddp", "fsdp"))
+                                start, shard=cfg.trainer.get("strategy") in ("ddp", "fsdp"))
         run_started = time.time()
         try:
             trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own checkpoint
@@ -121,98 +167,66 @@ class Loop:
         log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
                  trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
                  final.get("kl_anchor", float("nan")))
-        return {"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step), "resumed_at_step": start,
-                "seconds": round(time.time() - run_started, 1), "final": final}
+        record = {"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step), "resumed_at_step": start,
+                  "seconds": round(time.time() - run_started, 1), "final": final}
+        if not self.parallel:
+            return [record]
+        records = [None] * self.world
+        torch.distributed.all_gather_object(records, record)
+        return records
+
+    def save(self, i: int, m: int) -> None:
+        """After run m of iteration i (rank 0 writes): the merged folders once iteration i merged, then loop.pt.
+        Then, if the command was asked to stop (any process), it stops here (every process at once)."""
+        if self.rank == 0:
+            if self.state.merged(i):
+                save_policy(self.skeleton, self.state.theta_slerp, self.tokenizer, self.out_dir / f"iter_{i}" / "slerp")
+                save_policy(self.skeleton, self.state.theta_init, self.tokenizer, self.out_dir / f"iter_{i}" / "init")
+                log.info("iteration %d merged: %s", i, self.state.merge_stats[-1])
+            ckpt.save_loop(self.ckpt_dir, self.state, (i, self.w.runs if self.parallel else m), self.run_records,
+                           self.config)
+        signals.raise_if_stopped(f"after iteration {i} run {m}", device=self.device)
+
+    def evaluate(self, started: float) -> dict:
+        """theta_slerp of the last iteration, saved as `final/`, against the SFT policy (manifest.json)."""
+        cfg, w, state = self.cfg, self.w, self.state
+        save_policy(self.skeleton, state.theta_slerp, self.tokenizer, self.out_dir / "final")
+        # matmuls in the training precision; log-probs, KL and rewards are float32 either way
+        judge = load_judge(cfg.get("judge"), cfg.paths.cache_dir)
+        eval_prompts = self.splits.get(cfg.eval.get("split", "validation"))
+        with autocast(self.precision, self.device):
+            evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, self.skeleton,
+                                    self.tokenizer, self.reward_model, eval_prompts, cfg.eval, self.device, judge=judge)
+        final, sft = evaluation["final"], evaluation["sft"]
+        metrics = {
+            "final_reward_mean": evaluation["final"]["reward_mean"],
+            "sft_reward_mean": evaluation["sft"]["reward_mean"],
+            "reward_gain": evaluation["final"]["reward_mean"] - evaluation["sft"]["reward_mean"],
+            "final_kl_to_sft": evaluation["final"]["kl_to_sft"],
+            "final_completion_length": evaluation["final"]["completion_length"],
+            # the held-out judge, and the paired differences final - SFT with their 95% bootstrap intervals
+            "final_judge_mean": final["judge_mean"], "sft_judge_mean": sft["judge_mean"],
+            "judge_gain": final["judge_mean"] - sft["judge_mean"], "judge_accuracy": judge.accuracy,
+            **{f"{k}_gain_{b}": final.get(f"{k}_diff_{b}", float("nan")) for k in ("reward", "judge")
+               for b in ("low", "high")},
+            "eval_split": cfg.eval.get("split", "validation"), "eval_prompts": min(cfg.eval.prompts, len(eval_prompts)),
+            "seconds": round(time.time() - started, 1),
+            "rl_steps": w.iterations * w.runs * w.steps,
+        }
+        manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": self.run_records,
+                    "merges": state.merge_stats, "train_prompts": len(self.train_ids),
+                    "validation_prompts": len(self.splits.validation), "test_prompts": len(self.splits.test),
+                    "processes": self.world,
+                    "compute": self.compute, "evaluation": evaluation, "metrics": metrics}
+
+        atomic_write_json(self.out_dir / "manifest.json", manifest)
+        return metrics
 
 
 def run(cfg) -> dict | None:
     started = time.time()
     validate_train_config(cfg)
-    w = cfg.warp
-    out_dir = Path(cfg_output_dir())
-    ckpt_dir = out_dir / "checkpoints"
-    torch.manual_seed(w.seed)
-    use_compiled_kernels(w.compile)
-    ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
-    ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
-    rank, world = 0, 1
-    if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs", "fsdp"):  # models exist: start the other processes
-        os.environ[signals.PARENT_ENV] = str(os.getpid())  # the processes Lightning starts die with this one
-        try:
-            rank, world = start_processes(run_trainer(cfg, out_dir, None, [], 1))
-        finally:
-            os.environ.pop(signals.PARENT_ENV, None)
-
-    device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
-    compute = log_device(cfg.trainer)
-    tokenizer = load_tokenizer(cfg.policy.name_or_path)
-    policy = load_causal_lm(cfg.policy.name_or_path)  # the skeleton, in CPU memory; each run's copies go to `device`
-    reward_model = load_reward_model(cfg.reward_model, device)
-    splits = splits_for(cfg.data, tokenizer, w.seed, cache=cfg.paths.cache_dir)
-    train_prompts, eval_prompts = splits.train, splits.get(cfg.eval.get("split", "validation"))
-    state = WarpState(clone_state(policy.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta)
-    config = resume_config(cfg)
-    done, run_records = ckpt.load_loop(ckpt_dir, state, config)
-    if done != (1, 0):
-        log.info("resuming %s: iterations/runs up to (%d, %d) are done", out_dir, *done)
-    parallel = cfg.trainer.get("strategy") == "ddp_runs"
-    loop = Loop(cfg, out_dir, policy, tokenizer, reward_model, list(train_prompts["input_ids"]), state,
-                parallel, rank)
-
-    def finish(i: int, m: int) -> None:
-        """Outputs of a finished run (i, m), written by rank 0: the merged folders after the M-th, loop.pt.
-        Then, if the command was asked to stop (any process), it stops here (every process at once)."""
-        if rank == 0:
-            if m == w.runs:  # the M runs are merged: theta_slerp and the new theta_init
-                save_policy(policy, state.theta_slerp, tokenizer, out_dir / f"iter_{i}" / "slerp")
-                save_policy(policy, state.theta_init, tokenizer, out_dir / f"iter_{i}" / "init")
-                log.info("iteration %d merged: %s", i, state.merge_stats[-1])
-            ckpt.save_loop(ckpt_dir, state, (i, m), run_records, config)
-        signals.raise_if_stopped(f"after iteration {i} run {m}", device=device)
-
-    # SIGTERM/SIGINT in here: the optimizer step in progress finishes, its checkpoint is written
-    # (RunCheckpoint), or loop.pt between runs, and `Preempted` stops the command (cli.py: exit 143 or 130)
-    with signals.deferred():
-        for i in range(1, w.iterations + 1):
-            if parallel and (i, w.runs) > done:  # run m = rank + 1 in every process at once, then merge all M
-                record = loop.train_run(i, rank + 1)
-                records = [None] * world
-                torch.distributed.all_gather_object(records, record)
-                run_records += records  # the M theta_m were gathered and merged by `MergeRuns` in every process
-                finish(i, w.runs)
-            for m in range(1, w.runs + 1) if not parallel else ():
-                if (i, m) > done:  # else finished before an interruption: its theta_m is in `state`
-                    run_records.append(loop.train_run(i, m))
-                    finish(i, m)
-    if rank != 0:
-        return None  # rank 0 writes the outputs
-    save_policy(policy, state.theta_slerp, tokenizer, out_dir / "final")
-
-    # matmuls in the training precision; log-probs, KL and rewards are float32 either way
-    judge = load_judge(cfg.get("judge"), cfg.paths.cache_dir)
-    with autocast(precision, device):
-        evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, policy, tokenizer,
-                                reward_model, eval_prompts, cfg.eval, device, judge=judge)
-    final, sft = evaluation["final"], evaluation["sft"]
-    metrics = {
-        "final_reward_mean": evaluation["final"]["reward_mean"],
-        "sft_reward_mean": evaluation["sft"]["reward_mean"],
-        "reward_gain": evaluation["final"]["reward_mean"] - evaluation["sft"]["reward_mean"],
-        "final_kl_to_sft": evaluation["final"]["kl_to_sft"],
-        "final_completion_length": evaluation["final"]["completion_length"],
-        # the held-out judge, and the paired differences final - SFT with their 95% bootstrap intervals
-        "final_judge_mean": final["judge_mean"], "sft_judge_mean": sft["judge_mean"],
-        "judge_gain": final["judge_mean"] - sft["judge_mean"], "judge_accuracy": judge.accuracy,
-        **{f"{k}_gain_{b}": final.get(f"{k}_diff_{b}", float("nan")) for k in ("reward", "judge")
-           for b in ("low", "high")},
-        "eval_split": cfg.eval.get("split", "validation"), "eval_prompts": min(cfg.eval.prompts, len(eval_prompts)),
-        "seconds": round(time.time() - started, 1),
-        "rl_steps": w.iterations * w.runs * w.steps,
-    }
-    manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": run_records,
-                "merges": state.merge_stats, "train_prompts": len(loop.train_ids),
-                "validation_prompts": len(splits.validation), "test_prompts": len(splits.test), "processes": world,
-                "compute": compute, "evaluation": evaluation, "metrics": metrics}
-
-    atomic_write_json(out_dir / "manifest.json", manifest)
-    return metrics
+    recipe = WarpRecipe(cfg)
+    recipe.setup()
+    recipe.loop()
+    return recipe.evaluate(started) if recipe.rank == 0 else None  # rank 0 writes the outputs
