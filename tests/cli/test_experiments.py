@@ -214,7 +214,7 @@ def test_sweep_report_aggregates_every_job_of_the_multirun(reproduced):
     for line in rows:
         steps, seed, reward, kl, _, judge = line.split(",")
         metrics = json.loads((reproduced / "sweep" / f"T{steps}_seed{seed}" / "metrics.json").read_text())
-        assert float(reward) == metrics["final_reward_mean"] and float(kl) == metrics["final_kl_to_sft"]
+        assert float(reward) == metrics["final_reward_mean"] and float(kl) == metrics["final_kl_mean"]
         assert float(judge) == metrics["final_judge_mean"] and metrics["eval_split"] == "validation"
         assert metrics["judge_accuracy"] >= 0.70
         assert metrics["reward_gain_low"] <= metrics["reward_gain"] <= metrics["reward_gain_high"]

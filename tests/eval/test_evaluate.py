@@ -211,7 +211,7 @@ def test_models_are_named_by_key_or_by_their_last_two_path_parts():
 
 
 def test_results_table_is_model_reward_judge_paired_differences_kl():
-    from warp_lightning.eval.protocol import results_table
+    from warp_lightning.eval.stats import results_table
 
     sft = {"reward_mean": 0.3, "reward_ci95": 0.02, "judge_mean": 0.41, "judge_ci95": 0.01, "kl_mean": 0.0,
            "kl_ci95": 0.0, "completion_length_mean": 23.0, "completion_length_ci95": 0.5, "distinct_1": 0.25,
@@ -226,3 +226,35 @@ def test_results_table_is_model_reward_judge_paired_differences_kl():
     assert lines[2] == "| SFT | 0.300 ± 0.020 | 0.410 ± 0.010 | — | — | 0.00 ± 0.00 | 23.0 ± 0.5 | 0.250 / 0.690 |"
     assert lines[3] == ("| WARP | 0.800 ± 0.037 | 0.520 ± 0.020 | +0.500 [+0.460, +0.540] | +0.110 [+0.080, +0.140] "
                         "| 9.94 ± 0.33 | 23.0 ± 0.6 | 0.179 / 0.587 |")
+
+
+def test_train_check_and_evaluate_share_one_schema():
+    """`train`'s end-of-run check (quick_eval) and `evaluate` (evaluate_policy) name their figures alike; the
+    paired gains are the same function's (paired_gains), so that a difference is reported once, one way."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from omegaconf import OmegaConf
+
+    from warp_lightning.eval import protocol
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=11, n_positions=32)
+    sft, other = GPT2LMHeadModel(cfg).eval(), GPT2LMHeadModel(cfg).eval()
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=1,
+                          decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids.tolist())))
+
+    def reward(texts):
+        return torch.tensor([len(t) / 10 for t in texts])
+
+    prompts = Dataset.from_dict({"input_ids": [[2, 3], [4, 5, 6], [7], [8, 9], [3, 3], [5, 2]]})
+    ecfg = OmegaConf.create({"prompts": 4, "subsamples": 2, "samples_per_prompt": 1, "max_new_tokens": 4,
+                             "temperature": 1.0, "batch_size": 4, "seed": 3, "examples": 2, "min_new_tokens": 0})
+    quick = protocol.quick_eval({"sft": sft.state_dict(), "final": other.state_dict()}, sft, tok, reward, prompts, ecfg)
+    full, _ = protocol.evaluate_policy(other, sft, tok, reward, prompts, OmegaConf.merge(ecfg, {"prompts": 3}))
+    figures = {k for k in quick["final"] if k.endswith("_mean") and "_diff_" not in k}
+    assert figures == {"reward_mean", "kl_mean", "kl_k1_mean", "kl_k3_mean", "completion_length_mean"}
+    assert figures <= set(full) and quick["sft"]["kl_mean"] == 0.0 and len(quick["final"]["examples"]) == 2
+    assert {"reward_diff_mean", "reward_diff_low", "reward_diff_high"} <= set(quick["final"])
+    assert quick["final"]["reward_diff_mean"] == pytest.approx(quick["final"]["reward_mean"] - quick["sft"]["reward_mean"])
+    assert not any("_diff_" in k for k in quick["sft"])  # the reference has no difference to itself

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from warp_lightning import UserError
-from warp_lightning.eval.protocol import load_protocol, named_models, write_csv
-from warp_lightning.eval.stats import compare_rows, results_table
+from warp_lightning.eval.protocol import load_protocol, named_models, paired_gains, write_csv
+from warp_lightning.eval.stats import results_table
 from warp_lightning.policy.models import load_causal_lm
 from warp_lightning.utils.io import atomic_write_bytes
 from warp_lightning.utils.paths import cfg_output_dir
@@ -42,11 +42,8 @@ def run(cfg) -> dict:
         per_model[name] = completions
         rows += [{"model": name, **r} for r in completions]
     sft_name = next((n for n, p in models.items() if is_sft(p)), None)
-    for name in models if sft_name and metrics["prompts"] > 1 else ():
-        for key in ("reward", "judge") if name != sft_name else ():
-            if key in per_model[name][0]:
-                diff = compare_rows(per_model[name], per_model[sft_name], key, cfg.eval.seed)
-                results[name].update(diff.as_dict(f"{key}_diff_"))
+    for name, gains in (paired_gains(per_model, sft_name, cfg.eval.seed) if sft_name else {}).items():
+        results[name].update(gains)
     out = Path(cfg_output_dir())
     write_csv(out / "completions.csv", rows)
     table = results_table(results)

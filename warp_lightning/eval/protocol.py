@@ -3,6 +3,11 @@
 One KL estimator everywhere in reports: the exact per-token form, summed over completion tokens,
 sum_t KL(pi(.|x,y<t) || pi_sft(.|x,y<t)) over the full vocabulary, on completions sampled from pi.
 The sampled k1 estimate (what training uses) is reported beside it.
+
+One schema for every evaluation (`train`'s end-of-run check and `evaluate`), per model: `FIGURES` through
+`stats.summarize` (`reward_mean`, `judge_mean`, `kl_mean`, `kl_k1_mean`, `kl_k3_mean`, `completion_length_mean`,
+each with `_ci95`, `_low`, `_high`, `_per_subsample`), and against a reference model on the same prompts and random
+numbers (`paired_gains`): `reward_diff_mean`, `reward_diff_low`, ... and the same for `judge`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from warp_lightning.algo import rl
 from warp_lightning.builds import ensure_model
 from warp_lightning.data.prompts import left_pad, splits_for
 from warp_lightning.eval.judge import load_judge
-from warp_lightning.eval.stats import compare_rows, distinct_n, results_table, summarize  # noqa: F401 (re-export)
+from warp_lightning.eval.stats import compare_rows, distinct_n, summarize
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, model_from_state
 from warp_lightning.policy.sampling import decode_texts, sample
@@ -61,31 +66,54 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
     return out
 
 
-def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, test_prompts, eval_cfg,
+# per-completion score -> the name of its figures (`{name}_mean`, `{name}_low`, ...)
+FIGURES = {"reward": "reward", "judge": "judge", "kl": "kl", "kl_k1": "kl_k1", "kl_k3": "kl_k3",
+           "length": "completion_length"}
+PAIRED = ("reward", "judge")  # the scores whose paired differences to the reference model are reported
+
+
+def completion_rows(model, sft_model, tokenizer, reward_model, prompt_ids: list[list[int]], prompt_index: list[int],
+                    ecfg, seed: int, subsample: int = 0, judge=None) -> list[dict]:
+    """One row per sampled completion of `model` on `prompt_ids` (`eval.samples_per_prompt` each): its prompt's
+    index, its subsample, the scores of `score_completions` and the judge's."""
+    n = ecfg.samples_per_prompt
+    scores = score_completions(model, sft_model, tokenizer, reward_model, prompt_ids, n, ecfg.max_new_tokens,
+                               ecfg.temperature, seed, ecfg.batch_size, ecfg.get("min_new_tokens", 0))
+    if judge is not None:
+        scores["judge"] = judge(scores["text"]).tolist()
+    return [{"subsample": subsample, "prompt_index": prompt_index[j // n], "sample": j % n,
+             **{k: v[j] for k, v in scores.items()}} for j in range(len(scores["text"]))]
+
+
+def paired_gains(rows: dict[str, list[dict]], reference: str, seed: int) -> dict[str, dict]:
+    """For each model but `reference`: the paired difference model - reference of each `PAIRED` score (per prompt,
+    95% bootstrap interval over prompts), as `{score}_diff_mean`, `_low`, `_high`, ..."""
+    gains = {}
+    for name, model_rows in rows.items():
+        if name == reference or len({r["prompt_index"] for r in model_rows}) < 2:
+            continue
+        gains[name] = {}
+        for key in PAIRED:
+            if key in model_rows[0]:
+                gains[name].update(compare_rows(model_rows, rows[reference], key, seed).as_dict(f"{key}_diff_"))
+    return gains
+
+
+def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, prompts, eval_cfg,
                device: str | torch.device = "cpu", judge=None) -> dict:
-    """Mean reward (and judge score), exact KL to the first state (the SFT policy) and length, for each named
-    state, the models on `device`; after the first, the paired difference to it (same prompts, same sampling
-    random numbers)."""
-    prompts = list(test_prompts.shuffle(seed=eval_cfg.seed)["input_ids"][: eval_cfg.prompts])
+    """`train`'s end-of-run check: the figures of each named state (the first is the SFT policy, the reference of
+    the KL and of the paired gains) on `eval.prompts` prompts of `prompts` (seeded), one subsample, the same
+    sampling random numbers for every state; `eval.examples` completions of each."""
+    order = prompts.shuffle(seed=eval_cfg.seed)
+    ids = list(order["input_ids"][: eval_cfg.prompts])
     sft = model_from_state(skeleton, next(iter(states.values()))).to(device)
-    results, reference = {}, None
-    for name, state in states.items():
-        scores = score_completions(model_from_state(skeleton, state).to(device), sft, tokenizer, reward_model, prompts,
-                                   eval_cfg.samples_per_prompt, eval_cfg.max_new_tokens, eval_cfg.temperature,
-                                   eval_cfg.seed, eval_cfg.batch_size, eval_cfg.get("min_new_tokens", 0))
-        results[name] = {"reward_mean": sum(scores["reward"]) / len(scores["reward"]),
-                         "kl_to_sft": sum(scores["kl"]) / len(scores["kl"]),
-                         "completion_length": sum(scores["length"]) / len(scores["length"]),
-                         "examples": scores["text"][: eval_cfg.examples]}
-        if judge is not None:
-            scores["judge"] = judge(scores["text"]).tolist()
-            results[name]["judge_mean"] = sum(scores["judge"]) / len(scores["judge"])
-        rows = [{"prompt_index": j // eval_cfg.samples_per_prompt, **{k: v[j] for k, v in scores.items()}}
-                for j in range(len(scores["text"]))]
-        for key in ("reward", "judge") if reference is not None and len(prompts) > 1 else ():
-            if key in scores:
-                results[name].update(compare_rows(rows, reference, key, eval_cfg.seed).as_dict(f"{key}_diff_"))
-        reference = reference or rows
+    rows = {name: completion_rows(model_from_state(skeleton, state).to(device), sft, tokenizer, reward_model, ids,
+                                  list(range(len(ids))), eval_cfg, eval_cfg.seed, judge=judge)
+            for name, state in states.items()}
+    results = {name: {**summarize(r, FIGURES, eval_cfg.seed), "examples": [x["text"] for x in r[: eval_cfg.examples]]}
+               for name, r in rows.items()}
+    for name, gains in paired_gains(rows, next(iter(states)), eval_cfg.seed).items():
+        results[name].update(gains)
     return results
 
 
@@ -108,16 +136,9 @@ def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecf
     ids = list(test_prompts["input_ids"])
     rows = []
     for s, idx in enumerate(subsample_indices(len(ids), ecfg.subsamples, ecfg.get("prompts"), ecfg.seed)):
-        scores = score_completions(model, sft_model, tokenizer, reward_model, [ids[i] for i in idx],
-                                   ecfg.samples_per_prompt, ecfg.max_new_tokens, ecfg.temperature,
-                                   ecfg.seed + 1000 + s, ecfg.batch_size, ecfg.get("min_new_tokens", 0))
-        if judge is not None:
-            scores["judge"] = judge(scores["text"]).tolist()
-        n = ecfg.samples_per_prompt
-        rows += [{"subsample": s, "prompt_index": idx[j // n], "sample": j % n, **{k: scores[k][j] for k in scores}}
-                 for j in range(len(scores["text"]))]
-    metrics = summarize(rows, {"reward": "reward", "judge": "judge", "kl": "kl", "kl_k1": "kl_k1",
-                               "kl_k3": "kl_k3", "length": "completion_length"}, ecfg.seed)
+        rows += completion_rows(model, sft_model, tokenizer, reward_model, [ids[i] for i in idx], idx, ecfg,
+                                ecfg.seed + 1000 + s, subsample=s, judge=judge)
+    metrics = summarize(rows, FIGURES, ecfg.seed)
     texts = [r["text"] for r in rows]
     metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2), subsamples=ecfg.subsamples,
                    prompts_per_subsample=round(len(rows) / ecfg.samples_per_prompt / ecfg.subsamples, 1),

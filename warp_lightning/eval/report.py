@@ -130,7 +130,7 @@ def sweep_jobs(sweep_dir: Path) -> list[dict]:
         metrics = json.loads((job / "metrics.json").read_text())
         objective = cfg.get("sweep_objective") or {}
         jobs.append({"steps": int(w.steps), "seed": int(w.seed), "iterations": int(w.iterations),
-                     "runs": int(w.runs), "reward": metrics["final_reward_mean"], "kl": metrics["final_kl_to_sft"],
+                     "runs": int(w.runs), "reward": metrics["final_reward_mean"], "kl": metrics["final_kl_mean"],
                      "judge": metrics.get("final_judge_mean", float("nan")),
                      "sft_reward": metrics["sft_reward_mean"], "seconds": metrics["seconds"],
                      "split": metrics.get("eval_split", "test"),

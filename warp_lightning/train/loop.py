@@ -32,10 +32,10 @@ from warp_lightning.algo.state import WarpState, clone_state, derive_seed
 from warp_lightning.builds import ensure_model
 from warp_lightning.data.prompts import PromptBatches, splits_for
 from warp_lightning.eval.judge import load_judge
-from warp_lightning.eval.protocol import quick_eval
-from warp_lightning.policy.kernels import use_compiled_kernels
+from warp_lightning.eval.protocol import PAIRED, quick_eval
 from warp_lightning.policy.lora import add_lora, lora_enabled
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
+from warp_lightning.policy.kernels import use_compiled_kernels
 from warp_lightning.reward.scorer import load_reward_model
 from warp_lightning.train import checkpoint as ckpt
 from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots
@@ -67,6 +67,10 @@ def resume_config(cfg) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     config["warp"].pop("checkpoint_every", None)
     return config
+
+
+# the figures of the end-of-run check copied into metrics.json, for the SFT policy and the final theta_slerp
+MAIN_FIGURES = ("reward_mean", "judge_mean", "kl_mean", "completion_length_mean")
 
 
 class WarpRecipe:
@@ -198,21 +202,17 @@ class WarpRecipe:
             evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, self.skeleton,
                                     self.tokenizer, self.reward_model, eval_prompts, cfg.eval, self.device, judge=judge)
         final, sft = evaluation["final"], evaluation["sft"]
-        metrics = {
-            "final_reward_mean": evaluation["final"]["reward_mean"],
-            "sft_reward_mean": evaluation["sft"]["reward_mean"],
-            "reward_gain": evaluation["final"]["reward_mean"] - evaluation["sft"]["reward_mean"],
-            "final_kl_to_sft": evaluation["final"]["kl_to_sft"],
-            "final_completion_length": evaluation["final"]["completion_length"],
-            # the held-out judge, and the paired differences final - SFT with their 95% bootstrap intervals
-            "final_judge_mean": final["judge_mean"], "sft_judge_mean": sft["judge_mean"],
-            "judge_gain": final["judge_mean"] - sft["judge_mean"], "judge_accuracy": judge.accuracy,
-            **{f"{k}_gain_{b}": final.get(f"{k}_diff_{b}", float("nan")) for k in ("reward", "judge")
-               for b in ("low", "high")},
-            "eval_split": cfg.eval.get("split", "validation"), "eval_prompts": min(cfg.eval.prompts, len(eval_prompts)),
-            "seconds": round(time.time() - started, 1),
-            "rl_steps": w.iterations * w.runs * w.steps,
-        }
+        # `evaluate`'s names (eval/protocol.py) with `final_` / `sft_`; the gains are the paired differences
+        metrics = {f"{who}_{k}": evaluation[who][k] for who in ("final", "sft") for k in MAIN_FIGURES}
+        metrics.update({f"{k}_gain": final[f"{k}_mean"] - sft[f"{k}_mean"] for k in PAIRED},
+                       **{f"{k}_gain_{b}": final.get(f"{k}_diff_{b}", float("nan")) for k in PAIRED
+                          for b in ("low", "high")})
+        # the names before the shared schema, kept for one release
+        metrics.update(final_kl_to_sft=metrics["final_kl_mean"],
+                       final_completion_length=metrics["final_completion_length_mean"])
+        metrics.update(judge_accuracy=judge.accuracy, eval_split=cfg.eval.get("split", "validation"),
+                       eval_prompts=min(cfg.eval.prompts, len(eval_prompts)), seconds=round(time.time() - started, 1),
+                       rl_steps=w.iterations * w.runs * w.steps)
         manifest = {"config": OmegaConf.to_container(cfg, resolve=True), "runs": self.run_records,
                     "merges": state.merge_stats, "train_prompts": len(self.train_ids),
                     "validation_prompts": len(self.splits.validation), "test_prompts": len(self.splits.test),
