@@ -66,10 +66,10 @@ from transformers import (
 from warp_lightning.algo import rl
 from warp_lightning.data.assets import fetch
 from warp_lightning.data.prompts import left_pad
-from warp_lightning.policy.kernels import use_compiled_kernels
 from warp_lightning.policy.lora import DenseEMA, add_lora
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer
 from warp_lightning.policy.sampling import decode_texts, sample
+from warp_lightning.policy.vocab_ops import use_compiled_kernels
 from warp_lightning.reward.scorer import RewardModel
 from warp_lightning.train.module import rloo_objective
 

@@ -12,6 +12,7 @@ from test_sampling import EOS, peaked_policy, prompts
 from warp_lightning.policy import sampling
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import sample
+from warp_lightning.policy.vocab_ops import EAGER_KERNELS
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def graphed(monkeypatch):
             self.key_mask[:, p:], self.completion[:] = True, False
             self.lse.fill_(7.0)
             self.logits[..., : self.vocab] = 5.0
-            self.decode(model, sampling._EAGER, early_break=False)
+            self.decode(model, EAGER_KERNELS, early_break=False)
         replayed.append(self)
 
     monkeypatch.setattr(sampling, "_graphable", lambda model, device: True)

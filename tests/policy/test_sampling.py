@@ -12,7 +12,7 @@ from warp_lightning import UserError
 from warp_lightning.algo.rl import exact_kl_from_logprobs
 from warp_lightning.cli import CONF_DIR
 from warp_lightning.data.prompts import left_pad
-from warp_lightning.policy import kernels
+from warp_lightning.policy import vocab_ops
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import sample
 from warp_lightning.utils.validate import validate_train_config
@@ -61,7 +61,7 @@ def reference(model, ids, mask, n: int, temperature: float, min_new: int, seed: 
 def test_static_decode_equals_a_plain_decode_and_scoring_equals_sampling(monkeypatch, temperature, min_new, pad_to):
     """Tokens of the static loop = those of full forwards with the same uniforms; sampling, scoring and the plain
     forwards give the same log-probs under the temperature and the EOS mask (prompts padded to 8 columns too)."""
-    monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)  # two vocabulary slices
+    monkeypatch.setattr(vocab_ops, "HEAD_CHUNK", 4)  # two vocabulary slices
     model = peaked_policy()
     ids, mask = prompts()
     rollout = sample(model, ids, mask, 10, temperature, eos_token_id=EOS, pad_token_id=0, min_new_tokens=min_new,

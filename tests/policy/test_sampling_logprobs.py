@@ -9,28 +9,21 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from warp_lightning.algo import rl
 from warp_lightning.data.prompts import left_pad
-from warp_lightning.policy import kernels
-from warp_lightning.policy.kernels import sample_tokens
+from warp_lightning.policy import vocab_ops
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import sample
-
-
-def test_inverse_cdf_sampling_matches_the_distribution():
-    logits = torch.log(torch.tensor([[0.1, 0.2, 0.7]])).repeat(20000, 1)
-    draws = sample_tokens(logits, 1.0, torch.Generator().manual_seed(0))
-    freq = torch.bincount(draws, minlength=3).float() / len(draws)
-    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.01)
+from warp_lightning.policy.vocab_ops import draw_tokens, linear_logprob, use_compiled_kernels
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sliced_sampling_matches_the_distribution(monkeypatch, temperature):
     """The sampler picks a vocabulary slice by its mass, then a token by the slice's own CDF."""
-    monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)
+    monkeypatch.setattr(vocab_ops, "HEAD_CHUNK", 4)
     probs = torch.tensor([0.05, 0.1, 0.0, 0.15, 0.2, 0.02, 0.08, 0.1, 0.25, 0.05])  # 3 slices, the last padded
     logits = torch.full((40000, 12), float("-inf"))
     logits[:, :10] = probs.log() + 3.0
     uniform = torch.rand(len(logits), 1, generator=torch.Generator().manual_seed(0))
-    draws, lse = kernels._sample_slices(logits / temperature, 10, uniform)  # logits at the temperature
+    draws, lse = draw_tokens(logits / temperature, 10, uniform)  # logits at the temperature
     expected = torch.softmax(probs.log() / temperature, -1)
     freq = torch.bincount(draws, minlength=10).float() / len(draws)
     assert torch.allclose(freq, expected, atol=0.01) and freq[2] == 0
@@ -76,8 +69,6 @@ def test_sampling_stops_at_eos_and_masks_after():
 
 
 def test_fused_linear_logprob_matches_log_softmax_and_its_gradients():
-    from warp_lightning.policy.kernels import linear_logprob
-
     torch.manual_seed(0)
     h = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
     w = (0.3 * torch.randn(97, 16, dtype=torch.float64)).requires_grad_()
@@ -92,9 +83,7 @@ def test_fused_linear_logprob_matches_log_softmax_and_its_gradients():
 
 
 @pytest.mark.slow
-def test_compiled_kernels_match_eager_in_bf16():
-    from warp_lightning.policy.kernels import linear_logprob, use_compiled_kernels
-
+def test_compiled_kernels_match_eager_in_bf16(monkeypatch):
     torch.manual_seed(0)
     h, w, y = torch.randn(33, 16), 0.3 * torch.randn(101, 16), torch.randint(0, 101, (33,))
     grads = []
@@ -105,12 +94,16 @@ def test_compiled_kernels_match_eager_in_bf16():
             out = linear_logprob(hh, ww, y)
         out.sum().backward()
         grads.append((out.detach(), hh.grad, ww.grad))
-    logits = torch.randn(8, 101).bfloat16()
-    draws_compiled = sample_tokens(logits, 0.9, torch.Generator().manual_seed(3))
+    monkeypatch.setattr(vocab_ops, "HEAD_CHUNK", 32)  # the sampler's two levels: 4 slices of 101 columns
+    logits = torch.full((8, vocab_ops.padded_vocab(101)), float("-inf"), dtype=torch.bfloat16)
+    logits[:, :101] = torch.randn(8, 101).bfloat16() / 0.9
+    uniform = torch.rand(8, 1, generator=torch.Generator().manual_seed(3))
+    draws_compiled, lse_compiled = draw_tokens(logits, 101, uniform)
     use_compiled_kernels(False)
     for eager, compiled in zip(grads[0], grads[1], strict=True):
         assert torch.allclose(eager, compiled, atol=2e-2, rtol=2e-2)
-    assert torch.equal(sample_tokens(logits, 0.9, torch.Generator().manual_seed(3)), draws_compiled)
+    draws, lse = draw_tokens(logits, 101, uniform)
+    assert torch.equal(draws, draws_compiled) and torch.allclose(lse, lse_compiled)
 
 
 def test_sampling_without_eos_stop_gives_exactly_max_new_tokens():
@@ -143,8 +136,8 @@ def test_kept_sampling_logits_give_the_same_logprobs_and_gradients(monkeypatch, 
     """One update per batch: the sampling pass's logits stand for the head's projection (float64), also when
     sampling at another temperature and with EOS banned for the first tokens (the log-probs are those of the
     distribution sampled, at that temperature and under that ban)."""
-    monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
-    monkeypatch.setattr(kernels, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
+    monkeypatch.setattr(vocab_ops, "HEAD_CHUNK", 4)  # two vocabulary slices (vocabulary 6, padded to 8)
+    monkeypatch.setattr(vocab_ops, "SLICE_BYTES", 4 * 4 * 20)  # and slices of a few columns or rows elsewhere
     model = _float64_policy()
     # the k = 3 samples of each prompt share one prompt forward; EOS (3) stops some rows early
     ids, mask = left_pad([[1, 2, 4], [5], [4, 4, 1, 2]], pad_id=0)
@@ -188,7 +181,7 @@ def test_shared_prompt_forward_matches_each_row_alone():
 
 
 def test_kept_logits_are_used_only_by_the_sampler_with_unchanged_weights(monkeypatch):
-    monkeypatch.setattr(kernels, "HEAD_CHUNK", 4)
+    monkeypatch.setattr(vocab_ops, "HEAD_CHUNK", 4)
     model = _float64_policy()
     other = _float64_policy()
     ids, mask = left_pad([[1, 2]] * 2, pad_id=0)

@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from warp_lightning.algo import rl
 from warp_lightning.data.prompts import PromptBatches, left_pad
-from warp_lightning.policy import kernels
+from warp_lightning.policy import vocab_ops as kernels
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import sample
 from warp_lightning.train.callbacks import EMAAnchor

@@ -1,1 +1,2 @@
-"""The policy: loading and saving causal LMs, sampling (sampling.py), completion log-probs (logprobs.py); the vocabulary kernels (kernels.py) and FSDP gathering (sharding.py) apart."""
+"""The policy: loading and saving causal LMs, sampling (sampling.py), completion log-probs (logprobs.py); the
+vocabulary-sized operations they share (vocab_ops.py) and FSDP gathering (sharding.py) apart."""

@@ -3,7 +3,7 @@ once per k samples, inverse-CDF draws from uniforms drawn up front; on CUDA the 
 
 `sample` returns a `Rollout` (prompt + completion ids and masks, and how they were sampled: temperature,
 `min_new_tokens`, EOS); `decode_texts` turns it into what the reward model reads. The vocabulary-sized
-arithmetic lives in `kernels`.
+arithmetic lives in `vocab_ops`.
 
 Every decode step has the same shapes: the cache holds prompt + max_new_tokens columns from the start, each
 token is written into its own column and attends to the whole cache through a [B, 1, 1, columns] mask whose
@@ -24,18 +24,18 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from warp_lightning.policy.kernels import (
-    _EAGER,
-    _KERNELS,
-    _matmul_dtype,
-    _project,
-    _reserved,
-    _sample_slices,
-    ban_eos_,
-    padded_vocab,
-)
 from warp_lightning.policy.models import position_ids_from_mask
 from warp_lightning.policy.sharding import gathers_weights
+from warp_lightning.policy.vocab_ops import (
+    EAGER_KERNELS,
+    KERNELS,
+    ban_eos_,
+    draw_tokens,
+    matmul_dtype,
+    padded_vocab,
+    project_head,
+    reserved_buffer,
+)
 
 # Prompt columns are left-padded to a multiple of this when decoding by CUDA graph, so that prompts of nearby
 # lengths replay one graph (position ids come from the mask: padding changes no log-prob).
@@ -46,7 +46,7 @@ MAX_DECODERS = 8
 
 def _param_versions(model) -> tuple[int, ...]:
     # every in-place change of a parameter (optimizer step, EMA, load_state_dict) bumps its version; a sharded
-    # model's are its shards (`distributed.shard_model`)
+    # model's are its shards (`sharding.shard_model`)
     return tuple(p._version for p in getattr(model, "shards", None) or model.parameters())
 
 
@@ -139,7 +139,7 @@ def _repeated_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return new.nonzero().squeeze(-1), new.long().cumsum(0) - 1
 
 
-def _prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache):
+def prompt_forward(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache):
     """Last hidden states of the prompts, filling `cache`; prompts repeated k times run once (then the cache
     is expanded), since at these sizes the k copies would be a third of a step's transformer work."""
     rows = _repeated_rows(ids, mask)
@@ -187,7 +187,7 @@ class _Decoder:
         self.vocab = model.get_output_embeddings().weight.shape[0]
         shape = (n if spec.keep_logits else 1, rows, padded_vocab(self.vocab))
         keep_reserved = spec.keep_logits and not graphed  # a graph's buffers are its own; rollouts get copies
-        self.logits = _reserved(shape, dtype, device) if keep_reserved else torch.empty(shape, dtype=dtype, device=device)
+        self.logits = reserved_buffer(shape, dtype, device) if keep_reserved else torch.empty(shape, dtype=dtype, device=device)
         self.logits[..., self.vocab :] = float("-inf")
         self.lse = torch.empty((n, rows), dtype=torch.float64 if dtype == torch.float64 else torch.float32,
                                device=device)
@@ -205,7 +205,7 @@ class _Decoder:
         for layer in self.cache.layers:
             layer.reset()
         positions = position_ids_from_mask(mask)
-        hidden = _prompt_forward(model, ids, mask, positions, self.cache)[:, -1]
+        hidden = prompt_forward(model, ids, mask, positions, self.cache)[:, -1]
         if self.hidden is None:
             self.hidden = torch.empty_like(hidden)
         self.hidden.copy_(hidden)
@@ -248,11 +248,11 @@ class _Decoder:
             step_logits = self.logits[t if s.keep_logits else 0]
             with torch.autocast(hidden.device.type, enabled=False):
                 # (h / T) W^T = z / T: the logits of the distribution sampled
-                _project((hidden / s.temperature if s.temperature != 1 else hidden).to(dtype), weight, bias,
-                         step_logits)
+                project_head((hidden / s.temperature if s.temperature != 1 else hidden).to(dtype), weight, bias,
+                             step_logits)
             if ban and t < s.min_new_tokens:
                 ban_eos_(step_logits, s.eos_token_id)
-            token, self.lse[t] = _sample_slices(step_logits, self.vocab, self.uniforms[t], kernels)
+            token, self.lse[t] = draw_tokens(step_logits, self.vocab, self.uniforms[t], kernels)
             token = torch.where(self.alive, token, s.pad_token_id)
             self.ids[:, p + t] = token
             self.key_mask[:, p + t] = self.alive  # tokens after EOS are padding: masked out everywhere
@@ -271,11 +271,11 @@ class _Decoder:
                 stream = torch.cuda.Stream()
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream), _run_autocast(device.type):
-                    self.decode(model, _EAGER, early_break=False)  # lazy initialisations, workspaces: off the graph
+                    self.decode(model, EAGER_KERNELS, early_break=False)  # lazy initialisations, workspaces: off the graph
                 torch.cuda.current_stream().wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"), _run_autocast(device.type):
-                    self.decode(model, _EAGER, early_break=False)
+                    self.decode(model, EAGER_KERNELS, early_break=False)
             self.graph = graph
         with torch.cuda.device(device):
             self.graph.replay()
@@ -290,7 +290,7 @@ class _Decoder:
         if s.keep_logits:
             logits = self.logits[:n]
             if self.graphed:
-                logits = _reserved(logits.shape, logits.dtype, logits.device).copy_(logits)
+                logits = reserved_buffer(logits.shape, logits.dtype, logits.device).copy_(logits)
             rollout.logits, rollout.logsumexp = logits, own(self.lse[:n].T)
             rollout.sampler = (weakref.ref(model), _param_versions(model))
         return rollout
@@ -398,7 +398,7 @@ def sample(
                              pad_token_id)
     spec = _Spec(max_new_tokens, min_new_tokens, float(temperature), eos_token_id, pad_token_id, stop_at_eos,
                  keep_logits)
-    dtype = _matmul_dtype(device.type, model.get_output_embeddings().weight.dtype)
+    dtype = matmul_dtype(device.type, model.get_output_embeddings().weight.dtype)
     rows, prompt_len = ids.shape
     if graphed:
         decoder = _decoder(model, rows, prompt_len, spec, dtype, device)
@@ -410,7 +410,7 @@ def sample(
         decoder.replay(model)
         steps = max_new_tokens
     else:
-        steps = decoder.decode(model, _KERNELS, early_break=device.type == "cpu")
+        steps = decoder.decode(model, KERNELS, early_break=device.type == "cpu")
     return decoder.rollout(model, steps)
 
 
@@ -418,3 +418,18 @@ def decode_texts(tokenizer, rollout) -> list[str]:
     """Prompt + completion as text (what the reward model reads), padding and EOS dropped."""
     return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
             for ids, mask in zip(rollout.input_ids, rollout.attention_mask, strict=True)]
+
+
+def decode_prompts_completions(tokenizer, rollout) -> tuple[list[str], list[str]]:
+    """Prompts and completions as texts, apart, with prompt + completion exactly `decode_texts` (the row decoded
+    at once): the prompt is the longest start of that text that agrees with the prompt decoded alone, so a
+    character whose bytes straddle the boundary belongs to the completion."""
+    prompts, completions = [], []
+    prompt_part = zip(rollout.input_ids[:, : rollout.prompt_len], rollout.attention_mask[:, : rollout.prompt_len],
+                      strict=True)
+    for text, (ids, mask) in zip(decode_texts(tokenizer, rollout), prompt_part, strict=True):
+        alone = tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
+        cut = next((i for i, (a, b) in enumerate(zip(alone, text)) if a != b), min(len(alone), len(text)))
+        prompts.append(text[:cut])
+        completions.append(text[cut:])
+    return prompts, completions

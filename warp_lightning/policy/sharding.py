@@ -13,10 +13,10 @@ from torch.distributed.tensor import DTensor
 
 def gathers_weights(fn=None, *, all_blocks: bool = False):
     """`fn(model, ...)` reads the model's weights outside `model.forward`. For a model sharded by
-    `distributed.shard_model` it runs inside FSDP's forward hooks (`model.run_gathered`): the weights are
+    `shard_model` it runs inside FSDP's forward hooks (`model.run_gathered`): the weights are
     gathered around the call and freed after it, or after backward when the result carries gradients (a gathered
     copy kept longer would miss the next optimizer or EMA update of the shards). With `all_blocks`, the blocks
-    too stay gathered for the whole call (`distributed.blocks_kept`), for loops that run them once per token."""
+    too stay gathered for the whole call (`blocks_kept`), for loops that run them once per token."""
     if fn is None:
         return functools.partial(gathers_weights, all_blocks=all_blocks)
 

@@ -35,7 +35,7 @@ from warp_lightning.eval.judge import load_judge
 from warp_lightning.eval.protocol import PAIRED, quick_eval
 from warp_lightning.policy.lora import add_lora, lora_enabled
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
-from warp_lightning.policy.kernels import use_compiled_kernels
+from warp_lightning.policy.vocab_ops import use_compiled_kernels
 from warp_lightning.reward.scorer import load_reward_model
 from warp_lightning.train import checkpoint as ckpt
 from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots
