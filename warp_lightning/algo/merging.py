@@ -4,13 +4,14 @@ Every function takes state dicts (`dict[str, torch.Tensor]`) and returns a NEW d
 mutated and the output never aliases them. Floating tensors are computed in float32 (float64 stays float64)
 and returned in their own dtype; non-floating tensors (int buffers) are copied from `theta_init`. Keys of
 `theta_init` that share one storage (GPT-2's `transformer.wte.weight` and `lm_head.weight`) are one
-parameter: it is merged once and the output keys share the merged tensor.
+parameter: it is merged once and the output keys share the merged tensor. `MERGES` names the merge methods.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -146,10 +147,68 @@ def linear(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None
     return _merge(theta_init, thetas, per_tensor)
 
 
+def _unit(delta: torch.Tensor) -> torch.Tensor | None:
+    norm = delta.norm()
+    return None if norm <= torch.finfo(delta.dtype).tiny else delta / norm
+
+
+def multislerp(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None, *,
+               eps: float = 1e-6) -> StateDict:
+    """A symmetric spherical mean of the M task vectors, tensor by tensor: mean(delta_m) / |mean(u_m)|, where
+    u_m = delta_m / |delta_m|. The linear mean shrinks by |mean(u_m)| the task vectors that point apart; this
+    undoes it. Order-invariant; for M = 2 it is WARP's SLERP at lambda = 1/2 exactly (sin(Omega/2)/sin(Omega) =
+    1 / (2 cos(Omega/2)) and |u_1 + u_2| = 2 cos(Omega/2)), whatever the norms; equal-norm task vectors keep their
+    norm. Falls back to the linear mean when a task vector is ~0 or the unit vectors cancel (|mean(u_m)| < eps).
+    `lam` must be None: the mean is uniform."""
+    if lam is not None:
+        raise ValueError("multislerp is the uniform spherical mean of the M runs; use lam=None")
+
+    def per_tensor(init: torch.Tensor, ts: list[torch.Tensor]) -> torch.Tensor:
+        deltas = [t - init for t in ts]
+        mean = sum(deltas) / len(deltas)
+        units = [_unit(d) for d in deltas]
+        if any(u is None for u in units):
+            return init + mean
+        resultant = (sum(units) / len(units)).norm().item()
+        return init + (mean / resultant if resultant >= eps else mean)
+
+    return _merge(theta_init, thetas, per_tensor)
+
+
+def ties(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None, *,
+         density: float = 0.2) -> StateDict:
+    """TIES merging (Yadav et al. 2023) of the M task vectors, tensor by tensor: trim each delta_m to its
+    `density` fraction of largest-magnitude entries (the rest set to 0), elect each entry's sign as the sign of
+    the sum of the trimmed deltas, and average, per entry, only the trimmed deltas that are non-zero and agree
+    with the elected sign (the disjoint mean; 0 where none does). `lam` must be None."""
+    if lam is not None:
+        raise ValueError("ties merges the M runs symmetrically; use lam=None")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+
+    def trim(delta: torch.Tensor) -> torch.Tensor:
+        keep = max(1, math.ceil(density * delta.numel()))
+        if keep >= delta.numel():
+            return delta
+        threshold = delta.abs().flatten().kthvalue(delta.numel() - keep + 1).values
+        return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
+
+    def per_tensor(init: torch.Tensor, ts: list[torch.Tensor]) -> torch.Tensor:
+        trimmed = torch.stack([trim(t - init) for t in ts])
+        elected = torch.sign(trimmed.sum(0))
+        agree = (torch.sign(trimmed) == elected) & (trimmed != 0)
+        count = agree.sum(0)
+        total = (trimmed * agree).sum(0)
+        return init + torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+
+    return _merge(theta_init, thetas, per_tensor)
+
+
 def liti(theta_init: StateDict, theta_merged: StateDict, eta: float) -> StateDict:
-    """LITI, interpolation towards initialisation: (1 - eta) * theta_init + eta * theta_merged."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    """LITI, interpolation towards initialisation: (1 - eta) * theta_init + eta * theta_merged. With eta > 1 it
+    extrapolates beyond theta_merged (ExPO: theta_init + eta * (theta_merged - theta_init), alpha = eta - 1)."""
+    if not eta >= 0.0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
     return _merge(theta_init, [theta_merged], lambda init, ts: (1 - eta) * init + eta * ts[0])
 
 
@@ -185,3 +244,29 @@ def merge_stats(
             "angle_deg_max": max(angles),
         }
     return stats
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    """A way to merge the M runs of an iteration. `pairwise_lambda`: it takes WARP's lambda between two runs
+    (slerp, linear; with M != 2 they use their uniform scheme); the symmetric M-way means take none."""
+    fn: Callable[..., StateDict]
+    pairwise_lambda: bool
+
+
+# The merge methods that `warp.merge` names. A method added here is accepted by the config check
+# (train/checks.py) and used by `WarpState.merge` (through `merge_runs`): the one place to edit.
+MERGES: dict[str, MergeMethod] = {
+    "slerp": MergeMethod(slerp, pairwise_lambda=True),
+    "linear": MergeMethod(linear, pairwise_lambda=True),
+    "multislerp": MergeMethod(multislerp, pairwise_lambda=False),
+    "ties": MergeMethod(ties, pairwise_lambda=False),
+}
+
+
+def merge_runs(method: str, theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None,
+               **options) -> StateDict:
+    """The runs `thetas` merged from `theta_init` by `MERGES[method]`, with lambda where the method takes it;
+    `options` go to the method (e.g. `density` for ties)."""
+    merge = MERGES[method]
+    return merge.fn(theta_init, thetas, lam if merge.pairwise_lambda and len(thetas) == 2 else None, **options)

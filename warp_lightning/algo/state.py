@@ -35,7 +35,7 @@ class WarpState:
 
     theta_sft   the starting policy; never changes.
     theta_init  where every run of the current iteration starts; changed only by `merge` (LITI).
-    theta_slerp the merge of the last merged iteration's runs; set only by `merge`.
+    theta_slerp the merge of the last merged iteration's runs (`merging.MERGES[merge_method]`); set only by `merge`.
     runs        theta_m of the runs finished in the current iteration (`add_run`, called by `MergeRuns`).
     iteration   the iteration being trained: iteration i has merged exactly when `merged(i)`.
     theta_m and theta_ema themselves live in `RLOOModule.policy` / `.anchor` while a run trains.
@@ -50,6 +50,7 @@ class WarpState:
     runs: list[dict[str, torch.Tensor]] = field(default_factory=list)
     iteration: int = 1
     merge_stats: list[dict] = field(default_factory=list)
+    merge_options: dict = field(default_factory=dict)  # keyword arguments of the merge method (ties: density)
 
     def __post_init__(self):
         if self.theta_init is None:
@@ -71,9 +72,8 @@ class WarpState:
         if not self.ready_to_merge:
             raise RuntimeError(f"iteration {self.iteration} has {len(self.runs)} of its {self.runs_per_iteration} runs")
         # lambda applies to two runs (WARP.md); M != 2 uses the recursive 1/m scheme
-        lam = self.slerp_lambda if len(self.runs) == 2 else None
-        merge_fn = merging.slerp if self.merge_method == "slerp" else merging.linear
-        self.theta_slerp = merge_fn(self.theta_init, self.runs, lam)
+        self.theta_slerp = merging.merge_runs(self.merge_method, self.theta_init, self.runs, self.slerp_lambda,
+                                              **self.merge_options)
         stats = {"iteration": self.iteration, **merging.merge_stats(self.theta_init, self.runs, self.theta_slerp)}
         self.merge_stats.append(stats)
         self.theta_init = merging.liti(self.theta_init, self.theta_slerp, self.liti_eta)

@@ -1,0 +1,105 @@
+"""M-way merges beside SLERP (the symmetric spherical mean, TIES) and LITI beyond eta = 1 (ExPO), against their
+defining properties and a hand computation."""
+
+import itertools
+
+import pytest
+import torch
+
+from warp_lightning.algo import merging
+
+
+def states(seed: int, m: int, shapes=((6, 5), (7,))):
+    g = torch.Generator().manual_seed(seed)
+    base = {f"w{i}": torch.randn(s, generator=g) for i, s in enumerate(shapes)}
+    runs = [{k: v + torch.randn(v.shape, generator=g) * (1 + r) for k, v in base.items()} for r in range(m)]
+    return base, runs
+
+
+def close(a, b, **kw):
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **kw)
+
+
+def test_spherical_mean_of_two_runs_is_slerp_at_one_half_whatever_the_norms():
+    base, runs = states(0, 2)  # run 2's task vector is about twice as long as run 1's
+    close(merging.multislerp(base, runs), merging.slerp(base, runs, 0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_spherical_mean_is_invariant_to_the_order_of_its_inputs_unlike_recursive_slerp():
+    base, runs = states(1, 3)
+    means = [merging.multislerp(base, list(p)) for p in itertools.permutations(runs)]
+    for other in means[1:]:
+        close(means[0], other, atol=1e-5, rtol=1e-5)
+    forward, reverse = merging.slerp(base, runs), merging.slerp(base, runs[::-1])
+    assert not torch.allclose(forward["w0"], reverse["w0"], atol=1e-4)  # the recursion is not associative
+
+
+def test_spherical_mean_keeps_the_norm_of_equal_norm_task_vectors_where_the_linear_mean_shrinks():
+    base, runs = states(2, 4)
+    runs = [{k: base[k] + 3.0 * (r[k] - base[k]) / (r[k] - base[k]).norm() for k in base} for r in runs]
+    merged, lin = merging.multislerp(base, runs), merging.linear(base, runs)
+    for k in base:
+        assert (merged[k] - base[k]).norm().item() == pytest.approx(3.0, rel=1e-5)
+        assert (lin[k] - base[k]).norm().item() < 3.0 * 0.8
+
+
+def test_spherical_mean_falls_back_to_the_linear_mean_for_a_zero_task_vector():
+    base, runs = states(3, 3)
+    runs[1] = {k: v.clone() for k, v in base.items()}
+    close(merging.multislerp(base, runs), merging.linear(base, runs))
+
+
+def test_ties_against_a_hand_computation():
+    base = {"w": torch.zeros(6)}
+    d1 = torch.tensor([4.0, -1.0, 0.5, -3.0, 0.1, 2.0])
+    d2 = torch.tensor([-2.0, 3.0, 0.2, -1.0, 5.0, -0.3])
+    d3 = torch.tensor([1.0, -4.0, -0.6, 0.2, 0.3, -2.5])
+    runs = [{"w": d} for d in (d1, d2, d3)]
+    # density 0.5: keep the 3 largest |entries| of each task vector
+    t1 = torch.tensor([4.0, 0, 0, -3.0, 0, 2.0])
+    t2 = torch.tensor([-2.0, 3.0, 0, 0, 5.0, 0])
+    t3 = torch.tensor([1.0, -4.0, 0, 0, 0, -2.5])
+    # elected signs of t1 + t2 + t3 = [3, -1, 0, -3, 5, -0.5]: + - 0 - + -
+    # disjoint means: entry 0: (4 + 1) / 2; 1: -4 (t3); 2: no sign, 0; 3: -3; 4: 5; 5: -2.5 (t3; t1's +2 disagrees)
+    expected = torch.tensor([2.5, -4.0, 0.0, -3.0, 5.0, -2.5])
+    torch.testing.assert_close(merging.ties(base, runs, density=0.5)["w"], expected)
+    # density 1: nothing trimmed; entry 0: + elected (4 - 2 + 1 = 3), mean of 4 and 1
+    full = merging.ties(base, runs, density=1.0)["w"]
+    assert full[0].item() == pytest.approx(2.5) and full[1].item() == pytest.approx(-2.5)
+
+
+def test_ties_and_the_spherical_mean_refuse_a_lambda():
+    base, runs = states(4, 2)
+    for fn in (merging.ties, merging.multislerp):
+        with pytest.raises(ValueError, match="lam=None"):
+            fn(base, runs, 0.3)
+
+
+@pytest.mark.parametrize("eta", [1.0, 1.5, 2.0])
+def test_liti_beyond_one_extrapolates_exactly(eta):
+    sft, (aligned,) = states(5, 1)
+    out = merging.liti(sft, aligned, eta)
+    for k in sft:
+        torch.testing.assert_close(out[k], sft[k] + eta * (aligned[k] - sft[k]), atol=1e-6, rtol=0)
+
+
+def test_merge_runs_gives_lambda_only_to_the_pairwise_methods():
+    base, runs = states(6, 2)
+    close(merging.merge_runs("slerp", base, runs, 0.3), merging.slerp(base, runs, 0.3))
+    close(merging.merge_runs("linear", base, runs, 0.3), merging.linear(base, runs, 0.3))
+    close(merging.merge_runs("multislerp", base, runs, 0.3), merging.multislerp(base, runs))
+    close(merging.merge_runs("ties", base, runs, 0.3, density=0.5), merging.ties(base, runs, density=0.5))
+    three = states(7, 3)[1]
+    close(merging.merge_runs("slerp", base, three, 0.3), merging.slerp(base, three))  # M != 2: recursive 1/m
+
+
+def test_warp_state_merges_with_the_registry_method_and_its_options():
+    from warp_lightning.algo.state import WarpState
+
+    base, runs = states(8, 3)
+    state = WarpState(base, runs_per_iteration=3, merge_method="ties", liti_eta=1.0, merge_options={"density": 0.5})
+    for r in runs:
+        state.add_run(r)
+    state.merge()
+    close(state.theta_slerp, merging.ties(base, runs, density=0.5))
