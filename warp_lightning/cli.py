@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from warp_lightning import Preempted, UserError
-from warp_lightning.data.assets import ASSETS
-from warp_lightning.data.texts import TEXT_SETS
+from warp_lightning.data.hub import check_hub
 from warp_lightning.utils import signals
 from warp_lightning.utils.console import quiet_third_party
 from warp_lightning.utils.io import write_metrics
@@ -56,6 +55,8 @@ def run_command(name: str, cfg) -> dict:
     try:
         module = importlib.import_module(COMMANDS[name][0])
         quiet_third_party()  # after the imports: Lightning adds its own console handler when it is imported
+        if name in RESUMABLE:
+            signals.claim_run_dir(cfg_output_dir())  # held already if hydra.run.dir was given
         metrics = module.run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -119,7 +120,8 @@ def check_overrides(name: str, args: list[str]) -> None:
     """Everything that can be checked before the command starts, up front, each failure one line (UserError):
     the overrides parse, the config composes (no unknown key or config), each overridden value has the type
     of the value it replaces (utils/validate.py says why this rather than structured configs), and the
-    composed config passes `validate_command` (values, files, the machine). A sweep (`a=1,2`) is composed
+    composed config passes `validate_command` (values, files, the machine) and `check_hub` (what it needs from
+    the Hugging Face hub is cached or the hub answers). A sweep (`a=1,2`) is composed
     with its first value and type-checked with all of them.
 
     Hydra itself would print several lines and exit with status 1, after creating the run folder.
@@ -148,7 +150,10 @@ def check_overrides(name: str, args: list[str]) -> None:
         check_override_types([(o.key_or_group, [_plain(full, o.key_or_group)] if not o.is_sweep_override()
                                 else _values(o)) for o in values], base)
         run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
-        validate_command(name, full, run_dir, TEXT_SETS, ASSETS)
+        checks = importlib.import_module(COMMANDS[name][0].rpartition(".")[0] + ".checks")  # beside the command
+        validate_command(full, getattr(checks, f"check_{name}"), run_dir)
+        if not {"--cfg", "-c", "--info", "-i", "--help", "-h"} & set(args):  # printing the config needs no hub
+            check_hub(name, full)  # a hub name neither cached nor reachable: one line now, not retries in a build
     except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
         raise UserError(_one_line(err)) from None
 
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         signals.tie_to_parent()  # a child of another command (a build, a DDP process) dies with it
         check_overrides(name, argv[1:])
+        run_dir = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("hydra.run.dir=")), None)
+        if name in RESUMABLE and run_dir and "${" not in run_dir and not any(a.startswith("-") for a in argv[1:]):
+            signals.claim_run_dir(run_dir)  # before Hydra writes in it: one command at a time in a run folder
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

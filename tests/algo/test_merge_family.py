@@ -56,10 +56,8 @@ def test_ties_against_a_hand_computation():
     d2 = torch.tensor([-2.0, 3.0, 0.2, -1.0, 5.0, -0.3])
     d3 = torch.tensor([1.0, -4.0, -0.6, 0.2, 0.3, -2.5])
     runs = [{"w": d} for d in (d1, d2, d3)]
-    # density 0.5: keep the 3 largest |entries| of each task vector
-    t1 = torch.tensor([4.0, 0, 0, -3.0, 0, 2.0])
-    t2 = torch.tensor([-2.0, 3.0, 0, 0, 5.0, 0])
-    t3 = torch.tensor([1.0, -4.0, 0, 0, 0, -2.5])
+    # density 0.5: keep the 3 largest |entries| of each task vector:
+    # t1 = [4, 0, 0, -3, 0, 2], t2 = [-2, 3, 0, 0, 5, 0], t3 = [1, -4, 0, 0, 0, -2.5]
     # elected signs of t1 + t2 + t3 = [3, -1, 0, -3, 5, -0.5]: + - 0 - + -
     # disjoint means: entry 0: (4 + 1) / 2; 1: -4 (t3); 2: no sign, 0; 3: -3; 4: 5; 5: -2.5 (t3; t1's +2 disagrees)
     expected = torch.tensor([2.5, -4.0, 0.0, -3.0, 5.0, -2.5])

@@ -16,6 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from warp_lightning import NonFiniteError, UserError
 from warp_lightning.data.prompts import PromptBatches
+from warp_lightning.reward.rewards import RewardScores
 from warp_lightning.train.checkpoint import RunCheckpoint, run_path
 from warp_lightning.train.module import RLOOModule, check_finite_weights
 
@@ -155,9 +156,9 @@ def tiny_module(gpt2_tokenizer, reward, steps=4):
 def test_non_finite_reward_stops_at_its_step_and_keeps_the_last_checkpoint(gpt2_tokenizer, tmp_path):
     calls = []
 
-    def reward(texts):  # a reward model that breaks on its third batch
-        calls.append(len(texts))
-        return torch.full((len(texts),), float("nan") if len(calls) == 3 else 0.5)
+    def reward(prompts, completions, columns):  # a reward model that breaks on its third batch
+        calls.append(len(completions))
+        return RewardScores(torch.full((len(completions),), float("nan") if len(calls) == 3 else 0.5))
 
     module, prompts = tiny_module(gpt2_tokenizer, reward)
     trainer = L.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -168,7 +169,7 @@ def test_non_finite_reward_stops_at_its_step_and_keeps_the_last_checkpoint(gpt2_
 
 
 def test_reward_of_the_wrong_shape_is_a_clear_error_at_the_first_batch(gpt2_tokenizer):
-    module, prompts = tiny_module(gpt2_tokenizer, lambda texts: torch.zeros(len(texts), 2))
+    module, prompts = tiny_module(gpt2_tokenizer, lambda p, c, columns: RewardScores(torch.zeros(len(c), 2)))
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     with pytest.raises(UserError, match=r"reward model returned shape \(4, 2\) at iteration 1 run 1 step 1"):

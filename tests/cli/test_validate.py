@@ -8,8 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from warp_lightning import UserError
+from warp_lightning.algo import merging
 from warp_lightning.cli import CONF_DIR
-from warp_lightning.utils.validate import CLUSTER_ENV, validate_train_config
+from warp_lightning.train.checks import check_train_config
+from warp_lightning.utils.validate import CLUSTER_ENV
 
 BAD = [
     ("warp.iterations=0", "warp.iterations"),
@@ -26,7 +28,7 @@ BAD = [
     ("warp.temperature=0", "warp.temperature"),
     ("warp.lr=0", "warp.lr"),
     ("warp.anchor=frozen", "warp.anchor"),
-    ("warp.merge=ties", "warp.merge"),
+    ("warp.merge=average", "warp.merge"),
     ("data.min_prompt_tokens=30", "data.min_prompt_tokens"),
     ("data.min_prompt_tokens=0", "data.min_prompt_tokens"),
     ("warp.warmup_steps=-1", "warp.warmup_steps"),
@@ -48,13 +50,26 @@ def compose_train(*overrides):
 def test_bad_value_is_one_line_naming_the_key(override, key, tmp_path):
     cfg = compose_train(*override.split(), f"paths.models_dir={tmp_path}", "policy.build=null", "reward_model.build=null")
     with pytest.raises(UserError) as err:
-        validate_train_config(cfg)
+        check_train_config(cfg)
     message = str(err.value)
     assert "\n" not in message and message.startswith(key), message
 
 
 def test_defaults_are_valid(tmp_path):
-    validate_train_config(compose_train("+experiment=smoke", f"paths.models_dir={tmp_path}"))
+    check_train_config(compose_train("+experiment=smoke", f"paths.models_dir={tmp_path}"))
+
+
+def test_the_merge_methods_allowed_are_those_of_the_registry(tmp_path, monkeypatch):
+    """warp.merge takes the names of `merging.MERGES`: a method registered there is accepted at once, and the
+    refusal lists the registry's names."""
+    cfg = compose_train("+experiment=smoke", "warp.merge=average", f"paths.models_dir={tmp_path}")
+    with pytest.raises(UserError) as err:
+        check_train_config(cfg)
+    message = str(err.value)
+    assert message.startswith("warp.merge='average' is invalid: choose ") and "slerp" in message, message
+    assert all(name in message for name in merging.MERGES), message
+    monkeypatch.setitem(merging.MERGES, "average", merging.MERGES["linear"])
+    check_train_config(cfg)
 
 
 def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):

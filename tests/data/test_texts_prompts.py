@@ -103,9 +103,10 @@ def test_prompt_lengths_and_determinism(asset_cache, gpt2_tokenizer):
 
 def test_make_prompts_argument_checks(gpt2_tokenizer):
     tiny = Dataset.from_dict({"text": ["one two three"], "label": [1]})
-    with pytest.raises(ValueError, match="min_tokens"):
+    with pytest.raises(UserError, match=r"^data.min_prompt_tokens=0 is invalid: must be between 1 and "
+                                        r"data.max_prompt_tokens=5$"):
         make_prompts(tiny, gpt2_tokenizer, 0, 5)
-    with pytest.raises(ValueError, match="exceed"):
+    with pytest.raises(UserError, match=r"^data.min_prompt_tokens=6 is invalid: must be between 1"):
         make_prompts(tiny, gpt2_tokenizer, 6, 5)
 
 

@@ -30,6 +30,7 @@ from warp_lightning.eval.stats import (
 )
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import Rollout
+from warp_lightning.reward.rewards import RewardScores
 
 
 def test_ci95_matches_hand_computation():
@@ -156,8 +157,8 @@ def test_every_model_draws_the_same_uniforms_per_batch(monkeypatch):
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1,
                           decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids.tolist())))
 
-    def reward(texts):
-        return torch.zeros(len(texts))
+    def reward(prompts, completions, columns):
+        return RewardScores(torch.zeros(len(completions)))
 
     prompts = [[2, 3], [4, 5, 6], [7], [8, 9], [3, 3]]
     out = {}
@@ -244,8 +245,8 @@ def test_train_check_and_evaluate_share_one_schema():
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=1,
                           decode=lambda ids, skip_special_tokens=True: " ".join(map(str, ids.tolist())))
 
-    def reward(texts):
-        return torch.tensor([len(t) / 10 for t in texts])
+    def reward(prompts, completions, columns):
+        return RewardScores(torch.tensor([(len(p) + len(c)) / 10 for p, c in zip(prompts, completions, strict=True)]))
 
     prompts = Dataset.from_dict({"input_ids": [[2, 3], [4, 5, 6], [7], [8, 9], [3, 3], [5, 2]]})
     ecfg = OmegaConf.create({"prompts": 4, "subsamples": 2, "samples_per_prompt": 1, "max_new_tokens": 4,

@@ -15,7 +15,7 @@ from warp_lightning.data.prompts import left_pad
 from warp_lightning.policy import vocab_ops
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import sample
-from warp_lightning.utils.validate import validate_train_config
+from warp_lightning.train.checks import check_train_config
 
 EOS = 3
 
@@ -240,5 +240,5 @@ def test_min_new_tokens_config_is_checked(override, key, tmp_path):
     assert cfg.warp.min_new_tokens == cfg.warp.max_new_tokens == cfg.eval.min_new_tokens  # fixed length
     assert _compose_train(*base, "warp.max_new_tokens=8").eval.min_new_tokens == 8  # follows max_new_tokens
     with pytest.raises(UserError) as err:
-        validate_train_config(_compose_train(*base, override))
+        check_train_config(_compose_train(*base, override))
     assert str(err.value).startswith(key) and "\n" not in str(err.value)

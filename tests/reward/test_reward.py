@@ -50,10 +50,12 @@ def test_centering_makes_balanced_texts_score_zero_on_average(minilm):
     model.classifier.bias.data.copy_(before)
 
 
-def test_reward_model_with_several_outputs_is_a_clear_error(asset_cache):
+def test_a_bradley_terry_score_of_several_outputs_is_a_clear_error(asset_cache):
     from warp_lightning.data.assets import fetch
 
     folder = fetch("minilm", cache=asset_cache)
     model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
-    with pytest.raises(UserError, match="one score per text"):
-        RewardModel(model, AutoTokenizer.from_pretrained(folder))(["a film"])
+    with pytest.raises(UserError, match=r"score=bradley_terry needs one output per text \(num_labels=1\), this "
+                                        "model has 2: use score=logit or score=probability"):
+        RewardModel(model, AutoTokenizer.from_pretrained(folder))
+    assert RewardModel(model, AutoTokenizer.from_pretrained(folder), score="logit", label=1)(["a film"]).shape == (1,)

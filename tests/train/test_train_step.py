@@ -15,6 +15,7 @@ from warp_lightning.data.prompts import PromptBatches, left_pad
 from warp_lightning.policy import vocab_ops as kernels
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import sample
+from warp_lightning.reward.rewards import RewardScores
 from warp_lightning.train.callbacks import EMAAnchor
 from warp_lightning.train.module import RLOOModule, rloo_objective
 
@@ -69,8 +70,9 @@ def test_rloo_advantages_stay_within_each_prompts_samples():
 class _Reward:
     """A reward model stand-in: the share of even token ids in the text's last characters (no training needed)."""
 
-    def __call__(self, texts):
-        return torch.tensor([sum(ord(c) % 2 == 0 for c in t[-8:]) / 8 for t in texts])
+    def __call__(self, prompts, completions, columns):
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+        return RewardScores(torch.tensor([sum(ord(c) % 2 == 0 for c in t[-8:]) / 8 for t in texts]))
 
 
 def fit_module(gpt2_tokenizer, anchor: str, steps: int = 3):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from warp_lightning.utils import internals
+
 
 def sequence_logprob(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log pi(y|x) = sum of the log-probs of the completion tokens (mask = 1 up to and including EOS)."""
@@ -41,7 +43,7 @@ def rloo_loss(advantages: torch.Tensor, logprob: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def ema_update_(anchor: list[torch.Tensor], policy: list[torch.Tensor], mu: float) -> None:
     """theta_ema <- (1 - mu) * theta_ema + mu * theta, in place (WARP.md: the anchor moves slowly)."""
-    torch._foreach_lerp_(anchor, policy, mu)
+    internals.foreach_lerp_(anchor, policy, mu)
 
 
 def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:

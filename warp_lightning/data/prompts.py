@@ -22,8 +22,10 @@ import torch
 
 from warp_lightning import UserError
 from warp_lightning.data.assets import ASSETS, cache_dir
+from warp_lightning.data.prompt_datasets import prompt_dataset_splits
 from warp_lightning.data.texts import load_texts, normalize_text, split_indices
 from warp_lightning.utils.io import atomic_write_bytes
+from warp_lightning.utils.validate import check_prompt_lengths
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +48,18 @@ class PromptBatches(torch.utils.data.Dataset):
 
     Iterating starts at batch `start` (the prompt stream position of a resumed run); the length stays T so
     that Lightning's restored loop progress lines up with it. With `shard`, each process of a
-    data-parallel run takes every world_size-th prompt of a batch (with all its k samples).
+    data-parallel run takes every world_size-th prompt of a batch (with all its k samples). With `columns`
+    ({name: one value per prompt}), a batch is (input_ids, mask, {name: the values of its rows}): what the
+    reward reads beside the completions; without, (input_ids, mask).
     """
     def __init__(self, prompts: list[list[int]], steps: int, per_step: int, seed: int, pad_id: int,
-                 start: int = 0, shard: bool = False):
+                 start: int = 0, shard: bool = False, columns: dict[str, list] | None = None):
         g = torch.Generator().manual_seed(seed)
         need, order = steps * per_step, []
         while len(order) < need:
             order += torch.randperm(len(prompts), generator=g).tolist()
         self.prompts, self.order, self.per_step, self.pad_id = prompts, order[:need], per_step, pad_id
-        self.start, self.shard = start, shard
+        self.start, self.shard, self.columns = start, shard, columns
 
     def __len__(self) -> int:
         return len(self.order) // self.per_step
@@ -66,7 +70,8 @@ class PromptBatches(torch.utils.data.Dataset):
         rows = self.order[t * self.per_step : (t + 1) * self.per_step]
         if self.shard and torch.distributed.is_initialized():  # data parallel: this process's prompts
             rows = rows[torch.distributed.get_rank() :: torch.distributed.get_world_size()]
-        return left_pad([self.prompts[r] for r in rows], self.pad_id)
+        batch = left_pad([self.prompts[r] for r in rows], self.pad_id)
+        return batch if self.columns is None else (*batch, {k: [v[r] for r in rows] for k, v in self.columns.items()})
 
     def __iter__(self):
         return (self[t] for t in range(self.start, len(self)))
@@ -121,10 +126,7 @@ def make_prompts(texts, tokenizer, min_tokens: int = 5, max_tokens: int = 20, se
     """
     from datasets import Dataset, Features, List, Value
 
-    if min_tokens < 1:
-        raise ValueError(f"min_tokens must be at least 1, not {min_tokens}")
-    if min_tokens > max_tokens:
-        raise ValueError(f"min_tokens ({min_tokens}) must not exceed max_tokens ({max_tokens})")
+    check_prompt_lengths(min_tokens, max_tokens)
     rng = np.random.default_rng(seed)
     raw = list(texts["text"])
     labels = list(texts["label"]) if "label" in texts.column_names else [-1] * len(raw)
@@ -403,9 +405,7 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
         raise UserError(f"data.prompts_per_text={per_text!r} is invalid: must be an integer >= 1")
     if not 0 < validation_fraction < 1:
         raise UserError(f"data.validation_fraction={validation_fraction!r} is invalid: must be in (0, 1)")
-    if min_tokens < 1 or min_tokens > max_tokens:
-        raise UserError(f"data.min_prompt_tokens={min_tokens} is invalid: must be between 1 and "
-                        f"data.max_prompt_tokens={max_tokens}")
+    check_prompt_lengths(min_tokens, max_tokens)
     settings = {"min_tokens": int(min_tokens), "max_tokens": int(max_tokens), "heldout": heldout,
                 "per_text": per_text, "validation_fraction": float(validation_fraction),
                 "exclude_seen": [str(s) for s in exclude_seen]}
@@ -430,7 +430,9 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
 
 
 def splits_for(data, tokenizer, seed: int, cache: str | Path | None = None) -> PromptSplits:
-    """`prompt_splits` of a `data` config (conf/data/*.yaml)."""
+    """`prompt_splits` of a `data` config (conf/data/*.yaml); data=prompts: `prompt_dataset_splits`."""
+    if data.name == "prompts":
+        return PromptSplits(*prompt_dataset_splits(data, tokenizer, cache))
     return prompt_splits(data.name, tokenizer, data.min_prompt_tokens, data.max_prompt_tokens, seed, cache=cache,
                          path=data.get("path"), heldout=data.get("heldout_prompts", "first"),
                          per_text=data.get("prompts_per_text", 1),

@@ -7,8 +7,9 @@ Offline sets come from the assets of ASSETS.md (`warp_lightning.assets`):
 - `rt_snippets`: Rotten Tomatoes critic snippets, fresh -> 1, rotten -> 0, plot synopses dropped, HTML
   entities unescaped, de-duplicated within itself and against `sentences` (most of `sentences` is in it).
 
-`imdb` is the hub's `stanfordnlp/imdb` (online only). Splits are deterministic and stratified by label:
-80/20 for `reviews` and `sentences`, 90/10 for `rt_snippets`; `split=None` gives every row.
+`imdb` is the hub's `stanfordnlp/imdb`, or a local copy of it (`data.path`, `reward_model.train_data_path`).
+Splits are deterministic and stratified by label: 80/20 for `reviews` and `sentences`, 90/10 for `rt_snippets`;
+`split=None` gives every row.
 """
 
 from __future__ import annotations
@@ -267,19 +268,18 @@ def load_texts(name: str, split: str | None = None, cache: str | Path | None = N
     "train", "test" or None (every row). `cache` is the assets cache (default `assets.cache_dir()`);
     offline sets are fetched into it on first use.
     """
-    from datasets import Dataset, concatenate_datasets, load_dataset
+    from datasets import Dataset, concatenate_datasets, load_dataset, load_from_disk
 
     if name not in TEXT_SETS:
         raise UserError(f"unknown text set {name!r}; choose one of {', '.join(TEXT_SETS)}")
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, not {split!r}")
-    if name == "imdb":  # the hub dataset, or a local copy in its format (`path`: parquet files per split)
+    if name == "imdb":  # the hub dataset, or a local copy: its parquet files per split, or a `save_to_disk` folder
         source = str(path) if path else IMDB_HUB_ID
-        if split is None:
-            parts = [load_dataset(source, split=s) for s in SPLITS]
-            ds = concatenate_datasets(parts)
-        else:
-            ds = load_dataset(source, split=split)
+        saved = path is not None and (Path(source).expanduser() / "dataset_dict.json").exists()
+        splits = load_from_disk(str(Path(source).expanduser())) if saved else None
+        parts = [splits[s] if saved else load_dataset(source, split=s) for s in ([split] if split else SPLITS)]
+        ds = parts[0] if split else concatenate_datasets(parts)
         texts, labels = _clean(list(ds["text"]), list(ds["label"]), f"imdb/{split or 'all'}")
         return Dataset.from_dict({"text": texts, "label": labels}, features=_features())
 

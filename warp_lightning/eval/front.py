@@ -23,6 +23,7 @@ from pathlib import Path
 from warp_lightning import UserError
 from warp_lightning.algo import merging
 from warp_lightning.algo.state import clone_state
+from warp_lightning.eval.checks import check_etas
 from warp_lightning.eval.plots import plot_front
 from warp_lightning.eval.protocol import load_protocol, write_csv
 from warp_lightning.eval.stats import per_prompt
@@ -32,7 +33,8 @@ from warp_lightning.utils.paths import cfg_output_dir
 log = logging.getLogger(__name__)
 
 StateDict = merging.StateDict
-COLUMNS = ["curve", "arm", "seed", "kind", "merge", "anchor", "kl_coef", "iteration", "eta", "step", "reward_mean",
+COLUMNS = ["curve", "arm", "seed", "kind", "merge", "anchor", "kl_coef", "iteration", "eta", "extrapolation", "step",
+           "reward_mean",
            "reward_ci95", "judge_mean", "judge_ci95", "kl_mean", "kl_ci95", "kl_k1_mean", "completion_length_mean",
            "source"]
 PROMPT_COLUMNS = ["curve", "seed", "eta", "step", "prompt_index", "reward", "judge", "kl"]
@@ -147,7 +149,9 @@ def evaluate_curves(curves: list[Curve], protocol) -> tuple[list[dict], list[dic
                 metrics, completions = protocol.evaluate(model_from_state(protocol.sft, state))
             point = {"curve": curve.name, "seed": curve.seed, "eta": where.get("eta", ""),
                      "step": where.get("step", "")}
-            row = {**point, "arm": curve.arm, "kind": curve.kind, "merge": curve.merge, "anchor": curve.anchor,
+            # eta > 1: beyond theta_slerp, theta_sft + eta (theta_slerp - theta_sft) (ExPO, alpha = eta - 1)
+            extrapolated = curve.kind == "liti" and float(where.get("eta", 0)) > 1
+            row = {**point, "extrapolation": extrapolated, "arm": curve.arm, "kind": curve.kind, "merge": curve.merge, "anchor": curve.anchor,
                    "kl_coef": curve.kl_coef, "iteration": curve.iteration,
                    **{k: metrics[k] for k in COLUMNS if k in metrics}, "source": curve.source}
             rows.append(row)
@@ -174,10 +178,8 @@ def run_dirs(value) -> list[Path]:
 
 def run(cfg) -> dict:
     started = time.time()
+    check_etas(cfg)
     etas, linear_etas = [float(e) for e in cfg.etas], [float(e) for e in cfg.linear_etas or []]
-    for key, values in (("etas", etas), ("linear_etas", linear_etas)):
-        if not all(0.0 <= e <= 1.0 for e in values) or (key == "etas" and not values):
-            raise UserError(f"{key}={values} is invalid: give values in [0, 1]")
     # curve names: "SFT_anchor_beta_0.1" (a Hydra dict key has no spaces) reads "SFT anchor beta 0.1"
     arms = {cfg.name: run_dirs(cfg.run),
             **{str(k).replace("_", " "): run_dirs(v) for k, v in (cfg.baselines or {}).items()}}

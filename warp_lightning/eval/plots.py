@@ -79,12 +79,13 @@ def _seed_means(pts: list[dict], metric: str) -> list[dict]:
     return sorted(out, key=lambda r: r["x"])
 
 
-def draw_front(ax, rows: list[dict], title: str = "reward vs KL: LITI fronts (eta = 0 ... 1) and RL training curves",
+def draw_front(ax, rows: list[dict], title: str = "reward vs KL: LITI fronts (eta from 0; > 1 extrapolates) and RL training curves",
                metric: str = "reward"):
     """Mean `metric` (reward or judge) against KL(pi || pi_sft), with 95% intervals both ways, one line per
     curve of `front` (averaged over the seeds of its arm; the intervals are then the seeds' mean half-width).
 
-    LITI fronts of SLERP merges are solid, of linear merges dashed; training curves of single RL runs dotted.
+    LITI fronts of SLERP merges are solid, of linear merges dashed; training curves of single RL runs dotted;
+    points beyond theta_slerp (eta > 1, extrapolation) are hollow.
     """
     for name in dict.fromkeys(r["curve"] for r in rows):
         pts = [r for r in rows if r["curve"] == name]
@@ -94,10 +95,15 @@ def draw_front(ax, rows: list[dict], title: str = "reward vs KL: LITI fronts (et
         means = _seed_means(pts, metric)
         style = {"liti": ("-", "o") if merge != "linear" else ("--", "s"), "training": (":", "^")}[kind]
         seeds = max(r["seeds"] for r in means)
-        ax.errorbar([r["kl_mean"] for r in means], [r[f"{metric}_mean"] for r in means],
-                    xerr=[r["kl_ci95"] for r in means], yerr=[r[f"{metric}_ci95"] for r in means],
-                    ls=style[0], marker=style[1], ms=4, lw=1.3, elinewidth=0.7, capsize=2,
-                    label=name if seeds == 1 else f"{name} (mean of {seeds} seeds)")
+        line = ax.errorbar([r["kl_mean"] for r in means], [r[f"{metric}_mean"] for r in means],
+                           xerr=[r["kl_ci95"] for r in means], yerr=[r[f"{metric}_ci95"] for r in means],
+                           ls=style[0], marker=style[1], ms=4, lw=1.3, elinewidth=0.7, capsize=2,
+                           label=name if seeds == 1 else f"{name} (mean of {seeds} seeds)")
+        beyond = [r for r in means if kind == "liti" and r["x"] > 1]  # ExPO: eta > 1, hollow markers
+        if beyond:
+            ax.plot([r["kl_mean"] for r in beyond], [r[f"{metric}_mean"] for r in beyond], ls="none",
+                    marker=style[1], ms=8, mfc="white", mec=line[0].get_color(), zorder=4,
+                    label=f"{name}: extrapolation (eta > 1)")
     ax.set(xlabel="KL(pi || pi_sft), exact, nats per completion", ylabel=METRIC_LABELS[metric], title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -108,7 +114,7 @@ def plot_front(rows: list[dict], out: str | Path) -> Path:
     has_judge = any(r.get("judge_mean") not in ("", None) for r in rows)
     fig, axes = _pyplot().subplots(1, 2 if has_judge else 1, figsize=(15, 5.2) if has_judge else (7.5, 5.2),
                                    squeeze=False)
-    draw_front(axes[0][0], rows, "proxy reward vs KL: LITI fronts (eta = 0 ... 1), RL training curves")
+    draw_front(axes[0][0], rows, "proxy reward vs KL: LITI fronts (eta > 1 hollow), RL training curves")
     if has_judge:
         draw_front(axes[0][1], rows, "held-out judge vs KL: the same models", metric="judge")
     return _save(fig, out)

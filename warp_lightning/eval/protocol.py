@@ -19,14 +19,15 @@ import torch
 
 from warp_lightning import UserError
 from warp_lightning.algo import rl
-from warp_lightning.builds import ensure_model
+from warp_lightning.builds import ensure_reward
+from warp_lightning.data.prompt_datasets import prompt_columns
 from warp_lightning.data.prompts import left_pad, splits_for
 from warp_lightning.eval.judge import load_judge
 from warp_lightning.eval.stats import compare_rows, distinct_n, summarize
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, model_from_state
-from warp_lightning.policy.sampling import decode_texts, sample
-from warp_lightning.reward.scorer import load_reward_model
+from warp_lightning.policy.sampling import decode_prompts_completions, sample
+from warp_lightning.reward.rewards import load_reward
 from warp_lightning.utils.io import atomic_write_bytes
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
@@ -36,12 +37,15 @@ from warp_lightning.utils.validate import check_min_new_tokens
 @torch.no_grad()
 def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: list[list[int]], n_per_prompt: int,
                       max_new_tokens: int, temperature: float, seed: int, batch_size: int = 64,
-                      min_new_tokens: int = 0) -> dict:
-    """Sample n completions per prompt from `model`; per completion: reward, exact and sampled KL, length.
-    Both models' log-probs are those of the distribution sampled (temperature, no EOS before min_new_tokens)."""
+                      min_new_tokens: int = 0, columns: dict[str, list] | None = None) -> dict:
+    """Sample n completions per prompt from `model`; per completion: reward (and each term of a sum as
+    `reward/NAME`), exact and sampled KL, length. Both models' log-probs are those of the distribution sampled
+    (temperature, no EOS before min_new_tokens). `columns`: the dataset's other columns, one value per prompt,
+    for the reward."""
 
     device = next(model.parameters()).device
     rows = [p for p in prompt_ids for _ in range(n_per_prompt)]
+    row_columns = {k: [v for v in values for _ in range(n_per_prompt)] for k, values in (columns or {}).items()}
     out = {"reward": [], "kl": [], "kl_k1": [], "kl_k3": [], "length": [], "text": []}
     for start in range(0, len(rows), batch_size):
         ids, mask = (t.to(device) for t in left_pad(rows[start : start + batch_size], tokenizer.pad_token_id))
@@ -56,8 +60,13 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
         per_token_kl = torch.zeros(cmask.shape, device=device)
         per_token_kl[cmask] = rl.exact_kl_from_logprobs(lp_full, ref_full)
         log_ratio = (ref_tok - lp_tok) * cmask  # log pi_sft/pi at the sampled tokens
-        texts = decode_texts(tokenizer, rollout)
-        out["reward"] += reward_model(texts).tolist()
+        prompts, completions = decode_prompts_completions(tokenizer, rollout)
+        texts = [p + c for p, c in zip(prompts, completions, strict=True)]  # = decode_texts
+        batch_columns = {k: v[start : start + batch_size] for k, v in row_columns.items()}
+        scores = reward_model(prompts, completions, batch_columns)
+        out["reward"] += scores.total.tolist()
+        for name, term in scores.terms.items():
+            out.setdefault(f"reward/{name}", []).extend(term.tolist())
         out["kl"] += per_token_kl.sum(-1).tolist()
         out["kl_k1"] += (-log_ratio.sum(-1)).tolist()
         out["kl_k3"] += ((log_ratio.exp() - 1 - log_ratio) * cmask).sum(-1).tolist()
@@ -72,13 +81,18 @@ FIGURES = {"reward": "reward", "judge": "judge", "kl": "kl", "kl_k1": "kl_k1", "
 PAIRED = ("reward", "judge")  # the scores whose paired differences to the reference model are reported
 
 
+def figures_of(rows: list[dict]) -> dict[str, str]:
+    """`FIGURES`, and `reward/NAME` for each term of a sum reward (reported beside the total)."""
+    return {**FIGURES, **{k: k for k in (rows[0] if rows else {}) if k.startswith("reward/")}}
+
+
 def completion_rows(model, sft_model, tokenizer, reward_model, prompt_ids: list[list[int]], prompt_index: list[int],
-                    ecfg, seed: int, subsample: int = 0, judge=None) -> list[dict]:
+                    ecfg, seed: int, subsample: int = 0, judge=None, columns: dict[str, list] | None = None) -> list[dict]:
     """One row per sampled completion of `model` on `prompt_ids` (`eval.samples_per_prompt` each): its prompt's
     index, its subsample, the scores of `score_completions` and the judge's."""
     n = ecfg.samples_per_prompt
     scores = score_completions(model, sft_model, tokenizer, reward_model, prompt_ids, n, ecfg.max_new_tokens,
-                               ecfg.temperature, seed, ecfg.batch_size, ecfg.get("min_new_tokens", 0))
+                               ecfg.temperature, seed, ecfg.batch_size, ecfg.get("min_new_tokens", 0), columns)
     if judge is not None:
         scores["judge"] = judge(scores["text"]).tolist()
     return [{"subsample": subsample, "prompt_index": prompt_index[j // n], "sample": j % n,
@@ -106,11 +120,12 @@ def quick_eval(states: dict[str, dict], skeleton, tokenizer, reward_model, promp
     sampling random numbers for every state; `eval.examples` completions of each."""
     order = prompts.shuffle(seed=eval_cfg.seed)
     ids = list(order["input_ids"][: eval_cfg.prompts])
+    columns = {k: v[: len(ids)] for k, v in prompt_columns(order).items()}
     sft = model_from_state(skeleton, next(iter(states.values()))).to(device)
     rows = {name: completion_rows(model_from_state(skeleton, state).to(device), sft, tokenizer, reward_model, ids,
-                                  list(range(len(ids))), eval_cfg, eval_cfg.seed, judge=judge)
+                                  list(range(len(ids))), eval_cfg, eval_cfg.seed, judge=judge, columns=columns)
             for name, state in states.items()}
-    results = {name: {**summarize(r, FIGURES, eval_cfg.seed), "examples": [x["text"] for x in r[: eval_cfg.examples]]}
+    results = {name: {**summarize(r, figures_of(r), eval_cfg.seed), "examples": [x["text"] for x in r[: eval_cfg.examples]]}
                for name, r in rows.items()}
     for name, gains in paired_gains(rows, next(iter(states)), eval_cfg.seed).items():
         results[name].update(gains)
@@ -133,12 +148,13 @@ def evaluate_policy(model, sft_model, tokenizer, reward_model, test_prompts, ecf
                     judge=None) -> tuple[dict, list[dict]]:
     """The protocol of WARP.md on S disjoint subsamples (each with its own sampling seed): means with their 95%
     bootstrap intervals over prompts, the per-subsample means, and one row per completion."""
-    ids = list(test_prompts["input_ids"])
+    ids, columns = list(test_prompts["input_ids"]), prompt_columns(test_prompts)
     rows = []
     for s, idx in enumerate(subsample_indices(len(ids), ecfg.subsamples, ecfg.get("prompts"), ecfg.seed)):
         rows += completion_rows(model, sft_model, tokenizer, reward_model, [ids[i] for i in idx], idx, ecfg,
-                                ecfg.seed + 1000 + s, subsample=s, judge=judge)
-    metrics = summarize(rows, FIGURES, ecfg.seed)
+                                ecfg.seed + 1000 + s, subsample=s, judge=judge,
+                                columns={k: [v[i] for i in idx] for k, v in columns.items()})
+    metrics = summarize(rows, figures_of(rows), ecfg.seed)
     texts = [r["text"] for r in rows]
     metrics.update(distinct_1=distinct_n(texts, 1), distinct_2=distinct_n(texts, 2), subsamples=ecfg.subsamples,
                    prompts_per_subsample=round(len(rows) / ecfg.samples_per_prompt / ecfg.subsamples, 1),
@@ -179,11 +195,11 @@ def load_protocol(cfg) -> Protocol:
     check_min_new_tokens(cfg.eval, "eval")
     if not Path(str(cfg.sft)).exists():
         raise UserError(f"sft={cfg.sft} does not exist: pass the SFT policy's Hugging Face folder")
-    ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
+    ensure_reward(cfg.reward_model, cfg.paths.cache_dir)
     device = trainer_device(cfg.trainer)
     log_device(cfg.trainer)
     tokenizer = load_tokenizer(cfg.sft)
-    reward_model = load_reward_model(cfg.reward_model, device)
+    reward_model = load_reward(cfg.reward_model, device)
     # held-out prompts do not depend on the seed; eval.split: test for final figures, validation for selection
     prompts = splits_for(cfg.data, tokenizer, 0, cache=cfg.paths.cache_dir).get(cfg.eval.get("split", "test"))
     return Protocol(tokenizer, load_causal_lm(cfg.sft).eval().to(device), reward_model, prompts, cfg.eval,

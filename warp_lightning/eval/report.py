@@ -439,7 +439,8 @@ def claims_markdown(found: list[dict]) -> str:
 def front_markdown(rows: list[dict]) -> str:
     seeds = len({r.get("seed") for r in rows}) > 1
     table = [[r["curve"], *([int(r["seed"])] if seeds else []),
-              f"{r['eta']:g}" if r["kind"] == "liti" else f"step {int(r['step'])}",  # as given: 0.25, not 0.2
+              (f"{r['eta']:g}" + (" (extrapolation)" if r["eta"] > 1 else "")) if r["kind"] == "liti"  # as given
+              else f"step {int(r['step'])}",
               fmt_ci(r["reward_mean"], r["reward_ci95"]),
               fmt_ci(r["judge_mean"], r["judge_ci95"]) if r.get("judge_mean") not in ("", None) else "—",
               fmt_ci(r["kl_mean"], r["kl_ci95"], 2)] for r in rows]

@@ -36,6 +36,7 @@ from warp_lightning.policy.vocab_ops import (
     project_head,
     reserved_buffer,
 )
+from warp_lightning.utils import internals
 
 # Prompt columns are left-padded to a multiple of this when decoding by CUDA graph, so that prompts of nearby
 # lengths replay one graph (position ids come from the mask: padding changes no log-prob).
@@ -47,7 +48,7 @@ MAX_DECODERS = 8
 def _param_versions(model) -> tuple[int, ...]:
     # every in-place change of a parameter (optimizer step, EMA, load_state_dict) bumps its version; a sharded
     # model's are its shards (`sharding.shard_model`)
-    return tuple(p._version for p in getattr(model, "shards", None) or model.parameters())
+    return tuple(internals.version_counter(p) for p in getattr(model, "shards", None) or model.parameters())
 
 
 @dataclass
@@ -195,7 +196,7 @@ class _Decoder:
         self.hidden: torch.Tensor | None = None
         self.cache = DynamicCache()
         self.cache.layer_class_to_replicate = functools.partial(_RoomLayer, columns, rows)
-        self.attention = model.config._attn_implementation
+        self.attention = internals.attention_implementation(model)
 
     def prefill(self, model, ids: torch.Tensor, mask: torch.Tensor) -> None:
         """The prompts' forward into the reserved cache; the last hidden state, the last position."""
@@ -327,7 +328,7 @@ def _decoder(model, rows: int, prompt_len: int, spec: _Spec, dtype: torch.dtype,
         known = (storage, collections.OrderedDict())
         _DECODERS[model] = known
     autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
-    key = (rows, prompt_len, spec, dtype, str(device), autocast, model.config._attn_implementation)
+    key = (rows, prompt_len, spec, dtype, str(device), autocast, internals.attention_implementation(model))
     decoders = known[1]
     if key not in decoders:
         decoders[key] = _Decoder(model, rows, prompt_len, spec, dtype, device, graphed=True)
@@ -340,7 +341,7 @@ def _decoder(model, rows: int, prompt_len: int, spec: _Spec, dtype: torch.dtype,
 def _graphable(model, device: torch.device) -> bool:
     """Graphs need CUDA, unsharded weights (FSDP gathers them per call) and an attention taking a 4D mask."""
     return (device.type == "cuda" and getattr(model, "shards", None) is None
-            and model.config._attn_implementation in ("sdpa", "eager"))
+            and internals.attention_implementation(model) in ("sdpa", "eager"))
 
 
 def _left_pad_to(ids: torch.Tensor, mask: torch.Tensor, multiple: int, pad_token_id: int):
@@ -429,7 +430,8 @@ def decode_prompts_completions(tokenizer, rollout) -> tuple[list[str], list[str]
                       strict=True)
     for text, (ids, mask) in zip(decode_texts(tokenizer, rollout), prompt_part, strict=True):
         alone = tokenizer.decode(ids[mask.bool()], skip_special_tokens=True)
-        cut = next((i for i, (a, b) in enumerate(zip(alone, text)) if a != b), min(len(alone), len(text)))
+        differ = (i for i, (a, b) in enumerate(zip(alone, text, strict=False)) if a != b)
+        cut = next(differ, min(len(alone), len(text)))
         prompts.append(text[:cut])
         completions.append(text[cut:])
     return prompts, completions

@@ -10,6 +10,8 @@ import types
 import torch
 from torch.distributed.tensor import DTensor
 
+from warp_lightning.utils import internals
+
 
 def gathers_weights(fn=None, *, all_blocks: bool = False):
     """`fn(model, ...)` reads the model's weights outside `model.forward`. For a model sharded by
@@ -46,7 +48,7 @@ def shard_model(model: torch.nn.Module, mesh) -> None:
 
     if isinstance(model, FSDPModule):
         return
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = internals.no_split_modules(model)
     if not blocks:
         raise ValueError(f"{type(model).__name__} names no transformer block class (_no_split_modules) to shard")
     for module in model.modules():

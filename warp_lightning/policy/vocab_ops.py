@@ -14,6 +14,7 @@ import math
 import torch
 
 from warp_lightning.algo.rl import entropy_from_logprobs
+from warp_lightning.utils import internals
 
 # Vocabulary columns per slice of the head's projections h @ W^T: a slice's logits stay in cache while they
 # are reduced. On 2 cores, against one [N, V] matmul: 2x faster sampling (64 rows, projection + sampler) and
@@ -88,7 +89,7 @@ def reserved_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.de
     for buf in _RESERVE:
         # 2 users: `buf` and the temporary storage object; any rollout or graph still viewing it adds one
         if (buf.dtype == dtype and buf.device == device and buf.numel() >= numel
-                and torch._C._storage_Use_Count(buf.untyped_storage()._cdata) == 2):
+                and internals.storage_use_count(buf) == 2):
             return buf[:numel].view(shape)
     _RESERVE[:] = [torch.empty(numel, dtype=dtype, device=device)]
     return _RESERVE[0].view(shape)

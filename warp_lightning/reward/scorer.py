@@ -1,4 +1,5 @@
-"""The reward model at RL and evaluation time: decoded texts in, one float per text out."""
+"""The sequence-classifier scorer, the reward model kind of `conf/reward_model/` (rewards.py wraps it): decoded
+texts in, one float per text out (the Bradley-Terry output, a label's logit or its probability)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from warp_lightning import UserError
 from warp_lightning.data import assets
 
+# what one text's score is: the single output of a Bradley-Terry model (through a sigmoid unless sigmoid=False),
+# the logit of a label, or its probability (softmax over the labels; sigmoid of a single output)
+SCORES = ("bradley_terry", "logit", "probability")
+
 
 def resolve_pretrained(name: str, cache: str | Path | None = None) -> str:
     """An asset name of ASSETS.md (fetched on first use), a local folder, or a hub name."""
@@ -18,21 +23,50 @@ def resolve_pretrained(name: str, cache: str | Path | None = None) -> str:
     return name
 
 
-class RewardModel:
-    """Scores decoded texts with its own tokenizer; one float per text (optionally a sigmoid)."""
+def resolve_label(label: int | str, id2label: dict, key: str = "reward_model") -> int:
+    """The output index of `label`: an index, or a name of the model's `id2label` (one line listing them if not)."""
+    names = {int(i): str(n) for i, n in id2label.items()}
+    listed = ", ".join(f"{i} {n}" for i, n in sorted(names.items()))
+    if isinstance(label, int) and not isinstance(label, bool):
+        if label in names:
+            return label
+    elif isinstance(label, str):
+        index = {n: i for i, n in names.items()}.get(label)
+        if index is not None:
+            return index
+    raise UserError(f"{key}.label={label!r} is invalid: the model's labels are {listed}; pass an index or a name")
 
-    def __init__(self, model, tokenizer, sigmoid: bool = True, max_length: int = 128, batch_size: int = 64):
+
+def check_score(score: str, num_labels: int, key: str = "reward_model") -> None:
+    if score not in SCORES:
+        raise UserError(f"{key}.score={score!r} is invalid: choose {', '.join(SCORES)}")
+    if score == "bradley_terry" and num_labels != 1:
+        raise UserError(f"{key}.score=bradley_terry needs one output per text (num_labels=1), this model has "
+                        f"{num_labels}: use score=logit or score=probability with the label to score")
+
+
+class RewardModel:
+    """Scores decoded texts with its own tokenizer; one float per text.
+
+    `score`: `bradley_terry` (the single output, `sigmoid` applied or not), `logit` or `probability` of `label`.
+    """
+
+    def __init__(self, model, tokenizer, sigmoid: bool = True, max_length: int = 128, batch_size: int = 64,
+                 label: int | str = 0, score: str = "bradley_terry", key: str = "reward_model"):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.sigmoid, self.max_length, self.batch_size = sigmoid, max_length, batch_size
+        check_score(score, model.config.num_labels, key)
+        self.label, self.score = resolve_label(label, model.config.id2label, key), score
 
     @classmethod
-    def from_pretrained(cls, name_or_path, device: str | torch.device = "cpu", **kwargs) -> RewardModel:
+    def from_pretrained(cls, name_or_path, device: str | torch.device = "cpu", key: str = "reward_model",
+                        **kwargs) -> RewardModel:
         if not Path(str(name_or_path)).exists() and str(name_or_path).startswith(("/", ".", "~")):
-            raise UserError(f"reward_model.name_or_path: {name_or_path} does not exist; train it with "
+            raise UserError(f"{key}.name_or_path: {name_or_path} does not exist; train it with "
                             "`python -m warp_lightning reward` or point to a folder")
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
         model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path))
-        return cls(model.to(device).requires_grad_(False), tokenizer, **kwargs)
+        return cls(model.to(device).requires_grad_(False), tokenizer, key=key, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -45,15 +79,10 @@ class RewardModel:
             batch = self.tokenizer(texts[start : start + self.batch_size], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt").to(self.device)
             logits = self.model(**batch).logits.float()
-            if logits.ndim != 2 or logits.shape[-1] != 1:
-                raise UserError(f"reward model must output one score per text (num_labels=1), got logits "
-                                f"of shape {tuple(logits.shape)}")
-            scores.append(logits[:, 0])
+            if self.score == "probability" and logits.shape[-1] > 1:
+                scores.append(torch.softmax(logits, -1)[:, self.label])
+            else:
+                scores.append(logits[:, self.label])
         out = torch.cat(scores).cpu()
-        return torch.sigmoid(out) if self.sigmoid else out
-
-
-def load_reward_model(reward_cfg, device: str | torch.device = "cpu") -> RewardModel:
-    """The reward model of `conf/reward_model/*.yaml` (a folder or hub name) on `device`."""
-    return RewardModel.from_pretrained(reward_cfg.name_or_path, device=device, sigmoid=reward_cfg.sigmoid,
-                                       max_length=reward_cfg.max_length, batch_size=reward_cfg.batch_size)
+        single = self.score == "probability" and self.model.config.num_labels == 1
+        return torch.sigmoid(out) if single or (self.score == "bradley_terry" and self.sigmoid) else out

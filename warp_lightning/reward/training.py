@@ -25,7 +25,7 @@ from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.progress import ProgressLog
-from warp_lightning.utils.resume import StopCheckpoint
+from warp_lightning.utils.resume import command_checkpoint
 from warp_lightning.utils.schedules import warmup_schedule
 from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device, trainer_precision
 
@@ -121,14 +121,14 @@ def run(cfg) -> dict:
     out_dir = Path(cfg_output_dir())
     device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
     log_device(cfg.trainer)
-    stop = StopCheckpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
+    stop = command_checkpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
     trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=total,
                             max_epochs=tcfg.epochs, logger=build_logger(cfg.logger, out_dir, "reward"),
                             log_every_n_steps=10, val_check_interval=None, check_val_every_n_epoch=1,
                             gradient_clip_val=1.0, deterministic=True,
                             callbacks=[ProgressLog(tcfg.log_every, "reward", ("train/loss", "train/pair_accuracy")),
                                        stop])
-    stop.fit(trainer, module, train_dl, val_dl)
+    stop.fit(trainer, module, train_dl, val_dl, ckpt_path=stop.resume_from(trainer))
     model = module.model.float().eval().to(device)
 
     # scored in the precision RL will use (bf16 matmuls under autocast when training used them)

@@ -18,38 +18,37 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
-from warp_lightning import Preempted
 from warp_lightning.algo.state import WarpState, clone_state, derive_seed
-from warp_lightning.builds import ensure_model
+from warp_lightning.builds import ensure_model, ensure_reward
+from warp_lightning.data.checks import PROMPT_DATASET
+from warp_lightning.data.prompt_datasets import prompt_columns
 from warp_lightning.data.prompts import PromptBatches, splits_for
 from warp_lightning.eval.judge import load_judge
 from warp_lightning.eval.protocol import PAIRED, quick_eval
 from warp_lightning.policy.lora import add_lora, lora_enabled
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
 from warp_lightning.policy.vocab_ops import use_compiled_kernels
-from warp_lightning.reward.scorer import load_reward_model
+from warp_lightning.reward.rewards import check_reward_columns, load_reward
 from warp_lightning.train import checkpoint as ckpt
 from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots
 from warp_lightning.train.checkpoint import AtomicCheckpointIO
+from warp_lightning.train.checks import check_train_config
 from warp_lightning.train.module import RLOOModule
 from warp_lightning.train.strategies import start_processes, strategy_for
 from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
-from warp_lightning.utils.loggers import build_logger, finish_logger, trim_logs
+from warp_lightning.utils.loggers import build_logger, finish_logger
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.progress import ProgressLog
 from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device, trainer_precision
-from warp_lightning.utils.validate import validate_train_config
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class WarpRecipe:
         torch.manual_seed(w.seed)
         use_compiled_kernels(w.compile)
         ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
-        ensure_model("reward_model", cfg.reward_model, cfg.paths.cache_dir)
+        ensure_reward(cfg.reward_model, cfg.paths.cache_dir)
         if cfg.trainer.get("strategy", "auto") in ("ddp", "ddp_runs", "fsdp"):  # models exist: start the processes
             os.environ[signals.PARENT_ENV] = str(os.getpid())  # the processes Lightning starts die with this one
             try:
@@ -101,10 +100,14 @@ class WarpRecipe:
         self.compute = log_device(cfg.trainer)
         self.tokenizer = load_tokenizer(cfg.policy.name_or_path)
         self.skeleton = load_causal_lm(cfg.policy.name_or_path)  # CPU memory; each run's copies go to `device`
-        self.reward_model = load_reward_model(cfg.reward_model, self.device)
+        self.reward_model = load_reward(cfg.reward_model, self.device)  # one call: (prompts, completions, columns)
         self.splits = splits_for(cfg.data, self.tokenizer, w.seed, cache=cfg.paths.cache_dir)
         self.train_ids = list(self.splits.train["input_ids"])
-        self.state = WarpState(clone_state(self.skeleton.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta)
+        # data=prompts: every other column of a prompt's row goes with it to the reward (`RLOOModule.score`)
+        self.train_columns = prompt_columns(self.splits.train) if cfg.data.name == PROMPT_DATASET else None
+        check_reward_columns(cfg.reward_model, set(self.train_columns or ()))  # before any step: one line if missing
+        self.state = WarpState(clone_state(self.skeleton.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta,
+                               merge_options=dict(w.get("merge_options") or {}))
         self.config = resume_config(cfg)
         done, self.run_records = ckpt.load_loop(self.ckpt_dir, self.state, self.config)
         if done != (1, 0):
@@ -150,22 +153,12 @@ class WarpRecipe:
             callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer,
                                        self.skeleton))
         trainer = build_run_trainer(cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
-        resume_from = ckpt.run_checkpoint(ckpt_dir, i, m)
-        start = ckpt.checkpoint_step(resume_from) if resume_from else 0
-        if resume_from:
-            log.info("resuming iteration %d run %d at step %d from %s", i, m, start, resume_from)
-            trim_logs(trainer.logger, start)
+        resume_from = checkpoints.resume_from(trainer)  # this run's checkpoint, if an attempt left one
+        start = checkpoints.resumed_at
         prompts = PromptBatches(self.train_ids, w.steps, w.prompts_per_step, seed, self.tokenizer.pad_token_id,
-                                start, shard=cfg.trainer.get("strategy") in ("ddp", "fsdp"))
+                                start, shard=cfg.trainer.get("strategy") in ("ddp", "fsdp"), columns=self.train_columns)
         run_started = time.time()
-        try:
-            trainer.fit(module, prompts, ckpt_path=resume_from, weights_only=False)  # our own checkpoint
-        except SIGTERMException:  # asked to stop (RunCheckpoint): step t is complete and its checkpoint written
-            step = checkpoints.stopped_at if checkpoints.stopped_at is not None else trainer.global_step
-            if self.parallel:
-                signals.linger()  # the other runs read the stop from the store that this process may host
-            raise Preempted(signals.requested() or signal.SIGTERM, f"at iteration {i} run {m} step {step}",
-                            checkpoint=True) from None
+        checkpoints.fit(trainer, module, prompts, ckpt_path=resume_from)  # a stop: its checkpoint, then Preempted
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         finish_logger(trainer.logger)
         log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
@@ -225,7 +218,7 @@ class WarpRecipe:
 
 def run(cfg) -> dict | None:
     started = time.time()
-    validate_train_config(cfg)
+    check_train_config(cfg)
     recipe = WarpRecipe(cfg)
     recipe.setup()
     recipe.loop()

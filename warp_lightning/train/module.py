@@ -11,8 +11,10 @@ from hydra.utils import instantiate
 from warp_lightning import NonFiniteError, UserError
 from warp_lightning.algo import rl
 from warp_lightning.policy.logprobs import completion_logprobs
-from warp_lightning.policy.sampling import decode_texts, sample
+from warp_lightning.policy.sampling import decode_prompts_completions, sample
 from warp_lightning.policy.sharding import shard_model, whole
+from warp_lightning.reward.rewards import RewardScores
+from warp_lightning.utils import internals
 from warp_lightning.utils.schedules import warmup_schedule
 
 log = logging.getLogger(__name__)
@@ -40,16 +42,18 @@ class RLOOModule(L.LightningModule):
     """theta_m (`policy`, trained) and theta_ema (`anchor`, moved only by the `EMAAnchor` callback).
 
     One batch of P prompts is one RL step: k samples per prompt, reward, KL to the anchor folded into
-    the reward, leave-one-out advantages, one gradient step on -mean(A * log pi_theta(y|x)).
+    the reward, leave-one-out advantages, one gradient step on -mean(A * log pi_theta(y|x)). A batch is
+    `(ids, mask)` or `(ids, mask, columns)`: the dataset's other columns, {name: one value per prompt}, which the
+    reward (`reward.rewards.load_reward`) receives beside the decoded prompts and completions.
     """
-    def __init__(self, policy, anchor, reward_model, tokenizer, warp, sample_seed: int,
+    def __init__(self, policy, anchor, reward, tokenizer, warp, sample_seed: int,
                  init_policy=None, tags: dict | None = None):
         super().__init__()
         self.policy, self.anchor, self.init_policy = policy, anchor, init_policy
         self.anchor.requires_grad_(False).eval()
         if init_policy is not None:
             init_policy.requires_grad_(False).eval()
-        self.reward_model, self.tokenizer, self.warp = reward_model, tokenizer, warp
+        self.reward, self.tokenizer, self.warp = reward, tokenizer, warp
         self.generator = torch.Generator().manual_seed(sample_seed)
         self.tags = tags or {}
 
@@ -79,20 +83,34 @@ class RLOOModule(L.LightningModule):
                       keep_logits=self.warp.keep_sampling_logits, min_new_tokens=self.warp.get("min_new_tokens", 0),
                       cuda_graphs=self.warp.get("cuda_graphs", True))
 
-    def decode(self, rollout) -> list[str]:
-        return decode_texts(self.tokenizer, rollout)
+    def decode(self, rollout) -> tuple[list[str], list[str]]:
+        """The prompts and completions as texts (prompt + completion: the row decoded at once)."""
+        return decode_prompts_completions(self.tokenizer, rollout)
 
-    def training_step(self, batch, batch_idx):
-        w = self.warp
-        rollout = self.rollout(*batch)
-        reward = torch.as_tensor(self.reward_model(self.decode(rollout))).to(torch.float32)
+    def score(self, rollout, columns: dict) -> RewardScores:
+        """The reward of each completion; a prompt's columns repeated for its k samples. A reward's own error
+        (a function's bad row) gets the step and the kept checkpoints added to its one line."""
+        k = self.warp.samples_per_prompt
+        per_completion = {name: [v for v in values for _ in range(k)] for name, values in columns.items()}
+        try:
+            scores = self.reward(*self.decode(rollout), per_completion)
+        except UserError as err:  # NonFiniteError too, keeping its exit status
+            raise type(err)(f"{err} (at {self.where()}); {self.KEPT}") from None
+        reward = torch.as_tensor(scores.total).to(torch.float32)
         if reward.shape != (rollout.input_ids.shape[0],):
             raise UserError(f"reward model returned shape {tuple(reward.shape)} at {self.where()}, expected "
                             f"({rollout.input_ids.shape[0]},): one score per completion")
         if not torch.isfinite(reward).all():
             raise NonFiniteError(f"non-finite reward at {self.where()} ({int((~torch.isfinite(reward)).sum())} of "
                                  f"{reward.numel()} completions): check the reward model; {self.KEPT}")
-        reward = reward.to(rollout.input_ids.device)  # the reward model scores text on its own device
+        return RewardScores(reward, scores.terms)
+
+    def training_step(self, batch, batch_idx):
+        w = self.warp
+        prompt_ids, prompt_mask, *rest = batch
+        rollout = self.rollout(prompt_ids, prompt_mask)
+        scores = self.score(rollout, rest[0] if rest else {})
+        reward = scores.total.to(rollout.input_ids.device)  # the reward model scores text on its own device
         terms = rloo_objective(self.policy, self.anchor, rollout, reward, w.kl_coef, w.samples_per_prompt)
         loss, logprob, kl, mask = terms["loss"], terms["logprob"], terms["kl"], terms["mask"]
 
@@ -101,6 +119,7 @@ class RLOOModule(L.LightningModule):
             "reward_mean": reward.mean(), "reward_std": reward.std(), "kl_anchor": kl.mean(),
             "completion_length": lengths.mean(), "entropy": terms["entropy"],
             "loss": loss.detach(), "advantage_std": terms["advantages"].std(),
+            **{f"reward/{name}": term.mean() for name, term in scores.terms.items()},  # a sum's terms
         }
         if self.init_policy is self.anchor:  # fixed anchor: theta_init is the anchor
             stats["kl_init"] = stats["kl_anchor"]
@@ -110,7 +129,7 @@ class RLOOModule(L.LightningModule):
             # straight to the logger: `self.log` would repeat this value on the steps that do not measure it
             if self.logger:
                 self.logger.log_metrics({"kl_init": rl.sampled_kl(logprob.detach(), init_lp).mean().item()},
-                                        step=self.trainer.fit_loop.epoch_loop._batches_that_stepped)
+                                        step=internals.logger_step(self.trainer))
         if not torch.isfinite(loss):
             raise NonFiniteError(f"non-finite loss at {self.where()} (KL to anchor {kl.mean():.3g}, log-prob "
                                  f"{logprob.detach().mean():.3g}): lower warp.lr or raise warp.kl_coef; {self.KEPT}")

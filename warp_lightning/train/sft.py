@@ -28,7 +28,7 @@ from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.progress import ProgressLog
-from warp_lightning.utils.resume import StopCheckpoint
+from warp_lightning.utils.resume import command_checkpoint
 from warp_lightning.utils.schedules import warmup_schedule
 from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device
 
@@ -137,7 +137,7 @@ def run(cfg) -> dict:
     module = CausalLMModule(model, s.optimizer, s.warmup_steps, s.max_steps, s.lr_floor)
     out_dir = Path(cfg_output_dir())
     log_device(cfg.trainer)
-    stop = StopCheckpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
+    stop = command_checkpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
     trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=s.max_steps,
                             logger=build_logger(cfg.logger, out_dir, "sft"), log_every_n_steps=10,
                             val_check_interval=min(s.val_every, s.max_steps), check_val_every_n_epoch=None,
@@ -145,7 +145,7 @@ def run(cfg) -> dict:
                             callbacks=[ProgressLog(s.log_every, "sft"), stop])
     g = torch.Generator().manual_seed(s.seed)
     stop.fit(trainer, module, DataLoader(train_blocks, batch_size=s.batch_size, shuffle=True, generator=g),
-             DataLoader(val_blocks, batch_size=s.batch_size))
+             DataLoader(val_blocks, batch_size=s.batch_size), ckpt_path=stop.resume_from(trainer))
 
     model = module.model.float().eval().to(device)
     metrics = {

@@ -30,15 +30,29 @@ class _DropNotices(logging.Filter):
         return record.levelno > logging.INFO or not any(n in record.getMessage() for n in NOTICES)
 
 
-def quiet_third_party() -> None:
-    """Call once Hydra has configured logging (inside the Hydra app)."""
-    if os.environ.get(VERBOSE_ENV) == "1":
-        return
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+# libraries that print their records with a console handler of their own and pass them on to the root logger too
+# (Hydra's handlers): each warning would appear twice, e.g. every retry of the hub client
+OWN_HANDLERS = ("lightning", "lightning.pytorch", "lightning.fabric", "huggingface_hub", "datasets")
+
+
+def single_handler(names=OWN_HANDLERS) -> None:
+    """Drop the libraries' own console handlers: their records reach the console once, through the root's."""
+    for name in names:
         logger = logging.getLogger(name)
-        for handler in list(logger.handlers):  # Lightning's own stream handler: the root's (Hydra's) prints it
+        for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
+
+
+def quiet_third_party() -> None:
+    """Call once Hydra has configured logging (inside the Hydra app)."""
+    if os.environ.get(VERBOSE_ENV) != "1":
+        _drop_noise()
+    single_handler()  # even when verbose (a record printed twice is noise); last: a library adds its handler
+    # when it is imported, by the command or by _drop_noise
+
+
+def _drop_noise() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                  "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).addFilter(_DropNotices())

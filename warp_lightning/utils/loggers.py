@@ -7,6 +7,8 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
+from warp_lightning.utils import internals
+
 
 def build_logger(cfg, save_dir: str | Path, run_name: str, group: str | None = None):
     """Instantiate `cfg` (a `_target_` logger config, or null for none) for the run `run_name`.
@@ -43,7 +45,7 @@ def trim_logs(logger, step: int) -> None:
         return
     name = type(logger).__name__ if logger else ""
     if name == "TensorBoardLogger":
-        logger._kwargs["purge_step"] = step
+        internals.purge_tensorboard_from(logger, step)
     elif name == "CSVLogger":
         path = Path(logger.log_dir) / "metrics.csv"
         kept = []

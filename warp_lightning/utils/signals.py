@@ -8,15 +8,20 @@ Signals (`install`, called by the CLI for every command):
 - Inside `deferred()` (the training loops of `train`, `sft` and `reward`) the signal only sets a flag: the loop
   finishes the optimizer step, writes its checkpoint and then stops with `Preempted` (`stop_requested` and
   `stop_now` are what the loops read). A second signal stops at once.
-- Lightning's own SIGTERM handling (its `_SignalConnector`) is switched off in every Trainer (utils/trainer.py):
-  it would run collectives inside the signal handler and stop at a point of its own choosing, where our
-  checkpoints could not be written as `RunCheckpoint` writes them.
+- Lightning's own SIGTERM handling is switched off in every Trainer (utils/trainer.py, through
+  `internals.take_over_signals`): it would run collectives inside the signal handler and stop at a point of its
+  own choosing, where our checkpoints could not be written as `StopCheckpoint` (utils/resume.py) writes them.
 
 Child processes (`start_child`, `run_child`): each starts in its own session (process group), is registered,
 and its whole group is sent SIGTERM (SIGKILL after `KILL_GRACE_S`) when the parent stops it, raises, is
 stopped by a signal or exits. When the parent is SIGKILLed (nothing runs in it), the child itself asked the
 kernel to send it SIGTERM (`tie_to_parent`: Linux PR_SET_PDEATHSIG, set by the child at start-up because
 `preexec_fn` is not safe in a process with threads).
+
+One command per run folder (`claim_run_dir`, called by the CLI for `train`, `sft` and `reward`): a `flock` on
+`RUN_LOCK` in the folder, held until the command exits; a second command on the same `hydra.run.dir` refuses
+at once in one line. The kernel drops the lock when its holder dies, so a stale one never blocks; the DDP
+processes of the holder (started by Lightning's launcher, see `PARENT_ENV`) share it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import signal
@@ -31,8 +37,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
-from warp_lightning import Preempted
+from warp_lightning import Preempted, UserError
+from warp_lightning.utils import internals
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +57,7 @@ _escalate = False
 _children: dict[int, subprocess.Popen] = {}
 _atexit = False
 _tied = False  # this process is the child of another command (a build), which reports for it
+_parent: int | None = None  # the pid of that command
 
 
 def install() -> None:
@@ -125,7 +134,7 @@ def stop_now(device=None, independent: bool = False) -> bool:
     import torch.distributed as dist
 
     if independent:
-        store = _store()
+        store = internals.default_store()
         if store is None:
             return stop_requested()
         if stop_requested():
@@ -139,21 +148,11 @@ def stop_now(device=None, independent: bool = False) -> bool:
     return bool(flag.item())
 
 
-def _store():
-    """torch.distributed's default store (the rendezvous key-value store), or None."""
-    try:
-        from torch.distributed.distributed_c10d import _get_default_store
-
-        return _get_default_store()
-    except Exception:  # a private API: without it, independent processes stop on their own signal only
-        return None
-
-
 def wait_for_peers(key: str, world: int, poll_s: float = 0.05) -> None:
     """trainer=ddp_runs: wait until all `world` processes reach this point (before the merge's all-gather), or
     raise `Preempted` as soon as one of them was asked to stop: a process that finished its run never blocks in
     a collective that a stopped process will not join."""
-    store = _store()
+    store = internals.default_store()
     if store is None or not _distributed():
         return
     store.add(key, 1)
@@ -175,7 +174,7 @@ def linger(timeout: float | None = None, poll_s: float = 0.05) -> None:
     gone before it read the flag. Other processes return at once."""
     import torch.distributed as dist
 
-    store = _store()
+    store = internals.default_store()
     if store is None or not _distributed() or dist.get_rank() != 0:
         return
     deadline = time.monotonic() + (KILL_GRACE_S if timeout is None else timeout)
@@ -244,6 +243,11 @@ def stop_children() -> None:
 PR_SET_PDEATHSIG = 1
 
 
+def parent_pid() -> int | None:
+    """The pid of the command that started this process (`tie_to_parent`), if another command did."""
+    return _parent
+
+
 def is_tied() -> bool:
     """Whether this process was started by another command (`start_child`, Lightning's launcher in `train`)."""
     return _tied
@@ -253,13 +257,68 @@ def tie_to_parent() -> None:
     """In a child started by `start_child` (or by Lightning's launcher from `train`): get SIGTERM when the
     parent dies, even by SIGKILL (Linux); exit at once if it is already gone. Clears `PARENT_ENV`, so that
     our own children do not inherit it."""
-    global _tied
+    global _tied, _parent
     parent = os.environ.pop(PARENT_ENV, None)
     if not parent or not parent.isdigit():
         return
-    _tied = True
+    _tied, _parent = True, int(parent)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != int(parent):  # it died before the prctl: nobody would tell us
         raise Preempted(signal.SIGTERM, "(the parent process had already exited)")
+
+
+# --- one command per run folder -----------------------------------------------------------------------------
+
+RUN_LOCK = ".lock"  # in the run folder: the pid of the command that holds it
+_held: dict[Path, object] = {}  # run folders this process holds -> their open lock file
+
+
+def _rank_from_env() -> int:
+    """This process's rank when a launcher started it (torchelastic, SLURM, Lightning's DDP launcher), else 0."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
+            return int(os.environ[name])
+    return 0
+
+
+def claim_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
+    """Create the run folder and hold it until this process exits (or `release_run_dir`): a second command on
+    the same folder would write the same checkpoints and outputs, so it is refused at once (UserError, one line).
+
+    The processes of one command share its folder: those a launcher started (a rank > 0) and the children of the
+    holder (`parent_pid`) take no lock of their own. A lock left by a dead process does not count: the
+    kernel dropped its `flock` when it died.
+    """
+    folder = Path(path).expanduser().absolute()
+    if folder in _held:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{key}: cannot create {path} ({err.strerror or err}); choose a folder that can be "
+                        "created") from None
+    if _rank_from_env() > 0:
+        return
+    f = open(folder / RUN_LOCK, "a+")  # noqa: SIM115 (open until the process exits)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        if holder.isdigit() and int(holder) == parent_pid():
+            return  # our parent holds it for the command we are part of
+        raise UserError(f"{key}: {path} is in use by another command (pid {holder or '?'}); wait for it to end "
+                        f"or choose another {key}") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _held[folder] = f
+
+
+def release_run_dir(path: str | Path) -> None:
+    f = _held.pop(Path(path).expanduser().absolute(), None)
+    if f is not None:
+        f.close()  # closing the file drops the lock

@@ -9,9 +9,9 @@ import sys
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 from omegaconf import OmegaConf
 
+from warp_lightning.utils import internals
 from warp_lightning.utils.precision import describe, device_for, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -41,30 +41,8 @@ def build_trainer(trainer_cfg, **arguments) -> L.Trainer:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     trainer = instantiate(config, **arguments, _convert_="all")
-    trainer._signal_connector = _OurSignals(trainer)
-    # Lightning broadcasts rank 0's SIGTERM flag before every step of every multi-process run: a collective per
-    # step that would tie trainer=ddp_runs' independent runs to the same step counts (they may differ after a
-    # resume). `signals.stop_now` does that job, with an all-reduce where the processes are in lockstep.
-    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+    internals.take_over_signals(trainer)  # SIGTERM and SIGINT are utils/signals.py's (internals.py says why)
     return trainer
-
-
-class _OurSignals(_SignalConnector):
-    """Lightning's signal connector without its handlers: SIGTERM and SIGINT are handled by utils/signals.py.
-
-    Lightning's SIGTERM handler (2.6) forwards the signal to the processes its launcher started, broadcasts a
-    tensor from inside the handler (a collective at an arbitrary point: a deadlock risk under DDP) and makes
-    the loop stop after whichever step is running, while our checkpoint callbacks decide when to stop
-    (`signals.stop_now`) and set `received_sigterm` themselves, so that Lightning's loop stops once that step
-    is complete. (Lightning's SLURM auto-requeue on SIGUSR1 is off with it; SLURM's SIGTERM before a kill is
-    handled by ours.)
-    """
-
-    def register_signal_handlers(self) -> None:
-        self.received_sigterm = False
-
-    def teardown(self) -> None:
-        pass
 
 
 def log_device(trainer_cfg) -> str:

@@ -1,0 +1,301 @@
+"""The three reward kinds behind one call (reward/rewards.py): a classifier on a chosen label, a Python function
+reading dataset columns, a weighted sum; their bad inputs (one line, before any work) and the default unchanged."""
+
+import csv
+import sys
+import textwrap
+
+import pytest
+import torch
+from cli.test_reliability import tiny_module
+from conftest import SMOKE_RUN, cli
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from warp_lightning import NonFiniteError, UserError
+from warp_lightning.cli import CONF_DIR
+from warp_lightning.policy.sampling import Rollout, decode_prompts_completions, decode_texts
+from warp_lightning.reward.rewards import (
+    ClassifierReward,
+    RewardScores,
+    check_reward_columns,
+    check_reward_config,
+    classifier_configs,
+    function_scores,
+    load_reward,
+)
+from warp_lightning.reward.scorer import RewardModel
+
+TEXTS = ["a wonderful film", "dull and lifeless, a mess", "", "fine"]
+
+
+@pytest.fixture(scope="module")
+def two_labels(asset_cache, tmp_path_factory):
+    """A tiny random two-label BERT classifier (NEGATIVE, POSITIVE) with MiniLM's tokenizer, saved to a folder."""
+    from warp_lightning.data.assets import fetch
+
+    tokenizer = AutoTokenizer.from_pretrained(fetch("minilm", cache=asset_cache))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=128, num_labels=2,
+                        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    folder = tmp_path_factory.mktemp("two_labels")
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def classifier(folder, **keys):
+    return OmegaConf.create({"kind": "classifier", "name_or_path": str(folder), "max_length": 32, "batch_size": 3,
+                             "score": "logit", "reads": "completion", **keys})
+
+
+def hand_logits(folder, texts) -> torch.Tensor:
+    """What a sequence classifier gives each text alone (no padding): its logits, float32."""
+    model = BertForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        return torch.cat([model(**tokenizer([t], truncation=True, max_length=32, return_tensors="pt")).logits
+                          for t in texts]).float()
+
+
+def test_a_two_label_classifier_scores_the_chosen_label_by_index_or_name(two_labels):
+    logits = hand_logits(two_labels, TEXTS)
+    by_index = load_reward(classifier(two_labels, label=1))([""] * 4, TEXTS, {})
+    by_name = load_reward(classifier(two_labels, label="POSITIVE"))([""] * 4, TEXTS, {})
+    assert isinstance(by_index, RewardScores) and by_index.total.dtype == torch.float32 and by_index.terms == {}
+    assert torch.equal(by_index.total, by_name.total)
+    assert torch.allclose(by_index.total, logits[:, 1], atol=1e-5)
+    negative = load_reward(classifier(two_labels, label="NEGATIVE"))([""] * 4, TEXTS, {}).total
+    assert torch.allclose(negative, logits[:, 0], atol=1e-5)
+    probability = load_reward(classifier(two_labels, label=1, score="probability"))([""] * 4, TEXTS, {}).total
+    hand = torch.exp(logits[:, 1]) / torch.exp(logits).sum(-1)
+    assert torch.allclose(probability, hand, atol=1e-6)
+
+
+def test_reads_the_completion_alone_or_after_its_prompt(two_labels):
+    prompts, completions = ["the film was ", "i thought it "], ["great", "dull"]
+    alone = load_reward(classifier(two_labels, label=1))(prompts, completions).total
+    after = load_reward(classifier(two_labels, label=1, reads="prompt_completion"))(prompts, completions).total
+    assert torch.allclose(alone, hand_logits(two_labels, completions)[:, 1], atol=1e-5)
+    assert torch.allclose(after, hand_logits(two_labels, ["the film was great", "i thought it dull"])[:, 1], atol=1e-5)
+
+
+def test_the_default_classifier_scores_as_before_bit_for_bit(tiny_models):
+    """conf/reward_model/minilm_rt.yaml as the classifier kind: today's RewardModel on prompt + completion, and
+    its formula by hand (batches of 64, padded, sigmoid of the single output)."""
+    folder = tiny_models / "models" / "reward_minilm_rt"
+    cfg = OmegaConf.load(CONF_DIR / "reward_model" / "minilm_rt.yaml")
+    cfg.name_or_path = str(folder)
+    reward = load_reward(cfg)
+    assert isinstance(reward, ClassifierReward) and reward.reads == "prompt_completion"
+    prompts, completions = ["a wonderful", "dull and", "", "the plot"], [" film", " lifeless", "fine", ""]
+    texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+    scores = reward(prompts, completions, {}).total
+    model = RewardModel.from_pretrained(folder, sigmoid=True, max_length=128, batch_size=64)
+    assert torch.equal(scores, model(texts))
+    with torch.no_grad():
+        batch = model.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+        assert torch.equal(scores, torch.sigmoid(model.model(**batch).logits.float()[:, 0]))
+
+
+def test_prompt_and_completion_texts_join_into_the_row_decoded_at_once(gpt2_tokenizer):
+    """Also when a character's bytes straddle the boundary (GPT-2 byte tokens): it goes to the completion."""
+    pad = gpt2_tokenizer.eos_token_id
+    split = gpt2_tokenizer.encode("a \u732b")  # a CJK character is three byte tokens: the prompt ends after the first
+    pieces = [gpt2_tokenizer.decode([t]) for t in split]
+    cut = next(i for i, p in enumerate(pieces) if "\ufffd" in p) + 1
+    rows = [([pad] + split[:cut], split[cut:] + gpt2_tokenizer.encode(" is here")), (gpt2_tokenizer.encode("the plot"),
+            gpt2_tokenizer.encode(" was thin") + [pad, pad])]
+    lp, lc = max(len(p) for p, _ in rows), max(len(c) for _, c in rows)
+    ids = torch.tensor([[pad] * (lp - len(p)) + p + c + [pad] * (lc - len(c)) for p, c in rows])
+    mask = torch.tensor([[0] * (lp - len(p)) + [1] * len(p) + [1] * len(c) + [0] * (lc - len(c)) for p, c in rows])
+    mask[0, lp - len(rows[0][0])] = 0  # a left pad
+    mask[1, -2:] = 0  # after EOS
+    rollout = Rollout(ids, mask, lp, mask[:, lp:])
+    prompts, completions = decode_prompts_completions(gpt2_tokenizer, rollout)
+    assert [p + c for p, c in zip(prompts, completions, strict=True)] == decode_texts(gpt2_tokenizer, rollout)
+    assert prompts == ["a ", "the plot"] and completions == ["\u732b is here", " was thin"]
+
+
+@pytest.fixture
+def rule_module(tmp_path, monkeypatch):
+    """A module of rules in the working directory (importable as `my_rules`)."""
+    (tmp_path / "my_rules.py").write_text(textwrap.dedent("""
+        def mentions(completions, film):
+            return [float(f.lower() in c.lower()) for c, f in zip(completions, film)]
+
+        def words(completions, prompts, scale=1.0, **columns):
+            return [scale * len(c.split()) for c in completions]
+
+        def broken(completions, mode):
+            n = len(completions)
+            return {"short": [1.0], "text": ["a"] * n, "nan": [0.0] * (n - 1) + [float("nan")]}[mode]
+
+        NOT_A_FUNCTION = 3
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "my_rules"
+    sys.modules.pop("my_rules", None)
+
+
+def function(spec, **keys):
+    return OmegaConf.create({"kind": "function", "function": spec, **keys})
+
+
+def test_a_function_reads_an_extra_dataset_column(rule_module):
+    reward = load_reward(function(f"{rule_module}:mentions"))
+    scores = reward(["p"] * 3, ["I loved Alien", "meh", "heat was long"], {"film": ["Alien", "Alien", "Heat"],
+                                                                            "unused": [1, 2, 3]})
+    assert torch.equal(scores.total, torch.tensor([1.0, 0.0, 1.0])) and scores.terms == {}
+    check_reward_columns(function(f"{rule_module}:mentions"), {"prompt", "film"})
+    with pytest.raises(UserError, match=r"^reward_model.function='my_rules:mentions' needs the column film, which "
+                                        r"the dataset lacks \(its columns: prompt\)"):
+        check_reward_columns(function(f"{rule_module}:mentions"), {"prompt"})
+
+
+def test_the_weighted_sum_is_the_hand_weighted_terms(two_labels, rule_module):
+    cfg = OmegaConf.create({"kind": "sum", "terms": {
+        "sentiment": {**OmegaConf.to_container(classifier(two_labels, label="POSITIVE")), "weight": 0.5},
+        "words": {"kind": "function", "function": f"{rule_module}:words", "arguments": {"scale": 2.0},
+                  "weight": -0.25}}})
+    prompts, completions = ["p"] * 3, ["a great film", "bad", "it was fine i guess"]
+    scores = load_reward(cfg)(prompts, completions, {})
+    sentiment = hand_logits(two_labels, completions)[:, 1]
+    words = torch.tensor([6.0, 2.0, 10.0])
+    assert torch.equal(scores.terms["words"], words) and list(scores.terms) == ["sentiment", "words"]
+    assert torch.allclose(scores.terms["sentiment"], sentiment, atol=1e-5)
+    assert torch.allclose(scores.total, 0.5 * sentiment - 0.25 * words, atol=1e-5)
+    assert list(classifier_configs(cfg)) == ["reward_model.terms.sentiment"]  # what is built on first use
+
+
+def test_the_shipped_function_and_sum_configs_load(tiny_models):
+    """conf/reward_model/function.yaml and sum.yaml (the trained reward model on the completion + the length rule)."""
+    length = load_reward(OmegaConf.load(CONF_DIR / "reward_model" / "function.yaml"))
+    completions = ["one two three", " ".join(["w"] * 12), ""]
+    assert torch.allclose(length(["p"] * 3, completions).total, torch.tensor([0.25, 1.0, 0.0]))
+    cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward_model" / "minilm_rt.yaml"),
+                          {"reads": "completion", "weight": 1.0})
+    cfg.name_or_path = str(tiny_models / "models" / "reward_minilm_rt")
+    shipped = OmegaConf.load(CONF_DIR / "reward_model" / "sum.yaml")
+    shipped.terms.sentiment = cfg
+    scores = load_reward(shipped)(["the film was"] * 3, completions)
+    assert list(scores.terms) == ["sentiment", "length"]
+    assert torch.allclose(scores.total, scores.terms["sentiment"] + 0.5 * scores.terms["length"])
+
+
+@pytest.mark.parametrize(("mode", "error", "message"), [
+    ("short", UserError, r"^reward term 'length': the function returned 1 values for 3 completions"),
+    ("text", UserError, r"^reward term 'length': row 0 returned 'a' \(str\), not a number \(completion 'x'\)"),
+    ("nan", NonFiniteError, r"^reward term 'length': row 2 returned nan \(completion 'z'\)"),
+])
+def test_a_function_returning_a_bad_value_names_the_term_and_the_row(rule_module, mode, error, message):
+    reward = load_reward(OmegaConf.create({"kind": "sum", "terms": {"length": {
+        "kind": "function", "function": f"{rule_module}:broken", "arguments": {"mode": mode}, "weight": 1.0}}}))
+    with pytest.raises(error, match=message) as caught:
+        reward(["p"] * 3, ["x", "y", "z"], {})
+    assert "\n" not in str(caught.value)
+
+
+def test_function_scores_take_lists_arrays_tensors_and_bools():
+    import numpy as np
+
+    for values in ([1, 0.5, True], np.array([1.0, 0.5, 1.0]), torch.tensor([1.0, 0.5, 1.0])):
+        assert torch.equal(function_scores(values, ["a", "b", "c"], "t"), torch.tensor([1.0, 0.5, 1.0]))
+    with pytest.raises(UserError, match="returned 1.0 \\(float\\), not a list"):
+        function_scores(1.0, ["a"], "t")
+
+
+def test_a_function_reward_inside_training_stops_at_its_step(rule_module, gpt2_tokenizer):
+    """train/module.py adds the step and the kept checkpoints to the reward's one line."""
+    import lightning as L
+
+    module, prompts = tiny_module(gpt2_tokenizer, load_reward(function(f"{rule_module}:broken", arguments={"mode": "nan"})))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    with pytest.raises(NonFiniteError, match=r"^reward term 'broken': row 3 returned nan \(completion .*\(at "
+                                             r"iteration 1 run 1 step 1\); the checkpoints written before this step "
+                                             r"are kept$"):
+        trainer.fit(module, prompts)
+
+
+# --- bad configs: one line before any work ----------------------------------------------------------------------
+
+BAD = [
+    (["reward_model=function", "reward_model.function=no_such_module:f"],
+     r"reward_model.function='no_such_module:f' is invalid: no module 'no_such_module' in the working directory"),
+    (["reward_model=function", "reward_model.function=my_rules:nope"],
+     r"reward_model.function='my_rules:nope' is invalid: my_rules has no 'nope'; it defines broken, mentions, words"),
+    (["reward_model=function", "reward_model.function=my_rules:NOT_A_FUNCTION"],
+     r"reward_model.function='my_rules:NOT_A_FUNCTION' is invalid: my_rules.NOT_A_FUNCTION is a int, not a function"),
+    (["reward_model.kind=regression"], r"reward_model.kind='regression' is invalid: choose classifier, function, sum"),
+    (["reward_model.label=POSITIVE"], r"reward_model.label='POSITIVE' is invalid: the model's labels are 0 LABEL_0;"),
+    (["reward_model=sum", "+reward_model.terms.extra={kind:function,function:'my_rules:words'}"],
+     r"reward_model.terms.extra.weight is missing"),
+    (["reward_model=sum", "+reward_model.terms.Length={kind:function,function:'my_rules:words',weight:1}"],
+     r"reward_model.terms.Length: the term names 'length' and 'Length' clash"),
+    (["reward_model=sum", "reward_model.terms.sentiment.kind=sum"],
+     r"reward_model.terms.sentiment.kind=sum is invalid: a term cannot be a sum itself"),
+    (["reward_model=function", "+reward_model.arguments.target=3"],
+     r"reward_model.arguments.target is invalid: warp_lightning.reward.rules:length_rule takes no such keyword"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD)
+def test_a_bad_reward_config_is_one_line_before_the_command_starts(overrides, message, rule_module, tiny_models):
+    from warp_lightning.cli import check_overrides
+
+    with pytest.raises(UserError, match="^" + message) as caught:
+        check_overrides("train", [*SMOKE_RUN[1:], f"paths.models_dir={tiny_models / 'models'}", *overrides])
+    assert "\n" not in str(caught.value)
+
+
+def test_a_function_that_does_not_import_stops_train_with_one_line_and_status_2(tmp_path, tiny_models):
+    run = tmp_path / "run"
+    proc = cli(*SMOKE_RUN, f"paths.models_dir={tiny_models / 'models'}", "reward_model=function",
+               "reward_model.function=no_such_module:f", f"hydra.run.dir={run}", cwd=tmp_path, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: reward_model.function='no_such_module:f' is invalid: no module")
+    assert not run.exists()
+
+
+def test_check_reward_config_refuses_a_bradley_terry_score_of_two_labels(two_labels):
+    with pytest.raises(UserError, match=r"^reward_model.score=bradley_terry needs one output per text \(num_labels=1\)"
+                                        r", this model has 2"):
+        check_reward_config(classifier(two_labels, score="bradley_terry"))
+    with pytest.raises(UserError, match=r"^reward_model.label=2 is invalid: the model's labels are 0 NEGATIVE, "
+                                        r"1 POSITIVE; pass an index or a name$"):
+        check_reward_config(classifier(two_labels, label=2))
+
+
+# --- train through the CLI: the sum's terms logged per step ------------------------------------------------------
+
+def test_train_with_a_sum_logs_each_term_per_step(tmp_path, tiny_models):
+    run = tmp_path / "run"
+    cli("train", "+experiment=smoke", "warp.iterations=1", "warp.runs=1", "warp.steps=2", "eval.prompts=2",
+        "reward_model=sum", f"paths.models_dir={tiny_models / 'models'}", f"hydra.run.dir={run}", cwd=tmp_path)
+    with open(run / "logs" / "i1_m1" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("reward_mean")]
+    assert len(rows) == 2
+    for row in rows:  # total = 1.0 * sentiment + 0.5 * length (conf/reward_model/sum.yaml)
+        sentiment, length = float(row["reward/sentiment"]), float(row["reward/length"])
+        assert 0 < sentiment < 1 and 0 <= length <= 1
+        assert float(row["reward_mean"]) == pytest.approx(sentiment + 0.5 * length, abs=1e-5)
+
+
+def test_a_classifier_term_of_a_sum_is_built_on_first_use_like_the_default(tmp_path):
+    """`builds.ensure_model(key, cfg)` over `classifier_configs`: the term's build is `reward` with the reward
+    command's own default reward model (conf/reward.yaml: minilm_rt) and the term's build_overrides."""
+    from warp_lightning.builds import build_command
+
+    cfg = OmegaConf.load(CONF_DIR / "reward_model" / "sum.yaml")
+    cfg.terms.sentiment = OmegaConf.merge(OmegaConf.load(CONF_DIR / "reward_model" / "minilm_rt.yaml"),
+                                          {"name_or_path": str(tmp_path / "rm"), "build_overrides": ["x=1"]})
+    (key, term), = classifier_configs(cfg).items()
+    assert key == "reward_model.terms.sentiment"
+    args = build_command(key, term, tmp_path / "rm", None)[3:-1]
+    assert args[:2] == ["reward", f"save_to={tmp_path / 'rm'}"] and args[-1] == "x=1"
+    # where it reads from, as keys of the reward command's own config (it has no `terms`)
+    assert args[2:-1] == ["reward_model.base=minilm", "reward_model.train_data=rt_snippets"]

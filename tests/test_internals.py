@@ -1,0 +1,130 @@
+"""The private attributes of Lightning, torch and transformers that warp_lightning relies on (all of them in
+utils/internals.py) still exist in the installed versions, and the functions that wrap them do their job."""
+
+import importlib
+import importlib.metadata
+import inspect
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from warp_lightning.utils import internals
+
+
+def tiny_trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(max_steps=kwargs.pop("max_steps", 1), logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, **kwargs)
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    return GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8))
+
+
+def tensorboard_logger(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(tmp_path)
+
+
+# the first name of an attribute path in `internals.USES` -> an object that holds the rest
+ROOTS = {"Trainer": lambda tmp: tiny_trainer(), "TensorBoardLogger": tensorboard_logger,
+         "Tensor": lambda tmp: torch.zeros(2), "UntypedStorage": lambda tmp: torch.zeros(2).untyped_storage(),
+         "GPT2LMHeadModel": lambda tmp: tiny_gpt2()}
+
+
+def resolve(path: str, tmp_path):
+    """Walk `path` ("Trainer.a.b" from a fresh Trainer, or "pkg.module.attr" by import); the first missing name
+    raises AttributeError naming it and its owner."""
+    first, *rest = path.split(".")
+    if first in ROOTS:
+        obj, owner = ROOTS[first](tmp_path), first
+    else:
+        obj, owner = importlib.import_module(first), first
+        while rest and hasattr(obj, "__path__") and importlib.util.find_spec(f"{owner}.{rest[0]}") is not None:
+            owner = f"{owner}.{rest.pop(0)}"
+            obj = importlib.import_module(owner)
+    for name in rest:
+        if not hasattr(obj, name):
+            raise AttributeError(f"{owner} has no attribute {name}")
+        obj, owner = getattr(obj, name), f"{owner}.{name}"
+    return obj
+
+
+@pytest.mark.parametrize(("function", "package", "attribute"), internals.USES, ids=[u[2] for u in internals.USES])
+def test_each_private_attribute_we_use_still_exists(function, package, attribute, tmp_path):
+    try:
+        resolve(attribute, tmp_path)
+    except (AttributeError, ImportError) as err:
+        pytest.fail(f"{package} {importlib.metadata.version(package)} no longer has {attribute} ({err}): "
+                    f"warp_lightning/utils/internals.py `{function}` relies on it; adapt that function to this "
+                    "version (its docstring says what it is for)", pytrace=False)
+
+
+def test_every_function_of_internals_is_listed_in_uses():
+    public = {name for name, f in inspect.getmembers(internals, inspect.isfunction)
+              if not name.startswith("_") and f.__module__ == internals.__name__}
+    assert public == {u[0] for u in internals.USES}
+
+
+class Steps(L.LightningModule):
+    """One linear layer trained on constant batches, with a hook run at the end of each step."""
+
+    def __init__(self, at_step_end=None):
+        super().__init__()
+        self.layer, self.at_step_end, self.seen = torch.nn.Linear(2, 1), at_step_end, []
+
+    def training_step(self, batch, _):
+        return self.layer(batch).pow(2).mean()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.at_step_end:
+            self.seen.append(self.at_step_end(self.trainer))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return [torch.ones(1, 2)] * 8
+
+
+def test_dump_checkpoint_and_logger_step_describe_the_step_just_finished():
+    module = Steps(lambda trainer: (internals.dump_checkpoint(trainer)["global_step"], internals.logger_step(trainer)))
+    tiny_trainer(max_steps=3).fit(module)
+    # the logger's step is counted after `on_train_batch_end`: the steps before this one
+    assert module.seen == [(1, 0), (2, 1), (3, 2)]
+
+
+def test_stop_after_this_step_stops_a_trainer_whose_signals_we_took_over():
+    module = Steps(lambda trainer: internals.stop_after_this_step(trainer) if trainer.global_step == 2 else None)
+    trainer = tiny_trainer(max_steps=6)
+    internals.take_over_signals(trainer)
+    with pytest.raises(SIGTERMException):
+        trainer.fit(module)
+    assert trainer.global_step == 2
+
+
+def test_the_tensor_helpers():
+    a, b = [torch.zeros(3), torch.ones(2)], [torch.full((3,), 4.0), torch.full((2,), 3.0)]
+    internals.foreach_lerp_(a, b, 0.25)
+    assert torch.equal(a[0], torch.full((3,), 1.0)) and torch.equal(a[1], torch.full((2,), 1.5))
+    before = internals.version_counter(a[0])
+    a[0].add_(1)
+    assert internals.version_counter(a[0]) == before + 1
+    buf = torch.empty(10)
+    assert internals.storage_use_count(buf) == 2  # `buf` and the temporary storage object
+    view = buf[:5]
+    assert internals.storage_use_count(buf) == 3 and view.numel() == 5
+    assert internals.default_store() is None  # no process group here
+
+
+def test_the_model_and_logger_helpers(tmp_path):
+    model = tiny_gpt2()
+    assert internals.no_split_modules(model) == {"GPT2Block"}
+    assert internals.no_split_modules(torch.nn.Linear(1, 1)) == set()
+    assert internals.attention_implementation(model) in ("sdpa", "eager")
+    logger = tensorboard_logger(tmp_path)
+    internals.purge_tensorboard_from(logger, 7)
+    assert logger.experiment.purge_step == 7  # the writer was made with it
