@@ -26,7 +26,7 @@ def tiny_gpt2() -> GPT2LMHeadModel:
 def tensorboard_logger(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    return TensorBoardLogger(tmp_path)
+    return TensorBoardLogger(tmp_path, version=0)
 
 
 # the first name of an attribute path in `internals.USES` -> an object that holds the rest
@@ -87,7 +87,7 @@ class Steps(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def train_dataloader(self):
-        return [torch.ones(1, 2)] * 8
+        return torch.utils.data.DataLoader(torch.ones(8, 2), batch_size=1)
 
 
 def test_dump_checkpoint_and_logger_step_describe_the_step_just_finished():
@@ -125,6 +125,20 @@ def test_the_model_and_logger_helpers(tmp_path):
     assert internals.no_split_modules(model) == {"GPT2Block"}
     assert internals.no_split_modules(torch.nn.Linear(1, 1)) == set()
     assert internals.attention_implementation(model) in ("sdpa", "eager")
-    logger = tensorboard_logger(tmp_path)
-    internals.purge_tensorboard_from(logger, 7)
-    assert logger.experiment.purge_step == 7  # the writer was made with it
+
+
+def test_purge_tensorboard_from_drops_the_events_after_the_step(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = tensorboard_logger(tmp_path)
+    for step in range(10):
+        first.log_metrics({"x": 1.0}, step=step)
+    first.finalize("success")
+    resumed = tensorboard_logger(tmp_path)  # the same version folder, as a resumed run's logger
+    internals.purge_tensorboard_from(resumed, 5)
+    resumed.log_metrics({"x": 2.0}, step=5)
+    resumed.finalize("success")
+    events = EventAccumulator(first.log_dir)
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("x")] == [(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0),
+                                                               (5, 2.0)]

@@ -184,6 +184,7 @@ def test_the_imdb_experiment_runs_from_local_copies_without_the_hub(tiny_models,
     assert 0 < build["train_pairs"] <= 24  # pairs of the 48 train reviews of the local copy
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["train_prompts"] == 48 and (run_dir / "final" / "config.json").exists()
+    assert manifest["config"]["experiment_name"] == "imdb" and manifest["config"]["data"]["name"] == "imdb"
     assert not any(hf.rglob("models--*"))  # nothing came from the hub
 
 

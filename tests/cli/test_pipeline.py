@@ -112,28 +112,6 @@ def tiny_distilbert(folder: Path, asset_cache: Path) -> Path:
     return folder
 
 
-def test_imdb_experiment_runs_on_local_stand_ins(tiny_models, asset_cache, tmp_path):
-    """The online experiment's code path, data included: IMDB from a local copy in the hub's format, a
-    distilbert reward model trained on it with `reward +experiment=imdb`, then `train +experiment=imdb`."""
-    imdb = imdb_stand_in(tmp_path / "imdb")
-    reward_dir = tmp_path / "reward_distilbert_imdb"
-    cli("reward", "+experiment=imdb", f"reward_model.base={tiny_distilbert(tmp_path / 'distilbert', asset_cache)}",
-        f"reward_model.train_data_path={imdb}", f"save_to={reward_dir}", "reward_training.max_steps=2",
-        "reward_training.batch_size=8", "reward_training.max_eval_texts=16", f"hydra.run.dir={tmp_path / 'r'}",
-        cwd=tmp_path)
-    reward = json.loads((tmp_path / "r" / "metrics.json").read_text())
-    assert 0 < reward["train_pairs"] <= 24 and reward["steps"] == 2  # pairs of the 48 train reviews of the copy
-    run_dir = tmp_path / "run"
-    cli("train", "+experiment=imdb", f"data.path={imdb}", f"policy.name_or_path={tiny_models / 'models' / 'sft_gpt2'}",
-        f"reward_model.name_or_path={reward_dir}", "warp.iterations=1", "warp.steps=2", "warp.prompts_per_step=2",
-        "warp.samples_per_prompt=2", "warp.max_new_tokens=4", "eval.prompts=4", f"hydra.run.dir={run_dir}",
-        cwd=tmp_path)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["config"]["experiment_name"] == "imdb" and manifest["config"]["data"]["name"] == "imdb"
-    assert manifest["train_prompts"] == 48  # the first tokens of each train review of the stand-in
-    assert (run_dir / "final" / "config.json").exists()
-
-
 def test_same_config_and_seed_give_bit_identical_final_weights(tiny_models, smoke_run, tmp_path):
     from safetensors.torch import load_file
 

@@ -18,7 +18,8 @@ from warp_lightning.utils.io import atomic_dir, exchange
 
 # A parent that needs the model folder MODELS/sft_gpt2 and builds it with a stub instead of `python -m
 # warp_lightning sft`: the stub (a child tied to its parent as the CLI's children are) starts a grandchild in its
-# own group and one in its process group, records the pids, sleeps, then writes the folder atomically.
+# own group and one in its process group, records the pids, sleeps (until PIDS.release exists, at most SLEEP
+# seconds), then writes the folder atomically.
 PARENT = r"""
 import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
@@ -45,7 +46,9 @@ same_group = subprocess.Popen(["sleep", "120"])
 own_group = signals.start_child(["sleep", "120"])
 with open(sys.argv[2], "a") as f:
     f.write(f"{os.getpid()} {same_group.pid} {own_group.pid}\n")
-time.sleep(float(sys.argv[3]))
+deadline = time.time() + float(sys.argv[3])
+while time.time() < deadline and not os.path.exists(sys.argv[2] + ".release"):
+    time.sleep(0.05)
 with atomic_dir(sys.argv[1]) as d:
     open(os.path.join(d, "config.json"), "w").write("{}")
 """
@@ -95,10 +98,16 @@ def all_gone(pids: list[int], timeout: float = 15) -> bool:
 
 def test_two_commands_needing_the_same_model_build_it_once(tmp_path):
     models, pids = tmp_path / "models", tmp_path / "pids"
-    first = start_parent(models, pids, 1.5)
+    first = start_parent(models, pids, 60)
     wait_for_pids(pids)  # the first one holds the lock and builds
-    second = start_parent(models, pids, 1.5)
-    out = [p.communicate(timeout=60)[0] for p in (first, second)]
+    second = start_parent(models, pids, 60)
+    seen = []
+    for line in second.stdout:  # the build ends once the second one waits for it (however long its start-up)
+        seen.append(line)
+        if "another command is building" in line:
+            break
+    (tmp_path / "pids.release").touch()
+    out = [first.communicate(timeout=60)[0], "".join(seen) + second.communicate(timeout=60)[0]]
     assert first.returncode == 0 and second.returncode == 0, out
     assert len(pids.read_text().splitlines()) == 1  # one build
     assert "another command is building" in out[1] and "was built by the other command; using it" in out[1]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from warp_lightning import UserError
 from warp_lightning.data.checks import check_data
+from warp_lightning.eval.judge import READS
 from warp_lightning.reward.rewards import check_reward_config, classifier_configs
 from warp_lightning.utils.validate import (
     check,
@@ -14,6 +15,7 @@ from warp_lightning.utils.validate import (
     check_min_new_tokens,
     int_at_least,
     is_number,
+    one_of,
     plain,
     positive,
     validate_models,
@@ -24,6 +26,13 @@ from warp_lightning.utils.validate import (
 # The largest LITI coefficient of a front: (1 - eta) * theta_sft + eta * theta_slerp interpolates up to 1
 # (an eta above 1 would extrapolate past the merged policy, as ExPO does).
 MAX_ETA = 2.0  # eta > 1 extrapolates beyond theta_slerp (ExPO); the front marks those points
+
+
+def check_judge(cfg) -> None:
+    """judge.reads: what the held-out judge scores."""
+    if cfg.get("judge") is not None:
+        reads = cfg.judge.get("reads", "prompt_completion")
+        check(reads in READS, "judge.reads", reads, f"choose {one_of(READS)}")
 
 
 def check_evaluation(cfg) -> None:
@@ -37,6 +46,7 @@ def check_evaluation(cfg) -> None:
     positive(e, "eval", ("temperature",))
     check_min_new_tokens(e, "eval")
     check_reward_config(cfg.reward_model)
+    check_judge(cfg)
     validate_models(classifier_configs(cfg.reward_model), cfg.paths)
 
 

@@ -153,7 +153,8 @@ def evaluate_curves(curves: list[Curve], protocol) -> tuple[list[dict], list[dic
             extrapolated = curve.kind == "liti" and float(where.get("eta", 0)) > 1
             row = {**point, "extrapolation": extrapolated, "arm": curve.arm, "kind": curve.kind, "merge": curve.merge, "anchor": curve.anchor,
                    "kl_coef": curve.kl_coef, "iteration": curve.iteration,
-                   **{k: metrics[k] for k in COLUMNS if k in metrics}, "source": curve.source}
+                   **{k: metrics[k] for k in COLUMNS if k in metrics}, "source": curve.source,
+                   **{k: v for k, v in metrics.items() if k.startswith("reward/") and k.endswith(("_mean", "_ci95"))}}
             rows.append(row)
             ids = None
             for key in ("reward", "judge", "kl"):
@@ -195,7 +196,8 @@ def run(cfg) -> dict:
               for c in run_curves(name, run_dir, theta_sft, etas, linear_etas if name == cfg.name else None)]
     rows, prompt_rows = evaluate_curves(curves, protocol)
     out = Path(cfg_output_dir())
-    write_csv(out / "front.csv", [{k: r.get(k, "") for k in COLUMNS} for r in rows])
+    terms = list(dict.fromkeys(k for r in rows for k in r if k.startswith("reward/")))  # a sum reward's terms
+    write_csv(out / "front.csv", [{k: r.get(k, "") for k in COLUMNS + terms} for r in rows])
     write_csv(out / "front_prompts.csv", [{k: r.get(k, "") for k in PROMPT_COLUMNS} for r in prompt_rows])
     plot_front(rows, out / "front.png")
     best = {c.name: max((r for r in rows if r["curve"] == c.name), key=lambda r: r["reward_mean"]) for c in curves}

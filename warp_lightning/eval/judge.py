@@ -10,15 +10,18 @@ file to cache: the same data and settings give the same judge) and never seen by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from warp_lightning import UserError
 from warp_lightning.data.texts import load_texts
 
-DEFAULTS = {"name": "tfidf_lr", "train_data": "sentences", "ngram_max": 1, "C": 8.0}
+DEFAULTS = {"name": "tfidf_lr", "train_data": "sentences", "ngram_max": 1, "C": 8.0, "reads": "prompt_completion"}
+READS = ("prompt_completion", "completion")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Judge:
     n_train: int
     n_test: int
     accuracy: float
+    reads: str = "prompt_completion"  # or "completion": the answer alone (chat prompts carry their template)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -38,7 +42,7 @@ class Judge:
 
     def describe(self) -> dict:
         return {"name": self.name, "train_data": self.train_data, "n_train": self.n_train,
-                "n_test": self.n_test, "accuracy": self.accuracy}
+                "n_test": self.n_test, "accuracy": self.accuracy, "reads": self.reads}
 
 
 def fit_judge(train_texts, train_labels, ngram_max: int = 1, C: float = 8.0):
@@ -63,5 +67,8 @@ def _build(name: str, train_data: str, ngram_max: int, C: float, cache: str | No
 def load_judge(cfg=None, cache: str | Path | None = None) -> Judge:
     """The judge of a `judge` config (conf/judge/*.yaml; the defaults without one), fitted once per process."""
     get = (lambda k: DEFAULTS[k]) if cfg is None else (lambda k: cfg.get(k, DEFAULTS[k]))
-    return _build(str(get("name")), str(get("train_data")), int(get("ngram_max")), float(get("C")),
-                  str(cache) if cache else None)
+    reads = str(get("reads"))
+    if reads not in READS:
+        raise UserError(f"judge.reads={reads!r} is invalid: choose {' or '.join(READS)}")
+    return dataclasses.replace(_build(str(get("name")), str(get("train_data")), int(get("ngram_max")), float(get("C")),
+                                      str(cache) if cache else None), reads=reads)

@@ -46,7 +46,7 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
     device = next(model.parameters()).device
     rows = [p for p in prompt_ids for _ in range(n_per_prompt)]
     row_columns = {k: [v for v in values for _ in range(n_per_prompt)] for k, values in (columns or {}).items()}
-    out = {"reward": [], "kl": [], "kl_k1": [], "kl_k3": [], "length": [], "text": []}
+    out = {"reward": [], "kl": [], "kl_k1": [], "kl_k3": [], "length": [], "text": [], "completion": []}
     for start in range(0, len(rows), batch_size):
         ids, mask = (t.to(device) for t in left_pad(rows[start : start + batch_size], tokenizer.pad_token_id))
         # a generator per batch: row r of every model draws the same uniforms (a batch ends at its last EOS);
@@ -72,6 +72,7 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
         out["kl_k3"] += ((log_ratio.exp() - 1 - log_ratio) * cmask).sum(-1).tolist()
         out["length"] += cmask.sum(-1).tolist()
         out["text"] += texts
+        out["completion"] += completions
     return out
 
 
@@ -93,8 +94,8 @@ def completion_rows(model, sft_model, tokenizer, reward_model, prompt_ids: list[
     n = ecfg.samples_per_prompt
     scores = score_completions(model, sft_model, tokenizer, reward_model, prompt_ids, n, ecfg.max_new_tokens,
                                ecfg.temperature, seed, ecfg.batch_size, ecfg.get("min_new_tokens", 0), columns)
-    if judge is not None:
-        scores["judge"] = judge(scores["text"]).tolist()
+    if judge is not None:  # on prompt + completion, or (judge.reads: completion) on the answer alone
+        scores["judge"] = judge(scores["completion" if judge.reads == "completion" else "text"]).tolist()
     return [{"subsample": subsample, "prompt_index": prompt_index[j // n], "sample": j % n,
              **{k: v[j] for k, v in scores.items()}} for j in range(len(scores["text"]))]
 

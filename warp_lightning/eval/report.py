@@ -368,9 +368,11 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
 
     `scores`: per-prompt scores of every point (`read_front_prompts`); without them every comparison is
     unresolved."""
-    warp = curves(rows, kind="liti", merge="slerp")
+    # LITI proper is eta <= 1; the points beyond (ExPO) are judged apart, by the last claim
+    liti_rows = [r for r in rows if r["kind"] != "liti" or r["eta"] <= 1]
+    warp = curves(liti_rows, kind="liti", merge="slerp")
     warp_by_iteration = {int(p[0]["iteration"]): (name, by_seed(p)) for name, p in warp.items()}
-    linear = curves(rows, kind="liti", merge="linear")
+    linear = curves(liti_rows, kind="liti", merge="linear")
     ema, sft = curves(rows, kind="training", anchor="ema"), curves(rows, kind="training", anchor="sft")
     out = []
 
@@ -425,7 +427,36 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
         (n1, f1), (n2, f2) = warp_by_iteration[1], warp_by_iteration[2]
         comparisons = [(f"{n2} over {n1}", compare(matched_kl_difference, f2, f1, paired=True))]
     add("iteration 2 improves on iteration 1", criterion, comparisons, "needs a run with I >= 2")
+
+    criterion = ("the last theta_slerp extrapolated (ExPO: eta from 1 up to the largest eta > 1 evaluated) lies above "
+                 "every RL training curve at matched KL")
+    comparisons = []
+    beyond = [r for r in curves(rows, kind="liti", merge="slerp").get(name, []) if r["eta"] >= 1] \
+        if warp_by_iteration else []
+    if training and any(r["eta"] > 1 for r in beyond):
+        comparisons = [(f"{name} extrapolated over {n}", compare(matched_kl_difference, by_seed(beyond), by_seed(pts)))
+                       for n, pts in training.items()]
+    add("extrapolation (ExPO) of the last merge beats RL at matched KL", criterion, comparisons,
+        "needs front etas above 1 (e.g. etas=[0,0.5,1,1.5,2]) and RL baselines")
     return out
+
+
+def chosen_eta(rows: list[dict], metric: str = "reward") -> dict | None:
+    """The eta of the last iteration's SLERP front with the highest mean `metric` (over seeds): the selection rule
+    of ExPO, to apply to a front evaluated on the validation split (`front eval.split=validation`)."""
+    warp = curves(rows, kind="liti", merge="slerp")
+    if not warp:
+        return None
+    last = max(warp.values(), key=lambda pts: int(pts[0]["iteration"]))
+    means: dict[float, list[float]] = {}
+    for r in last:
+        if r.get(f"{metric}_mean") not in ("", None):
+            means.setdefault(r["eta"], []).append(float(r[f"{metric}_mean"]))
+    if not means:
+        return None
+    eta = max(means, key=lambda e: np.mean(means[e]))
+    return {"curve": last[0]["curve"], "eta": eta, f"{metric}_mean": float(np.mean(means[eta])),
+            "extrapolation": eta > 1}
 
 
 def claims_markdown(found: list[dict]) -> str:
@@ -457,7 +488,13 @@ def write_front(front_dir: Path, out: Path) -> tuple[list[Path], list[dict]]:
     shutil.copyfile(Path(front_dir) / "front.csv", out / "front.csv")
     found = claims(rows, scores)
     atomic_write_json(out / "claims.json", found)
-    return [_write(out / "front.md", front_markdown(rows)), out / "front.csv", plot_front(rows, out / "front.png"),
+    choice = chosen_eta(rows)
+    table = front_markdown(rows) + ("" if choice is None else (
+        f"\n\nExPO's selection rule (the eta of highest mean proxy reward on the last iteration's front, "
+        f"{choice['curve']}): eta = {choice['eta']:g}" + (" (an extrapolation)" if choice["extrapolation"] else "")
+        + f", mean reward {choice['reward_mean']:.3f}; a choice only when this front was evaluated on the "
+        "validation split (`front eval.split=validation`)."))
+    return [_write(out / "front.md", table), out / "front.csv", plot_front(rows, out / "front.png"),
             _write(out / "claims.md", claims_markdown(found)), out / "claims.json"], found
 
 

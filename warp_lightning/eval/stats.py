@@ -208,14 +208,17 @@ def results_table(results: dict[str, dict]) -> str:
             return "—"
         return fmt_interval(m[f"{key}_diff_mean"], m[f"{key}_diff_low"], m[f"{key}_diff_high"])
 
+    # a sum reward: each term's mean beside the total, in the order of the first model's figures
+    terms = [k[: -len("_mean")] for k in next(iter(results.values()), {}) if k.startswith("reward/") and k.endswith("_mean")]
     rows = [[name, fmt_ci(m["reward_mean"], m["reward_ci95"]),
+             *(fmt_ci(m[f"{t}_mean"], m[f"{t}_ci95"]) if f"{t}_mean" in m else "—" for t in terms),
              fmt_ci(m["judge_mean"], m["judge_ci95"]) if "judge_mean" in m else "—",
              diff(m, "reward"), diff(m, "judge"), fmt_ci(m["kl_mean"], m["kl_ci95"], 2),
              fmt_ci(m["completion_length_mean"], m["completion_length_ci95"], 1),
              f"{m['distinct_1']:.3f} / {m['distinct_2']:.3f}"] for name, m in results.items()]
-    return markdown_table(["model", "mean reward (proxy)", "mean judge", "reward - SFT (paired)",
-                           "judge - SFT (paired)", "mean KL(pi || pi_sft)", "completion length",
-                           "distinct-1 / distinct-2"], rows)
+    return markdown_table(["model", "mean reward (proxy)", *(f"mean {t}" for t in terms), "mean judge",
+                           "reward - SFT (paired)", "judge - SFT (paired)", "mean KL(pi || pi_sft)",
+                           "completion length", "distinct-1 / distinct-2"], rows)
 
 
 # ---- per-prompt rows of the protocol -----------------------------------------------------------------------

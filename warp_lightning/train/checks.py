@@ -9,6 +9,7 @@ from omegaconf import ListConfig, OmegaConf
 
 from warp_lightning.algo.merging import MERGES
 from warp_lightning.data.checks import check_data, check_text_sets
+from warp_lightning.eval.checks import check_judge
 from warp_lightning.reward.rewards import check_reward_config, classifier_configs
 from warp_lightning.utils.validate import (
     check,
@@ -59,6 +60,7 @@ def check_train_config(cfg) -> None:
     check_trainer(cfg)
     check_lora(cfg)
     check_reward_config(cfg.reward_model)  # kind, label, score, functions that import, weights
+    check_judge(cfg)
     validate_models({"policy": cfg.policy, **classifier_configs(cfg.reward_model)}, cfg.paths)
 
 
