@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from warp_lightning.data.texts import load_texts, preference_pairs
+from warp_lightning.reward import warm
 from warp_lightning.reward.scorer import RewardModel, resolve_pretrained
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
@@ -91,10 +92,10 @@ def sign_accuracy(scorer: RewardModel, texts: list[str], labels: list[int]) -> f
     return ((scores > 0).long() == torch.tensor(labels)).float().mean().item()
 
 
-def run(cfg) -> dict:
-    """`python -m warp_lightning reward`: train, calibrate, evaluate and save the reward model."""
+def prepare(cfg):
+    """Seeded: the base model with a fresh score head (WARM's shared start), its tokenizer, the training texts
+    (calibration) and the train / held-out pairs."""
     rcfg, tcfg = cfg.reward_model, cfg.reward_training
-    started = time.time()
     L.seed_everything(tcfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     base = resolve_pretrained(rcfg.base, cfg.paths.cache_dir)
@@ -112,36 +113,53 @@ def run(cfg) -> dict:
         val_texts = val_texts.shuffle(seed=tcfg.seed).select(range(min(len(val_texts), tcfg.max_val_texts)))
     train_pairs = preference_pairs(train_texts, seed=tcfg.seed)
     val_pairs = preference_pairs(val_texts, seed=tcfg.seed)
-    steps_per_epoch = -(-len(train_pairs) // tcfg.batch_size)
-    total = tcfg.max_steps if tcfg.max_steps > 0 else steps_per_epoch * tcfg.epochs
+    return model, tokenizer, train_texts, train_pairs, val_pairs
+
+
+def fine_tuning_steps(tcfg, n_pairs: int) -> int:
+    """`max_steps`, or (-1) `epochs` passes over the pairs."""
+    return tcfg.max_steps if tcfg.max_steps > 0 else -(-n_pairs // tcfg.batch_size) * tcfg.epochs
+
+
+def fit_bradley_terry(cfg, model, tokenizer, train_pairs, val_pairs, out_dir: Path, stop, name: str = "reward"):
+    """Fine-tune `model` in place by `cfg.reward_training` (its seed orders the pairs; parameters that do not
+    require grad stay as they are): the fitted Trainer. `stop`: the run's `StopCheckpoint`."""
+    tcfg = cfg.reward_training
+    total = fine_tuning_steps(tcfg, len(train_pairs))
     module = RewardModule(model, tokenizer, tcfg.optimizer, tcfg.max_length, tcfg.warmup_steps, total)
     train_dl = DataLoader(train_pairs, batch_size=tcfg.batch_size, shuffle=True, collate_fn=module.collate,
                           generator=torch.Generator().manual_seed(tcfg.seed))
     val_dl = DataLoader(val_pairs, batch_size=2 * tcfg.batch_size, collate_fn=module.collate)
+    trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=total,
+                            max_epochs=tcfg.epochs, logger=build_logger(cfg.logger, out_dir, name),
+                            log_every_n_steps=10, val_check_interval=None, check_val_every_n_epoch=1,
+                            gradient_clip_val=1.0, deterministic=True,
+                            callbacks=[ProgressLog(tcfg.log_every, name, ("train/loss", "train/pair_accuracy")),
+                                       stop])
+    stop.fit(trainer, module, train_dl, val_dl, ckpt_path=stop.resume_from(trainer))
+    return trainer
+
+
+def run(cfg) -> dict:
+    """`python -m warp_lightning reward`: train, calibrate, evaluate and save the reward model; with
+    `reward_training.ensemble` > 1, WARM's members and their weight average (reward/warm.py)."""
+    tcfg = cfg.reward_training
+    started = time.time()
+    model, tokenizer, train_texts, train_pairs, val_pairs = prepare(cfg)
+    if tcfg.get("ensemble", 1) > 1:
+        return warm.run_ensemble(cfg, WARM_STAGE, model, tokenizer, train_texts, train_pairs, val_pairs)
     out_dir = Path(cfg_output_dir())
     device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
     log_device(cfg.trainer)
     stop = command_checkpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
-    trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=total,
-                            max_epochs=tcfg.epochs, logger=build_logger(cfg.logger, out_dir, "reward"),
-                            log_every_n_steps=10, val_check_interval=None, check_val_every_n_epoch=1,
-                            gradient_clip_val=1.0, deterministic=True,
-                            callbacks=[ProgressLog(tcfg.log_every, "reward", ("train/loss", "train/pair_accuracy")),
-                                       stop])
-    stop.fit(trainer, module, train_dl, val_dl, ckpt_path=stop.resume_from(trainer))
-    model = module.model.float().eval().to(device)
+    trainer = fit_bradley_terry(cfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop)
+    model = model.float().eval().to(device)
 
     # scored in the precision RL will use (bf16 matmuls under autocast when training used them)
     with autocast(precision, device):
         offset = center_scores(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
         scorer = RewardModel(model, tokenizer, sigmoid=False, max_length=tcfg.max_length)
-        metrics = {"val_pair_accuracy": _pair_accuracy(scorer, val_pairs, tcfg.max_length)}
-        for name in tcfg.eval_sets:
-            texts = load_texts(name, None, cache=cfg.paths.cache_dir)
-            if tcfg.max_eval_texts:
-                texts = texts.shuffle(seed=0).select(range(min(len(texts), tcfg.max_eval_texts)))
-            scorer.max_length = tcfg.eval_max_length
-            metrics[f"{name}_accuracy"] = sign_accuracy(scorer, list(texts["text"]), list(texts["label"]))
+        metrics = reward_metrics(scorer, cfg, val_pairs)
     metrics.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs), steps=int(trainer.global_step),
                    bias_offset=offset, seconds=round(time.time() - started, 1), saved_to=str(cfg.save_to))
 
@@ -151,7 +169,26 @@ def run(cfg) -> dict:
     return metrics
 
 
+def reward_metrics(scorer, cfg, val_pairs) -> dict:
+    """Held-out pair accuracy, and the sign accuracy on each of `eval_sets` (never trained on). `scorer`: a
+    `RewardModel`, or anything scoring texts with a settable `max_length` (WARM's prediction average)."""
+    tcfg = cfg.reward_training
+    metrics = {"val_pair_accuracy": _pair_accuracy(scorer, val_pairs, tcfg.max_length)}
+    for name in tcfg.eval_sets:
+        texts = load_texts(name, None, cache=cfg.paths.cache_dir)
+        if tcfg.max_eval_texts:
+            texts = texts.shuffle(seed=0).select(range(min(len(texts), tcfg.max_eval_texts)))
+        scorer.max_length = tcfg.eval_max_length
+        metrics[f"{name}_accuracy"] = sign_accuracy(scorer, list(texts["text"]), list(texts["label"]))
+    return metrics
+
+
 def _pair_accuracy(scorer: RewardModel, pairs, max_length: int) -> float:
     scorer.max_length = max_length
     chosen, rejected = scorer(list(pairs["chosen"])), scorer(list(pairs["rejected"]))
     return (chosen > rejected).float().mean().item()
+
+
+# what WARM (reward/warm.py) trains, calibrates and evaluates each member with
+WARM_STAGE = warm.Stage(fit=fit_bradley_terry, steps=fine_tuning_steps, center=center_scores,
+                        evaluate=reward_metrics, pair_accuracy=_pair_accuracy)

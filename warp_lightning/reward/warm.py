@@ -1,0 +1,227 @@
+"""WARM (Ramé et al. 2024, WARP.md "Neighbours of WARP"): M Bradley-Terry reward models from one shared start,
+averaged in weight space into the reward model that RL uses.
+
+Each member first fits the score head alone on the frozen encoder (linear probing), then fine-tunes everything
+(LP-FT: the members stay linearly mode-connected, so their average is a good model); members differ by seed and
+data order, and by learning rate and dropout when `ensemble_lrs` / `ensemble_dropouts` list them. The average is
+`algo.merging.linear` with lam=None. `metrics.json` compares every member, the weight average and the prediction
+average (the mean of the members' scores), and, with `noise_check`, the same under flipped training labels: how
+often each memorises the flipped pairs. How one member is trained, calibrated and evaluated is reward/training.py's
+(handed in as a `Stage`: training.py imports this module).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoModelForSequenceClassification
+
+from warp_lightning.algo.merging import linear
+from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.utils.io import save_hf_folder
+from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.precision import autocast
+from warp_lightning.utils.resume import StopCheckpoint
+from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
+
+log = logging.getLogger(__name__)
+
+SEED_STRIDE = 1000  # member k trains with seed + 1000 k: apart from the seeds of neighbouring single runs
+
+
+class Stage(NamedTuple):
+    """What WARM needs from the single-model stage (reward/training.py)."""
+
+    fit: Callable  # (cfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, name) -> fitted Trainer
+    steps: Callable  # (reward_training, number of pairs) -> fine-tuning steps
+    center: Callable  # (model, tokenizer, texts, max_length) -> the bias offset removed
+    evaluate: Callable  # (scorer, cfg, val_pairs) -> {"val_pair_accuracy": ..., "<eval set>_accuracy": ...}
+    pair_accuracy: Callable  # (scorer, pairs, max_length) -> fraction of pairs scored chosen > rejected
+
+
+class Member(NamedTuple):
+    seed: int
+    lr: float
+    dropout: float | None  # None: the model's own
+
+
+def member_settings(tcfg, k: int) -> Member:
+    """Member k's seed (derived from `seed`), and its learning rate and dropout (the lists cycled over members)."""
+    lrs, dropouts = tcfg.get("ensemble_lrs"), tcfg.get("ensemble_dropouts")
+    return Member(int(tcfg.seed) + SEED_STRIDE * k, float(lrs[k % len(lrs)]) if lrs else float(tcfg.lr),
+                  float(dropouts[k % len(dropouts)]) if dropouts else None)
+
+
+def probe_steps(probe, fine_tuning: int) -> int:
+    """`probe`: an integer (steps) or a float (that fraction of the `fine_tuning` steps, at least one if > 0)."""
+    if isinstance(probe, float):
+        return max(1, round(probe * fine_tuning)) if probe > 0 else 0
+    return int(probe)
+
+
+def flip_pairs(pairs, fraction: float, seed: int):
+    """(pairs with round(fraction n) of them swapped chosen <-> rejected, chosen at random by `seed`; the swapped
+    pairs alone, as the corrupted labels state them)."""
+    n = len(pairs)
+    flipped = sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:round(fraction * n)].tolist())
+    chosen, rejected = list(pairs["chosen"]), list(pairs["rejected"])
+    for i in flipped:
+        chosen[i], rejected[i] = rejected[i], chosen[i]
+    swapped = pairs.from_dict({"chosen": chosen, "rejected": rejected}, features=pairs.features)
+    return swapped, swapped.select(flipped)
+
+
+def weight_average(theta_init: dict, members: list[dict]) -> dict:
+    """WARM: the uniform weight average of the members' state dicts (the linear merge, lam=None)."""
+    return linear(theta_init, members, lam=None)
+
+
+def set_dropout(model: torch.nn.Module, p: float | None) -> None:
+    """Every `nn.Dropout` of `model` drops with probability `p` (None: unchanged)."""
+    if p is not None:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = p
+
+
+class CachedScores:
+    """A member's scores, computed once per (texts, max_length): its own figures and the prediction average
+    share them."""
+
+    def __init__(self, scorer: RewardModel):
+        self.scorer, self.max_length, self._scores = scorer, scorer.max_length, {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        key = (self.max_length, tuple(texts))
+        if key not in self._scores:
+            self.scorer.max_length = self.max_length
+            self._scores[key] = self.scorer(texts)
+        return self._scores[key]
+
+
+class PredictionAverage:
+    """The ensemble in prediction space, WARM's baseline: the mean of the members' scores (M forward passes)."""
+
+    def __init__(self, scorers: list[CachedScores]):
+        self.scorers, self.max_length = scorers, scorers[0].max_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        for s in self.scorers:
+            s.max_length = self.max_length
+        return torch.stack([s(texts) for s in self.scorers]).mean(0)
+
+
+def linear_probe(cfg, stage: Stage, model, tokenizer, train_pairs, val_pairs, out_dir: Path, name: str) -> int:
+    """Fit the score head alone (the encoder, `model.base_model`, frozen) for `probe_steps`, at `probe_lr` without
+    warm-up: the steps taken."""
+    tcfg = cfg.reward_training
+    steps = probe_steps(tcfg.probe_steps, stage.steps(tcfg, len(train_pairs)))
+    if steps == 0:
+        return 0
+    pcfg = OmegaConf.merge(cfg, {"reward_training": {"max_steps": steps, "warmup_steps": 0, "lr": tcfg.probe_lr}})
+    encoder = model.base_model.requires_grad_(False)
+    try:
+        stop = StopCheckpoint(out_dir / "checkpoints" / f"{name}_probe.ckpt",
+                              config=OmegaConf.to_container(pcfg, resolve=True))
+        trainer = stage.fit(pcfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, f"{name}_probe")
+    finally:
+        encoder.requires_grad_(True)
+    stop.done()
+    return int(trainer.global_step)
+
+
+def train_member(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs, k: int,
+                 folder: Path, out_dir: Path) -> dict:
+    """Member k from a copy of `theta_init`: linear probe, fine-tuning, calibration, saved to `folder/member_k`
+    (a member already there, from an interrupted run, is read back instead). Its settings and steps."""
+    tcfg, s = cfg.reward_training, member_settings(cfg.reward_training, k)
+    path, name = folder / f"member_{k}", f"{folder.name}_member_{k}"
+    info = {"seed": s.seed, "lr": s.lr, "dropout": s.dropout, "path": str(path)}
+    if (path / "config.json").exists():
+        log.info("WARM: %s is saved; reading it back", path)
+        return {**info, "model": AutoModelForSequenceClassification.from_pretrained(path)}
+    mcfg = OmegaConf.merge(cfg, {"reward_training": {"seed": s.seed, "lr": s.lr}})
+    model = copy.deepcopy(theta_init)
+    set_dropout(model, s.dropout)
+    L.seed_everything(s.seed, workers=True)  # the member's dropout noise
+    stop = StopCheckpoint(out_dir / "checkpoints" / f"{name}.ckpt", config=OmegaConf.to_container(mcfg, resolve=True))
+    probed = 0 if stop.path.exists() else linear_probe(mcfg, stage, model, tokenizer, train_pairs, val_pairs,
+                                                        out_dir, name)
+    trainer = stage.fit(mcfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, name)
+    device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
+    model = model.float().eval().to(device)
+    with autocast(precision, device):
+        offset = stage.center(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
+    save_hf_folder(path, model.cpu(), tokenizer)
+    stop.done()
+    return {**info, "model": model, "probe_steps": probed, "steps": int(trainer.global_step), "bias_offset": offset}
+
+
+def train_ensemble(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs,
+                   folder: Path, out_dir: Path) -> list[dict]:
+    return [train_member(cfg, stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs, k, folder, out_dir)
+            for k in range(cfg.reward_training.ensemble)]
+
+
+def compare(cfg, stage: Stage, theta_init, members: list[dict], tokenizer, val_pairs, flipped=None) -> dict:
+    """The figures of every member, of their weight average and of their prediction average (and with `flipped`,
+    the training pairs whose labels were flipped, `memorised`: the fraction of them scored as flipped). Also
+    returns the weight average itself, under "model"."""
+    tcfg = cfg.reward_training
+    device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
+    average = copy.deepcopy(theta_init)
+    average.load_state_dict(weight_average(theta_init.state_dict(), [m["model"].state_dict() for m in members]))
+    scorers = [CachedScores(RewardModel(m["model"].float().to(device), tokenizer, sigmoid=False,
+                                        max_length=tcfg.max_length)) for m in members]
+    averaged = RewardModel(average.float().to(device), tokenizer, sigmoid=False, max_length=tcfg.max_length)
+
+    def figures(scorer) -> dict:
+        out = stage.evaluate(scorer, cfg, val_pairs)
+        if flipped is not None:
+            out["memorised"] = stage.pair_accuracy(scorer, flipped, tcfg.max_length)
+        return out
+
+    with autocast(precision, device):
+        result = {"members": [{**{k: v for k, v in m.items() if k != "model"}, **figures(s)}
+                              for m, s in zip(members, scorers, strict=True)],
+                  "weight_average": figures(averaged), "prediction_average": figures(PredictionAverage(scorers))}
+    for m in members:
+        m["model"].cpu()
+    return {**result, "model": average.cpu()}
+
+
+def run_ensemble(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs) -> dict:
+    """`reward reward_training.ensemble=M`: the members (`members/member_k/` in the run folder), their weight
+    average saved to `save_to`, and (`noise_check`) a second ensemble on flipped labels (`noise_check/`)."""
+    tcfg, started = cfg.reward_training, time.time()
+    out_dir = Path(cfg_output_dir())
+    log_device(cfg.trainer)
+    theta_init = theta_init.float()
+    pairs, flipped = (flip_pairs(train_pairs, tcfg.label_noise, tcfg.seed) if tcfg.get("label_noise")
+                      else (train_pairs, None))
+    members = train_ensemble(cfg, stage, theta_init, tokenizer, train_texts, pairs, val_pairs, out_dir / "members",
+                             out_dir)
+    found = compare(cfg, stage, theta_init, members, tokenizer, val_pairs, flipped)
+    average = found.pop("model")
+    metrics = {**found["weight_average"], "ensemble": len(members), **found}
+    if tcfg.get("noise_check"):
+        noisy, noisy_flipped = flip_pairs(train_pairs, tcfg.noise_check, tcfg.seed)
+        noisy_members = train_ensemble(cfg, stage, theta_init, tokenizer, train_texts, noisy, val_pairs,
+                                       out_dir / "noise_check", out_dir)
+        noise = compare(cfg, stage, theta_init, noisy_members, tokenizer, val_pairs, noisy_flipped)
+        noise.pop("model")
+        metrics["label_noise"] = {"fraction": tcfg.noise_check, "flipped_pairs": len(noisy_flipped), **noise}
+    save_hf_folder(cfg.save_to, average, tokenizer)
+    metrics.update(train_pairs=len(train_pairs), val_pairs=len(val_pairs), seconds=round(time.time() - started, 1),
+                   saved_to=str(cfg.save_to), members_dir=str(out_dir / "members"))
+    log.info("WARM: the weight average of %d members saved to %s: %s", len(members), cfg.save_to,
+             {k: v for k, v in metrics.items() if not isinstance(v, list | dict)})
+    return metrics
