@@ -3,6 +3,7 @@ utils/internals.py) still exist in the installed versions, and the functions tha
 
 import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 
 import lightning as L
@@ -61,6 +62,15 @@ def test_each_private_attribute_we_use_still_exists(function, package, attribute
         pytest.fail(f"{package} {importlib.metadata.version(package)} no longer has {attribute} ({err}): "
                     f"warp_lightning/utils/internals.py `{function}` relies on it; adapt that function to this "
                     "version (its docstring says what it is for)", pytrace=False)
+
+
+@pytest.mark.parametrize(("attribute", "named"), [
+    ("Trainer._checkpoint_connector.gone", "Trainer._checkpoint_connector has no attribute gone"),
+    ("torch.distributed.distributed_c10d._gone", "torch.distributed.distributed_c10d has no attribute _gone"),
+    ("lightning.pytorch.trainer.gone._X", "lightning.pytorch.trainer has no attribute gone")])
+def test_an_attribute_an_upgrade_removed_is_named_with_its_owner(attribute, named, tmp_path):
+    with pytest.raises(AttributeError, match=f"^{named}$"):
+        resolve(attribute, tmp_path)
 
 
 def test_every_function_of_internals_is_listed_in_uses():

@@ -93,3 +93,20 @@ def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
         assert (run_dir / signals.RUN_LOCK).read_text().strip() == str(os.getpid())
     finally:
         signals.release_run_dir(run_dir)
+
+
+def test_a_run_folder_is_one_folder_however_it_is_written(tmp_path):
+    """The CLI claims `hydra.run.dir` as given, then as Hydra normalized it (`os.path.abspath`): the same command
+    must not refuse itself, and another one is refused under either name."""
+    (tmp_path / "elsewhere").mkdir()
+    given = tmp_path / "elsewhere" / ".." / "run"
+    signals.claim_run_dir(given)
+    try:
+        signals.claim_run_dir(os.path.abspath(given))
+        other = claim_in_child(tmp_path / "run")
+        out = other.communicate(timeout=60)[0]
+    finally:
+        signals.release_run_dir(os.path.abspath(given))
+    assert other.returncode == 2 and f"in use by another command (pid {os.getpid()})" in out
+    after = claim_in_child(tmp_path / "run")  # released under the other name too
+    assert (after.communicate(timeout=60)[0].strip(), after.returncode) == ("claimed", 0)

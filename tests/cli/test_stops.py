@@ -300,17 +300,20 @@ def test_a_stop_reaches_every_process_without_deadlock(tmp_path, scenario):
 
 
 @pytest.mark.slow
-def test_sft_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path, asset_cache):
-    """`sft`: SIGTERM finishes the step, writes checkpoints/resume.ckpt and exits 143 naming the resume command;
-    that command continues from the step (not from 0), saves the policy and removes the checkpoint."""
-    from conftest import TINY_SFT, cli
+@pytest.mark.parametrize("command", ["sft", "reward"])
+def test_a_command_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path, asset_cache, command):
+    """`sft` and `reward` (one mechanism, utils/resume.py): SIGTERM finishes the step, writes
+    checkpoints/resume.ckpt and exits 143 naming the resume command; that command continues from the step (not
+    from 0), saves the model and removes the checkpoint."""
+    from conftest import TINY_REWARD, TINY_SFT, cli
 
-    args = ["sft", *TINY_SFT, "sft.max_steps=8", "sft.log_every=1", f"save_to={tmp_path / 'policy'}",
-            f"hydra.run.dir={tmp_path / 'run'}"]
+    tiny = {"sft": [*TINY_SFT, "sft.max_steps=8", "sft.log_every=1"],
+            "reward": [*TINY_REWARD, "reward_training.max_steps=8", "reward_training.log_every=1"]}[command]
+    args = [command, *tiny, f"save_to={tmp_path / 'model'}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen([sys.executable, "-m", "warp_lightning", *args], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     for line in proc.stdout:
-        if "sft step 2/8" in line:
+        if f"{command} step 2/8" in line:
             proc.send_signal(signal.SIGTERM)
             break
     out, err = proc.communicate(timeout=120)
@@ -318,8 +321,8 @@ def test_sft_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path, asset_cach
     assert proc.returncode == 143 and last.startswith("stopped by SIGTERM at step "), err[-3000:]
     assert last.endswith("resume with " + shlex.join(["python", "-m", "warp_lightning", *args])), last
     step = int(last.split(" at step ")[1].split()[0])
-    assert 2 <= step < 8 and (tmp_path / "run/checkpoints/resume.ckpt").exists() and not (tmp_path / "policy").exists()
+    assert 2 <= step < 8 and (tmp_path / "run/checkpoints/resume.ckpt").exists() and not (tmp_path / "model").exists()
     resumed = cli(*args, cwd=tmp_path)
     assert f"resuming at step {step} from" in resumed.stdout + resumed.stderr
     assert json.loads((tmp_path / "run/metrics.json").read_text())["steps"] == 8
-    assert (tmp_path / "policy/model.safetensors").exists() and not (tmp_path / "run/checkpoints/resume.ckpt").exists()
+    assert (tmp_path / "model/model.safetensors").exists() and not (tmp_path / "run/checkpoints/resume.ckpt").exists()

@@ -46,3 +46,16 @@ def test_front_table_prints_eta_as_given(eta):
            "judge_mean": 0.4, "judge_ci95": 0.1, "kl_mean": 1.0, "kl_ci95": 0.2}
     cells = front_markdown([row]).splitlines()[-1].split("|")
     assert cells[2].strip() == f"{eta:g}" + (" (extrapolation)" if eta > 1 else "")
+
+
+def test_gradient_accumulation_is_refused_in_one_line_the_ema_would_move_per_micro_batch():
+    from omegaconf import OmegaConf
+
+    from warp_lightning import UserError
+    from warp_lightning.train.checks import check_trainer
+
+    cfg = OmegaConf.create({"trainer": {"strategy": "auto", "devices": 1, "num_nodes": 1}, "warp": {"runs": 2}})
+    check_trainer(cfg)
+    cfg.trainer.accumulate_grad_batches = 2
+    with pytest.raises(UserError, match=r"^trainer.accumulate_grad_batches=2 is invalid: must be 1"):
+        check_trainer(cfg)

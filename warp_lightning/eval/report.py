@@ -431,8 +431,8 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
     criterion = ("the last theta_slerp extrapolated (ExPO: eta from 1 up to the largest eta > 1 evaluated) lies above "
                  "every RL training curve at matched KL")
     comparisons = []
-    beyond = [r for r in curves(rows, kind="liti", merge="slerp").get(name, []) if r["eta"] >= 1] \
-        if warp_by_iteration else []
+    name = warp_by_iteration[max(warp_by_iteration)][0] if warp_by_iteration else None
+    beyond = [r for r in curves(rows, kind="liti", merge="slerp").get(name, []) if r["eta"] >= 1]
     if training and any(r["eta"] > 1 for r in beyond):
         comparisons = [(f"{name} extrapolated over {n}", compare(matched_kl_difference, by_seed(beyond), by_seed(pts)))
                        for n, pts in training.items()]

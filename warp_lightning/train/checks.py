@@ -67,6 +67,11 @@ def check_train_config(cfg) -> None:
 def check_trainer(cfg) -> None:
     """trainer.* of `train`: the strategy against devices, nodes and runs."""
     t = cfg.trainer
+    # one batch of prompts is one RL step: the EMA anchor moves once per batch (EMAAnchor), which is once per
+    # optimizer step only without gradient accumulation
+    check(t.get("accumulate_grad_batches", 1) == 1, "trainer.accumulate_grad_batches", t.get("accumulate_grad_batches"),
+          "must be 1: each step's prompts are one batch and one optimizer step (the EMA anchor moves once per "
+          "step); raise warp.prompts_per_step for more completions per step")
     strategy = t.get("strategy", "auto")
     check(strategy in ("auto", *PARALLEL), "trainer.strategy", strategy, f"choose {one_of(('auto', *PARALLEL))}")
     if strategy == "auto":

@@ -291,7 +291,7 @@ def claim_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
     holder (`parent_pid`) take no lock of their own. A lock left by a dead process does not count: the
     kernel dropped its `flock` when it died.
     """
-    folder = Path(path).expanduser().absolute()
+    folder = _folder(path)
     if folder in _held:
         return
     try:
@@ -308,8 +308,8 @@ def claim_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
         f.seek(0)
         holder = f.read().strip()
         f.close()
-        if holder.isdigit() and int(holder) == parent_pid():
-            return  # our parent holds it for the command we are part of
+        if holder.isdigit() and int(holder) in (parent_pid(), os.getpid()):
+            return  # our parent holds it for the command we are part of (or we do, under another name)
         raise UserError(f"{key}: {path} is in use by another command (pid {holder or '?'}); wait for it to end "
                         f"or choose another {key}") from None
     f.truncate(0)
@@ -318,7 +318,13 @@ def claim_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
     _held[folder] = f
 
 
+def _folder(path: str | Path) -> Path:
+    """The run folder as one key however it is written (`runs/../x`, a symlink): Hydra normalizes it with
+    `os.path.abspath`, and the CLI claims it before Hydra (as given) and again from Hydra's `output_dir`."""
+    return Path(os.path.realpath(path))
+
+
 def release_run_dir(path: str | Path) -> None:
-    f = _held.pop(Path(path).expanduser().absolute(), None)
+    f = _held.pop(_folder(path), None)
     if f is not None:
         f.close()  # closing the file drops the lock
