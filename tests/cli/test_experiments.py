@@ -197,6 +197,9 @@ def test_reproduce_smoke_writes_every_report(reproduced):
     verdicts = ("**holds**", "**contradicted**", "**unresolved at this sample size**")
     for line in claims_md:  # every claim is measured by the smoke chain, on the proxy reward and on the judge
         cells = [c.strip() for c in line.split(" | ")]
+        if "ExPO" in cells[0]:  # the smoke front stops at eta = 1: nothing to extrapolate
+            assert cells[1] == cells[2] == "**not measured**", line
+            continue
         assert cells[1] in verdicts and cells[2] in verdicts, line
         # measured: its differences with their MDE on the shared prompts, or curves that share no KL range
         assert ("MDE" in line and "prompts" in line) or "no overlapping KL range" in line, line

@@ -130,8 +130,11 @@ def fit_bradley_terry(cfg, model, tokenizer, train_pairs, val_pairs, out_dir: Pa
     train_dl = DataLoader(train_pairs, batch_size=tcfg.batch_size, shuffle=True, collate_fn=module.collate,
                           generator=torch.Generator().manual_seed(tcfg.seed))
     val_dl = DataLoader(val_pairs, batch_size=2 * tcfg.batch_size, collate_fn=module.collate)
+    # the step count alone ends the fit (`total` is `epochs` passes unless max_steps is set), so that a run resumed
+    # mid-epoch still reaches `total` steps (the interrupted epoch's data order restarts; Lightning's epoch count
+    # would end it early)
     trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=total,
-                            max_epochs=tcfg.epochs, logger=build_logger(cfg.logger, out_dir, name),
+                            max_epochs=-1, logger=build_logger(cfg.logger, out_dir, name),
                             log_every_n_steps=10, val_check_interval=None, check_val_every_n_epoch=1,
                             gradient_clip_val=1.0, deterministic=True,
                             callbacks=[ProgressLog(tcfg.log_every, name, ("train/loss", "train/pair_accuracy")),
