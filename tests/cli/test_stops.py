@@ -308,7 +308,8 @@ def test_a_command_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path, asse
     from conftest import TINY_REWARD, TINY_SFT, cli
 
     tiny = {"sft": [*TINY_SFT, "sft.max_steps=8", "sft.log_every=1"],
-            "reward": [*TINY_REWARD, "reward_training.max_steps=8", "reward_training.log_every=1"]}[command]
+            "reward": [*TINY_REWARD, "reward_training.max_steps=8", "reward_training.epochs=4",  # 3 steps an epoch
+                       "reward_training.log_every=1"]}[command]
     args = [command, *tiny, f"save_to={tmp_path / 'model'}", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = subprocess.Popen([sys.executable, "-m", "warp_lightning", *args], cwd=tmp_path, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
