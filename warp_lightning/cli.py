@@ -27,10 +27,10 @@ CONF_DIR = Path(os.environ.get("WARP_LIGHTNING_CONF", Path(__file__).resolve().p
 COMMANDS = {
     "assets": ("warp_lightning.data.assets", "fetch the offline models and data of ASSETS.md into the cache"),
     "sft": ("warp_lightning.train.sft", "train the offline SFT policy (a small GPT-2) on movie reviews"),
-    "reward": ("warp_lightning.reward.training", "train a Bradley-Terry reward model on preference pairs"),
+    "reward": ("warp_lightning.reward.training", "train a Bradley-Terry reward model (or a WARM ensemble, weight-averaged) on preference pairs"),
     "train": ("warp_lightning.train.loop", "run WARP: RLOO with an EMA anchor, SLERP of M runs, LITI, I times"),
     "evaluate": ("warp_lightning.eval.evaluate", "proxy reward, held-out judge and KL to the SFT policy; paired gains, 95% intervals"),
-    "front": ("warp_lightning.eval.front", "reward vs KL fronts of a run (LITI over eta) and of baselines"),
+    "front": ("warp_lightning.eval.front", "reward vs KL fronts of a run (LITI over eta; eta > 1 extrapolates, ExPO) and of baselines"),
     "report": ("warp_lightning.eval.report", "tables, plots and the paper's claims from the experiments, in reports/"),
 }
 
