@@ -32,6 +32,7 @@ COMMANDS = {
     "evaluate": ("warp_lightning.eval.evaluate", "proxy reward, held-out judge and KL to the SFT policy; paired gains, 95% intervals"),
     "front": ("warp_lightning.eval.front", "reward vs KL fronts of a run (LITI over eta; eta > 1 extrapolates, ExPO) and of baselines"),
     "report": ("warp_lightning.eval.report", "tables, plots and the paper's claims from the experiments, in reports/"),
+    "study": ("warp_lightning.studies.command", "a study's jobs (list, run the missing ones, one job) and its report from the result files"),
 }
 
 log = logging.getLogger("warp_lightning")

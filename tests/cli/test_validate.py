@@ -219,7 +219,9 @@ def test_every_key_without_a_typed_default_has_a_declared_type():
     # every command as it is, and train (which has every config group) with each option of each group
     variants = [(name, []) for name in COMMANDS]
     mounted = {"lora": "lora@policy.lora"}  # groups placed under another key by train.yaml's defaults
-    variants += [("train", [f"+{group}={option}" if group == "experiment" else f"{mounted.get(group, group)}={option}"])
+    command = {"study": "study"}  # groups of another command's config than train's
+    variants += [(command.get(group, "train"), [f"+{group}={option}" if group == "experiment"
+                                                else f"{mounted.get(group, group)}={option}"])
                  for group in groups for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name, overrides in variants:

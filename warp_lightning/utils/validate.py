@@ -84,6 +84,8 @@ DECLARED_TYPES: dict[str, tuple] = {
     "evaluation": (str, None),  # report
     "sweep": (str, None),
     "front": (str, None),
+    "job": (str, None),  # study: the one job to run, or null
+    "budget_minutes": (int, float, None),  # study action=run: null is no budget
 }
 
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list [...]",

@@ -1,0 +1,90 @@
+"""A study's declaration: its jobs, their independence, their state, what `action=run` starts."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from warp_lightning import UserError
+from warp_lightning.algo.state import derive_seed
+from warp_lightning.cli import CONF_DIR
+from warp_lightning.studies.command import listing, to_run
+from warp_lightning.studies.jobs import (
+    DONE,
+    MISSING,
+    STALE,
+    check_declaration,
+    job_state,
+    merge_experiments,
+    study_jobs,
+)
+
+
+def load(name: str):
+    return OmegaConf.load(CONF_DIR / "study" / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_arms_are_independent(name):
+    """No two jobs of a study share a seed of any run (derive_seed(warp.seed, i, m), which also orders the run's
+    prompts and seeds its sampling): the EMA-anchor baseline is not WARP's run (1, 1) continued."""
+    study = load(name)
+    check_declaration(study)
+    seen = {}
+    for job in study_jobs(study):
+        cfg = OmegaConf.from_dotlist([o for o in job.train if not o.startswith("+")])
+        iterations = int(cfg.get("warp", {}).get("iterations", 5 if job.arm == "warp" else 1))
+        for i in range(1, iterations + 1):
+            for m in (1, 2):
+                seed = derive_seed(job.warp_seed, i, m)
+                assert seen.setdefault(seed, job.name) == job.name, f"{job.name} and {seen[seed]} share run seed {seed}"
+    names = [j.name for j in study_jobs(study)]
+    assert len(set(names)) == len(names)
+
+
+def test_overlapping_seed_ranges_are_refused():
+    study = load("default")
+    study.arms.ema_anchor.seed_base = 3
+    with pytest.raises(UserError, match=r"study.arms.ema_anchor.seed_base=3 is invalid: its seeds overlap those of arm warp"):
+        check_declaration(study)
+
+
+def test_jobs_go_seed_by_seed_and_declare_the_default_claims():
+    jobs = study_jobs(load("default"))
+    assert [j.name for j in jobs[:4]] == ["warp-s0", "ema_anchor-s0", "sft_anchor-s0", "T50-s0"]
+    arms = {j.arm: 0 for j in jobs}
+    for j in jobs:
+        arms[j.arm] += 1
+    assert arms == {"warp": 5, "ema_anchor": 5, "sft_anchor": 5, "T50": 3, "T100": 3, "T150": 3}
+    warp = jobs[0]
+    assert "warp.iterations=5" in warp.train and warp.train[0] == "+experiment=study"
+    ema = jobs[1]
+    assert ema.train[0] == "+experiment=[study,baseline_ema_nomerge]" and "warp.snapshot_every=20" in ema.train
+    assert ema.front is not None and jobs[3].front is None  # the sweep reads the end-of-train check
+
+
+def test_merge_experiments():
+    assert merge_experiments(["+experiment=a", "x=1", "+experiment=b"]) == ["+experiment=[a,b]", "x=1"]
+    assert merge_experiments(["+experiment=[a,b]", "+experiment=c"]) == ["+experiment=[a,b,c]"]
+    assert merge_experiments(["+experiment=a"]) == ["+experiment=a"]
+    assert merge_experiments(["x=1"]) == ["x=1"]
+
+
+def test_state_done_missing_stale():
+    jobs = study_jobs(load("smoke"))
+    job = jobs[0]
+    header = {"numerics": 1, "definition": job.definition()}
+    assert job_state(job, {}, 1) == (MISSING, "")
+    assert job_state(job, {job.name: header}, 1) == (DONE, "")
+    assert job_state(job, {job.name: header}, 2)[0] == STALE
+    assert job_state(job, {job.name: {**header, "definition": {"train": [], "front": None}}}, 1)[0] == STALE
+
+
+def test_run_takes_the_missing_jobs_within_the_budget():
+    study = load("default")
+    jobs = study_jobs(study)
+    rows = [(j, DONE if j.name == "warp-s0" else MISSING, "") for j in jobs]
+    cfg = OmegaConf.create({"jobs": [], "budget_minutes": 70})
+    chosen = to_run(cfg, rows)
+    assert [j.name for j in chosen] == ["ema_anchor-s0", "sft_anchor-s0", "T50-s0"]  # 30 + 30 + 8; the next (20) does not fit
+    cfg = OmegaConf.create({"jobs": ["warp-s0", "T50-s1"], "budget_minutes": None})
+    assert [j.name for j in to_run(cfg, rows)] == ["warp-s0", "T50-s1"]  # named: run again even if done
+    assert "1 of 24 done; 23 to run" in listing(rows)

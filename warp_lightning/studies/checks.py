@@ -1,0 +1,21 @@
+"""The checks of `study`, before it starts (utils/validate.py runs them)."""
+
+from __future__ import annotations
+
+from warp_lightning.studies.jobs import check_declaration, find_job, study_jobs
+from warp_lightning.utils.validate import check, one_of
+
+ACTIONS = ("list", "run", "report")
+LAUNCHERS = ("basic", "submitit_local", "submitit_slurm", "joblib")
+
+
+def check_study(cfg) -> None:
+    """The study's declaration, the action, the job named, the launcher and the budget."""
+    check_declaration(cfg.study)
+    check(cfg.action in ACTIONS, "action", cfg.action, f"choose {one_of(ACTIONS)}")
+    check(cfg.launcher in LAUNCHERS, "launcher", cfg.launcher, f"choose {one_of(LAUNCHERS)}")
+    check(cfg.budget_minutes is None or float(cfg.budget_minutes) > 0, "budget_minutes", cfg.budget_minutes,
+          "must be a positive number of minutes, or null for no budget")
+    jobs = study_jobs(cfg.study)
+    for name in ([cfg.job] if cfg.job is not None else []) + list(cfg.jobs or []):
+        find_job(jobs, str(name))

@@ -1,0 +1,148 @@
+"""`python -m warp_lightning study`: list a study's jobs, run the missing ones (through Hydra's multirun, so that
+any Hydra launcher spreads them), run one job, or build the study's report from its result files alone.
+
+    action=list     each job, its state (done / missing / stale) and expected minutes
+    action=run      `python -m warp_lightning study -m job=A,B,... hydra/launcher=LAUNCHER`: the missing and stale
+                    jobs (or `jobs`), as many as fit in `budget_minutes`; each job resumes where it stopped
+    job=NAME        one job: its train, its front, its result file (what each job of that multirun runs)
+    action=report   REPORT_DIR/STUDY/ from RESULTS_DIR/STUDY/*.json.gz (studies/verdicts.py); no model needed
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from warp_lightning import Preempted, UserError
+from warp_lightning.builds import last_error, run_build
+from warp_lightning.studies import verdicts
+from warp_lightning.studies.jobs import (
+    DONE,
+    Job,
+    commands,
+    find_job,
+    job_dir,
+    job_state,
+    result_path,
+    study_jobs,
+)
+from warp_lightning.studies.results import NUMERICS, front_data, git_commit, read_results, write_result
+from warp_lightning.utils import signals
+from warp_lightning.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+LAUNCHERS = ("basic", "submitit_local", "submitit_slurm", "joblib")
+
+
+def states(cfg) -> list[tuple[Job, str, str]]:
+    results = read_results(cfg.results_dir, str(cfg.study.name))
+    return [(job, *job_state(job, results, NUMERICS)) for job in study_jobs(cfg.study)]
+
+
+def listing(rows: list[tuple[Job, str, str]]) -> str:
+    width = max(len(j.name) for j, _, _ in rows)
+    lines = [f"{'job':<{width}}  {'state':<7}  {'minutes':>7}  warp.seed"]
+    lines += [f"{j.name:<{width}}  {s:<7}  {j.minutes:>7g}  {j.warp_seed}" + (f"  ({why})" if why else "")
+              for j, s, why in rows]
+    todo = [j for j, s, _ in rows if s != DONE]
+    lines.append(f"{len(rows) - len(todo)} of {len(rows)} done; {len(todo)} to run, about "
+                 f"{sum(j.minutes for j in todo):g} minutes on 2 cores with native bf16 (twice that in fp32)")
+    return "\n".join(lines)
+
+
+def to_run(cfg, rows) -> list[Job]:
+    """The jobs `action=run` starts: the missing and stale ones (or those named), within the budget."""
+    names = [str(n) for n in cfg.jobs or []]
+    jobs = [j for j, s, _ in rows if (j.name in names if names else s != DONE)]
+    for name in names:
+        find_job([j for j, _, _ in rows], name)
+    if cfg.budget_minutes is not None:
+        chosen, total = [], 0.0
+        for job in jobs:
+            if total + job.minutes <= float(cfg.budget_minutes):
+                chosen.append(job)
+                total += job.minutes
+        jobs = chosen
+    return jobs
+
+
+def multirun_command(cfg, jobs: list[Job]) -> list[str]:
+    """The `study -m job=...` command of `action=run`: this command's overrides, the jobs, the launcher."""
+    given = [a for a in sys.argv[1:] if not a.startswith(("action=", "jobs=", "budget_minutes=", "launcher=",
+                                                          "launcher_overrides=", "job=", "hydra.run.dir="))]
+    launcher = [] if cfg.launcher == "basic" else [f"hydra/launcher={cfg.launcher}"]
+    return [sys.executable, "-m", "warp_lightning", "study", "-m", *given, f"job={','.join(j.name for j in jobs)}",
+            *launcher, *map(str, cfg.launcher_overrides or [])]
+
+
+def run_step(name: str, cmd: list[str]) -> float:
+    """Run one command of a job to its end; its seconds. A failure: one line naming the command."""
+    started = time.time()
+    log.info("%s: %s", name, " ".join(cmd[2:]))
+    code, stderr = run_build(cmd)
+    if code in (128 + s for s in signals.STOP_SIGNALS):
+        raise Preempted(code - 128, f"in {name} (run the job again: it resumes from its checkpoint)")
+    if code != 0:
+        raise UserError(f"{name} failed: {last_error(stderr) or f'exit status {code}'} (the command: "
+                        f"`python {' '.join(cmd[1:])}`)")
+    return time.time() - started
+
+
+def run_job(cfg, job: Job) -> dict:
+    """One job: train (skipped when finished, resumed when cut), front (skipped when written), the result."""
+    folder = job_dir(cfg.work_dir, job)
+    extra = [str(e) for e in cfg.extra or []]
+    cmds = commands(job, cfg.work_dir, extra)
+    seconds = {}
+    if not (folder / "train" / "manifest.json").exists():
+        seconds["train"] = run_step(f"{job.name} train", cmds["train"])
+    if cmds["front"] is not None and not (folder / "front" / "front_prompts.csv").exists():
+        seconds["front"] = run_step(f"{job.name} front", cmds["front"])
+    manifest = json.loads((folder / "train" / "manifest.json").read_text())
+    earlier = folder / "seconds.json"  # the seconds of steps finished by an earlier attempt of this job
+    seconds = {**(json.loads(earlier.read_text()) if earlier.exists() else {}), **seconds}
+    atomic_write_json(earlier, seconds)
+    commit, dirty = git_commit()
+    record = {"study": job.study, "job": job.name, "arm": job.arm, "label": job.label, "seed": job.seed,
+              "warp_seed": job.warp_seed, "sweep": job.sweep, "definition": job.definition(), "numerics": NUMERICS,
+              "commit": commit, "dirty": dirty, "compute": manifest["compute"],
+              "precision": manifest["config"]["trainer"].get("precision"),
+              "bf16": "bf16-mixed" in manifest["compute"], "seconds": seconds, "config": manifest["config"],
+              "runs": manifest["runs"], "merges": manifest["merges"], "train_metrics": manifest["metrics"],
+              "front": front_data(folder / "front") if cmds["front"] is not None else None,
+              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = write_result(result_path(cfg.results_dir, job), record)
+    log.info("%s: result written to %s (%.0f s)", job.name, path, sum(seconds.values()))
+    if not cfg.keep_models:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"job": job.name, "result": str(path), "seconds": round(sum(seconds.values()), 1)}
+
+
+def run(cfg) -> dict:
+    rows = states(cfg)
+    if cfg.job is not None:
+        return run_job(cfg, find_job([j for j, _, _ in rows], str(cfg.job)))
+    if cfg.action == "report":
+        return verdicts.write_report(cfg.study, read_results(cfg.results_dir, str(cfg.study.name)),
+                                     Path(str(cfg.report_dir)) / str(cfg.study.name))
+    print(listing(rows), flush=True)
+    if cfg.action == "list":
+        return {"jobs": len(rows), "done": sum(s == DONE for _, s, _ in rows)}
+    jobs = to_run(cfg, rows)
+    if not jobs:
+        print("nothing to run", flush=True)
+        return {"started": []}
+    cmd = multirun_command(cfg, jobs)
+    print("running: python " + " ".join(cmd[1:]), flush=True)
+    code = signals.run_child(cmd)
+    if code != 0:
+        raise UserError(f"the jobs' multirun ended with exit status {code}: `python -m warp_lightning study "
+                        f"study={cfg.study.name}` lists what landed; run again to go on")
+    return {"started": [j.name for j in jobs], **{"config": OmegaConf.to_container(cfg.study, resolve=True)}}

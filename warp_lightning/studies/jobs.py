@@ -1,0 +1,128 @@
+"""A study's jobs: what each one runs, where its folders are, and its state (done / missing / stale).
+
+A job is one seed s of one arm: `train <common> <arm.train> warp.seed=<arm.seed_base + s>` into
+WORK_DIR/STUDY/JOB/train, then `front <front_common> <arm.front>` on that run alone into WORK_DIR/STUDY/JOB/front
+(an arm whose `front` is null has none: the T sweep reads the end-of-train check), then its result file. Each
+step is skipped when its output is complete and resumes from its checkpoint when it was cut in the middle, so a
+job run again after a stop goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from warp_lightning import UserError
+from warp_lightning.utils.validate import check
+
+DONE, MISSING, STALE = "done", "missing", "stale"
+
+
+@dataclass(frozen=True)
+class Job:
+    study: str
+    arm: str
+    seed: int  # s = 0 .. seeds - 1, the job's index in its arm
+    warp_seed: int  # arm.seed_base + s: what `train` gets
+    label: str  # the arm's name in tables and curves
+    train: tuple[str, ...]  # the overrides of `train` that define the job (without the machine's `extra`)
+    front: tuple[str, ...] | None  # the overrides of `front`, or None: no front
+    minutes: float  # expected minutes on 2 cores with native bf16
+    sweep: dict = field(default_factory=dict, hash=False, compare=False)  # e.g. {"steps": 50}: a T-sweep point
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}-s{self.seed}"
+
+    def definition(self) -> dict:
+        """What defines the job's numbers (a result whose definition differs is stale)."""
+        return {"train": list(self.train), "front": None if self.front is None else list(self.front)}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.definition(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _strings(value) -> list[str]:
+    return [str(v) for v in (value or [])]
+
+
+def merge_experiments(overrides: list[str]) -> list[str]:
+    """Hydra takes one `+experiment=`: several (the study's, the arm's) become `+experiment=[a,b]`, in order."""
+    names = [o.split("=", 1)[1].strip("[]") for o in overrides if o.startswith("+experiment=")]
+    rest = [o for o in overrides if not o.startswith("+experiment=")]
+    names = [n.strip() for group in names for n in group.split(",") if n.strip()]
+    return ([f"+experiment=[{','.join(names)}]"] if len(names) > 1 else [f"+experiment={names[0]}"] if names
+            else []) + rest
+
+
+def study_jobs(study) -> list[Job]:
+    """The jobs of a study config (conf/study/NAME.yaml), seed by seed, each seed's arms in the file's order: jobs
+    run in this order, so that a study cut short has every arm at some seeds rather than some arms at all seeds."""
+    jobs = []
+    arms = [(arm, a, int(a.get("seeds") or study.seeds)) for arm, a in study.arms.items()]
+    for s in range(max(n for _, _, n in arms)):
+        for arm, a, seeds in arms:
+            if s >= seeds:
+                continue
+            warp_seed = int(a.seed_base) + s
+            train = tuple(merge_experiments([*_strings(study.common), *_strings(a.train)]) + [f"warp.seed={warp_seed}"])
+            front = None if a.get("front") is None else tuple([*_strings(study.get("front_common")),
+                                                               *_strings(a.front)])
+            jobs.append(Job(str(study.name), str(arm), s, warp_seed, str(a.get("label") or arm), train, front,
+                            float(a.minutes), dict(a.get("sweep") or {})))
+    return jobs
+
+
+def check_declaration(study) -> None:
+    """The study's declaration: arms with disjoint seed ranges, positive seeds and minutes."""
+    check(int(study.seeds) >= 1, "study.seeds", study.seeds, "must be at least 1")
+    check(int(study.seeds_needed) >= 1, "study.seeds_needed", study.seeds_needed, "must be at least 1")
+    check(len(study.arms) >= 1, "study.arms", study.arms, "declare at least one arm")
+    used: dict[int, str] = {}
+    order = list(study.arms)
+    for job in sorted(study_jobs(study), key=lambda j: order.index(j.arm)):  # the later arm is the one named
+        check(job.minutes > 0, f"study.arms.{job.arm}.minutes", job.minutes, "must be positive")
+        other = used.setdefault(job.warp_seed, job.arm)
+        check(other == job.arm, f"study.arms.{job.arm}.seed_base", job.warp_seed - job.seed,
+              f"its seeds overlap those of arm {other}: give every arm its own seed range (independent arms)")
+
+
+def find_job(jobs: list[Job], name: str) -> Job:
+    found = next((j for j in jobs if j.name == name), None)
+    if found is None:
+        raise UserError(f"job={name}: no such job in this study; choose one of {', '.join(j.name for j in jobs)}")
+    return found
+
+
+def result_path(results_dir: str | Path, job: Job) -> Path:
+    return Path(results_dir) / job.study / f"{job.name}.json.gz"
+
+
+def job_dir(work_dir: str | Path, job: Job) -> Path:
+    return Path(work_dir) / job.study / job.name
+
+
+def job_state(job: Job, results: dict[str, dict], numerics: int) -> tuple[str, str]:
+    """(state, why) of a job given the result headers present ({job name: header})."""
+    found = results.get(job.name)
+    if found is None:
+        return MISSING, ""
+    if found.get("numerics") != numerics:
+        return STALE, f"numerics {found.get('numerics')}, the code's is {numerics}"
+    if found.get("definition") != job.definition():
+        return STALE, "its arm's declaration changed"
+    return DONE, ""
+
+
+def commands(job: Job, work_dir: str | Path, extra: list[str]) -> dict[str, list[str] | None]:
+    """The two commands of a job (`front`: None for an arm without one), each with its fixed run folder."""
+    folder = job_dir(work_dir, job)
+    base = [sys.executable, "-m", "warp_lightning"]
+    train = [*base, "train", *job.train, *extra, f"hydra.run.dir={folder / 'train'}"]
+    front = None if job.front is None else [
+        *base, "front", f"run={folder / 'train'}", f"name={job.label.replace(' ', '_')}", *job.front, *extra,
+        f"hydra.run.dir={folder / 'front'}"]
+    return {"train": train, "front": front}

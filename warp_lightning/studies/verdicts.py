@@ -1,0 +1,189 @@
+"""A study's report from its result files alone (no model folder): the claims of WARP.md with their verdicts, the
+T sweep, the fronts' plot, and what is provisional.
+
+- Pooling: every result must have the code's `NUMERICS` and its job's current definition; otherwise the report
+  refuses, naming the jobs to re-run. bf16 and fp32 results pool (independent seeds); the report states the mix.
+- Each claim is judged by `eval.report.claims` on the pooled points (the same test prompts and sampling random
+  numbers in every job): paired over prompts, a two-level bootstrap over prompts and seeds. Beside it, for each
+  comparison at few seeds, a Student-t interval over the seeds' own means (`seed_t_interval`): with 3-5 seeds the
+  bootstrap resamples only those few values and its interval is too narrow, while the t quantile with n - 1 degrees
+  of freedom pays for the few seeds; the verdict takes the wider of the two.
+- A verdict is *provisional (n of N seeds)* until every arm with a front has the seeds its study declares.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from warp_lightning import UserError
+from warp_lightning.eval.plots import plot_front, plot_sweep
+from warp_lightning.eval.report import claims, point_key
+from warp_lightning.eval.stats import fmt_ci, markdown_table, mean_ci95
+from warp_lightning.studies.jobs import DONE, job_state, study_jobs
+from warp_lightning.studies.results import NUMERICS
+from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
+
+
+def check_pooling(study, results: dict[str, dict]) -> None:
+    """Refuse results that cannot pool with the code's: another numerics, another job definition, unknown job."""
+    jobs = {j.name: j for j in study_jobs(study)}
+    unknown = sorted(set(results) - set(jobs))
+    stale = {}
+    for name in results:
+        if name in jobs:
+            state, why = job_state(jobs[name], results, NUMERICS)
+            if state != DONE:
+                stale[name] = why
+    if stale:
+        whys = sorted(set(stale.values()))
+        raise UserError(f"cannot pool the results of study {study.name}: {', '.join(sorted(stale))} "
+                        f"({'; '.join(whys)}); re-run them with `python -m warp_lightning study study={study.name} "
+                        f"action=run jobs=[{','.join(sorted(stale))}]`")
+    if unknown:
+        raise UserError(f"results {', '.join(unknown)} belong to no job of study {study.name}: remove them or "
+                        "declare their arm again")
+
+
+def pooled_front(results: dict[str, dict]) -> tuple[list[dict], dict]:
+    """Every job's front points, and their per-prompt values keyed as `eval.report.point_key`."""
+    rows, scores = [], {}
+    for result in results.values():
+        front = result.get("front")
+        if not front:
+            continue
+        rows += front["rows"]
+        for p in front["prompts"]:
+            order = np.argsort(p["prompt_index"])
+            scores[point_key(p)] = {"ids": np.asarray(p["prompt_index"])[order],
+                                    **{m: np.asarray(p[m], float)[order] for m in ("reward", "judge", "kl") if m in p}}
+    return rows, scores
+
+
+def seed_t_interval(per_seed_a: list[float], per_seed_b: list[float], paired: bool = False) -> dict:
+    """mean(A) - mean(B) over the arms' seeds with a 95% Student-t interval: a paired t over per-seed differences
+    when the seeds are the same runs seen two ways (`paired`), else Welch's (independent arms)."""
+    from scipy import stats
+
+    a, b = np.asarray(per_seed_a, float), np.asarray(per_seed_b, float)
+    diff = float(a.mean() - b.mean())
+    if paired:
+        d = a - b
+        if len(d) < 2:
+            return {"mean": diff, "low": math.nan, "high": math.nan, "df": 0}
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        return {"mean": diff, "low": diff - half, "high": diff + half, "df": len(d) - 1}
+    if len(a) < 2 or len(b) < 2:
+        return {"mean": diff, "low": math.nan, "high": math.nan, "df": 0}
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"mean": diff, "low": diff, "high": diff, "df": len(a) + len(b) - 2}
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = stats.t.ppf(0.975, df) * se
+    return {"mean": diff, "low": diff - half, "high": diff + half, "df": float(df)}
+
+
+def seeds_per_arm(study, results: dict[str, dict]) -> dict[str, int]:
+    return {arm: sum(r["arm"] == arm for r in results.values()) for arm in study.arms}
+
+
+def provisional(study, results: dict[str, dict]) -> str:
+    """'' when every arm with a front has the seeds the study needs, else 'provisional (n of N seeds)'."""
+    counts = seeds_per_arm(study, results)
+    front_arms = [a for a, spec in study.arms.items() if spec.get("front") is not None]
+    n = min((counts[a] for a in front_arms), default=0)
+    need = int(study.seeds_needed)
+    return "" if n >= need else f"provisional ({n} of {need} seeds)"
+
+
+def sweep_rows(study, results: dict[str, dict]) -> list[dict]:
+    """The T sweep from the sweep arms' end-of-train checks (validation prompts): per T, the mean over seeds of the
+    final reward, judge, KL, and of the objective reward - beta x KL(final || SFT), with 95% t intervals."""
+    beta = float((study.get("sweep_objective") or {}).get("beta", 0.0))
+    by_t: dict[int, list[dict]] = {}
+    for r in results.values():
+        if r.get("sweep"):
+            by_t.setdefault(int(r["sweep"]["steps"]), []).append(r)
+    table = []
+    for steps, group in sorted(by_t.items()):
+        group.sort(key=lambda r: r["seed"])
+        m = [r["train_metrics"] for r in group]
+        row = {"steps": steps, "seeds": [r["warp_seed"] for r in group], "iterations": group[0]["config"]["warp"]["iterations"],
+               "runs": group[0]["config"]["warp"]["runs"],
+               "minutes_per_job": float(np.mean([sum(r["seconds"].values()) for r in group])) / 60}
+        values = {"reward": [x["final_reward_mean"] for x in m], "kl": [x["final_kl_mean"] for x in m],
+                  "judge": [x.get("final_judge_mean", math.nan) for x in m],
+                  "sft_reward": [x["sft_reward_mean"] for x in m],
+                  "objective_value": [x["final_reward_mean"] - beta * x["final_kl_mean"] for x in m]}
+        for key, vals in values.items():
+            row[f"{key}_per_seed"] = vals
+            row[f"{key}_mean"], row[f"{key}_ci95"] = mean_ci95(vals)
+        table.append(row)
+    return table
+
+
+def sweep_markdown(study, table: list[dict]) -> str:
+    beta = float((study.get("sweep_objective") or {}).get("beta", 0.0))
+    rows = [[r["steps"], len(r["seeds"]), fmt_ci(r["objective_value_mean"], r["objective_value_ci95"]),
+             fmt_ci(r["reward_mean"], r["reward_ci95"]), fmt_ci(r["judge_mean"], r["judge_ci95"]),
+             fmt_ci(r["kl_mean"], r["kl_ci95"], 2), f"{r['minutes_per_job']:.1f}"] for r in table]
+    best = max(table, key=lambda r: r["objective_value_mean"])
+    return (markdown_table(["T", "seeds", f"objective: reward - {beta:g} x KL", "validation reward",
+                            "validation judge", "KL(final || SFT)", "minutes per job"], rows)
+            + f"\n\nI={table[0]['iterations']}, M={table[0]['runs']}; the end-of-train check of each job (validation "
+            f"prompts, one completion each, exact KL). The sweep selects by reward - {beta:g} x KL(final || SFT), "
+            "the KL-regularised objective RL optimises (the validation reward alone grows with T by construction): "
+            f"**T = {best['steps']}** ({best['objective_value_mean']:.3f}). Means over seeds with the half-width of "
+            "the 95% Student-t interval.")
+
+
+def mix(results: dict[str, dict]) -> str:
+    """Which devices and precisions the pooled results come from, and their commits."""
+    devices: dict[str, int] = {}
+    for r in results.values():
+        devices[r["compute"]] = devices.get(r["compute"], 0) + 1
+    commits = sorted({r["commit"][:7] + ("+" if r.get("dirty") else "") for r in results.values()})
+    return ("; ".join(f"{n} job{'s' * (n != 1)} on {d}" for d, n in devices.items())
+            + f"; commits {', '.join(commits)}")
+
+
+def write_report(study, results: dict[str, dict], out: Path) -> dict:
+    """REPORT_DIR/STUDY/: README.md (verdicts, seeds, the mix of machines), claims.json, front.png, sweep_T.png."""
+    if not results:
+        raise UserError(f"study {study.name} has no result yet (no file in the results folder): run some of its "
+                        f"jobs first (`python -m warp_lightning study study={study.name} action=run`)")
+    check_pooling(study, results)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = seeds_per_arm(study, results)
+    status = provisional(study, results)
+    text = [f"# Study `{study.name}`", "",
+            f"Generated by `python -m warp_lightning study study={study.name} action=report` from "
+            f"{len(results)} result files ({Path('reports/results') / str(study.name)}); numerics version {NUMERICS}. "
+            f"Machines: {mix(results)}.", "",
+            markdown_table(["arm", "seeds landed", "seeds needed"],
+                           [[spec.get("label") or arm, counts[arm], study.seeds_needed] for arm, spec in study.arms.items()]),
+            ""]
+    found: list[dict] = []
+    rows, scores = pooled_front(results)
+    if rows:
+        found = claims(rows, scores)
+        label = f"**{status}**" if status else "final"
+        text += ["## Claims", "", f"Verdicts: {label}.", "",
+                 markdown_table(["claim", "proxy reward", "held-out judge", "paired differences, 95% intervals"],
+                                [[c["claim"], c["verdict"] + (f" ({status})" if status else ""),
+                                  c["verdict_judge"] + (f" ({status})" if status else ""), c["evidence"]]
+                                 for c in found]), ""]
+        plot_front(rows, out / "front.png")
+        text += ["![fronts](front.png)", ""]
+    sweep = sweep_rows(study, results)
+    if sweep:
+        plot_sweep(sweep, out / "sweep_T.png")
+        text += ["## The T sweep", "", sweep_markdown(study, sweep), "", "![T sweep](sweep_T.png)", ""]
+    atomic_write_json(out / "claims.json", {"study": str(study.name), "status": status or "final",
+                                            "seeds": counts, "claims": found})
+    atomic_write_bytes(out / "README.md", ("\n".join(text).rstrip() + "\n").encode())
+    return {"report": str(out), "results": len(results), "status": status or "final",
+            "claims": {c["claim"]: {"reward": c["verdict"], "judge": c["verdict_judge"]} for c in found}}
