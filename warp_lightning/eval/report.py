@@ -30,14 +30,17 @@ from warp_lightning.eval.stats import (
     NOT_MEASURED,
     Difference,
     combine_verdicts,
+    combined_verdict,
     fmt_ci,
     fmt_interval,
     markdown_table,
+    matched_kl_difference_bootstrap,
+    matched_kl_values,
     mde_factor,
     mean_ci95,
     paired_difference,
     results_table,
-    verdict,
+    seed_t_interval,
 )
 from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
 
@@ -298,23 +301,37 @@ def _same_prompts(scores: dict, points: list[dict]) -> bool:
     return all(np.array_equal(ids[0], i) for i in ids[1:])
 
 
+def _seed_means(values: list[np.ndarray]) -> list[float]:
+    return [float(np.mean(v)) for v in values]
+
+
 def endpoint_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], metric: str, scores: dict | None,
                         paired_seeds: bool = False) -> dict:
-    """The last points (eta = 1, or the last snapshot) of two curves: mean(A) - mean(B) with its interval."""
+    """The last points (eta = 1, or the last snapshot) of two curves: mean(A) - mean(B) with its interval, and the
+    Student t over the seeds' means (`seed_t`)."""
     ends_a = [max(p, key=_position) for p in a.values()]
     ends_b = [max(p, key=_position) for p in b.values()]
     xa, xb = [_scores(scores, r, metric) for r in ends_a], [_scores(scores, r, metric) for r in ends_b]
     if any(x is None for x in xa + xb) or not _same_prompts(scores, ends_a + ends_b):
         return {"diff": None, "why": "no per-prompt scores on shared prompts (front_prompts.csv)"}
     paired = paired_seeds and list(a) == list(b)
-    return {"diff": paired_difference(np.stack(xa), np.stack(xb), paired_seeds=paired), "points": 1}
+    return {"diff": paired_difference(np.stack(xa), np.stack(xb), paired_seeds=paired), "points": 1,
+            "seed_t": seed_t_interval(_seed_means(xa), _seed_means(xb), paired)}
+
+
+def _per_prompt_kl(scores: dict, r: dict, n: int) -> np.ndarray:
+    """A point's per-prompt KL, or its mean KL for every prompt where front_prompts.csv has no KL column."""
+    found = _scores(scores, r, "kl")
+    return found if found is not None else np.full(n, float(r["kl_mean"]))
 
 
 def matched_kl_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], metric: str, scores: dict | None,
                           paired_seeds: bool = False) -> dict:
     """Curve A above the points of B at matched KL: A interpolated linearly in KL, prompt by prompt, at the KL of
     each point of B (its mean over B's seeds; theta_sft excluded) that lies inside every A seed's KL range; the
-    gaps averaged over those points. Unresolved when no point of B lies in A's KL range."""
+    gaps averaged over those points (`stats.matched_kl_difference_bootstrap`: the KL matching is estimated anew in
+    every resample), with the Student t over the seeds' own gaps (`seed_t`). Unresolved when no point of B lies in
+    A's KL range."""
     positions = set.intersection(*({_position(r) for r in pts if not is_sft_point(r)} for pts in b.values()))
     kl_at = {x: float(np.mean([r["kl_mean"] for pts in b.values() for r in pts if _position(r) == x]))
              for x in positions}
@@ -323,25 +340,27 @@ def matched_kl_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], me
     info = {"points": len(inside), "outside": len(positions) - len(inside)}
     if not inside:
         return {"diff": None, "why": "no overlapping KL range", **info}
-    xa, xb = [], []
-    for pts in a.values():
-        ref = sorted(pts, key=lambda r: r["kl_mean"])
-        vals = [_scores(scores, r, metric) for r in ref]
-        if any(v is None for v in vals) or not _same_prompts(scores, ref):
+    sides = []
+    for points in ([sorted(pts, key=lambda r: r["kl_mean"]) for pts in a.values()],
+                   [sorted((r for r in pts if _position(r) in inside), key=_position) for pts in b.values()]):
+        vals = [[_scores(scores, r, metric) for r in pts] for pts in points]
+        if any(v is None for vs in vals for v in vs) or not all(_same_prompts(scores, pts) for pts in points):
             return {"diff": None, "why": "no per-prompt scores on shared prompts (front_prompts.csv)", **info}
-        kl, eye = np.array([r["kl_mean"] for r in ref]), np.eye(len(ref))
-        # linear interpolation in KL is linear in the values: the weights of A's points at each matched KL
-        weights = np.mean([[np.interp(kl_at[x], kl, e) for e in eye] for x in inside], axis=0)
-        xa.append(weights @ np.stack(vals))
-    for pts in b.values():
-        vals = [_scores(scores, r, metric) for r in pts if _position(r) in inside]
-        if any(v is None for v in vals):
-            return {"diff": None, "why": "no per-prompt scores (front_prompts.csv)", **info}
-        xb.append(np.mean(vals, axis=0))
-    if len({len(x) for x in xa + xb}) != 1:
+        if len({len(v) for vs in vals for v in vs}) != 1 or len({len(pts) for pts in points}) != 1:
+            return {"diff": None, "why": "the curves were evaluated on different prompts or points", **info}
+        n = len(vals[0][0])
+        sides.append((np.array(vals), np.array([[_per_prompt_kl(scores, r, n) for r in pts] for pts in points])))
+    (a_vals, a_kl), (b_vals, b_kl) = sides
+    if a_vals.shape[-1] != b_vals.shape[-1]:
         return {"diff": None, "why": "the curves were evaluated on different prompts", **info}
     paired = paired_seeds and list(a) == list(b)
-    return {"diff": paired_difference(np.stack(xa), np.stack(xb), paired_seeds=paired), **info}
+    full = np.full((1, a_vals.shape[-1]), 1 / a_vals.shape[-1])
+    # each A seed's value at B's KLs (its gap to all of B, plus B's mean), and each B seed's mean, for the t interval
+    per_seed_a = [float(matched_kl_values(a_vals[[s]], a_kl[[s]], b_vals, b_kl, full, [[0]], [list(range(len(b_vals)))])[0]
+                        + b_vals.mean()) for s in range(len(a_vals))]
+    per_seed_b = [float(b_vals[s].mean()) for s in range(len(b_vals))]
+    return {"diff": matched_kl_difference_bootstrap(a_vals, a_kl, b_vals, b_kl, paired_seeds=paired), **info,
+            "seed_t": seed_t_interval(per_seed_a, per_seed_b, paired)}
 
 
 def _comparison_text(what: str, found: dict[str, dict]) -> str:
@@ -352,7 +371,9 @@ def _comparison_text(what: str, found: dict[str, dict]) -> str:
         if d is None:
             parts.append(f"{metric}: {c['why']}")
         else:
-            parts.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f})")
+            t = c.get("seed_t") or {}
+            t_text = (f", t over seeds [{t['low']:+.3f}, {t['high']:+.3f}]" if t and not np.isnan(t["low"]) else "")
+            parts.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f}{t_text})")
     c = next(iter(found.values()))
     d = c["diff"]
     design = [f"{d.n} prompts", f"seeds {d.seeds[0]} vs {d.seeds[1]}"] if d is not None else []
@@ -381,12 +402,13 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
             out.append({"claim": claim, "criterion": criterion, "verdict": NOT_MEASURED,
                         "verdict_judge": NOT_MEASURED, "evidence": missing, "comparisons": []})
             return
-        verdicts = {m: combine_verdicts([verdict(found[m]["diff"]) for _, found in comparisons if m in found])
-                    for m in METRICS}
+        verdicts = {m: combine_verdicts([combined_verdict(found[m]["diff"], found[m].get("seed_t"))
+                                         for _, found in comparisons if m in found]) for m in METRICS}
         out.append({"claim": claim, "criterion": criterion, "verdict": verdicts["reward"],
                     "verdict_judge": verdicts["judge"],
                     "evidence": "; ".join(_comparison_text(what, found) for what, found in comparisons),
-                    "comparisons": [{"what": what, **{m: c["diff"].as_dict() if c["diff"] else {"why": c["why"]}
+                    "comparisons": [{"what": what, **{m: {**c["diff"].as_dict(), "seed_t": c.get("seed_t")}
+                                                      if c["diff"] else {"why": c["why"]}
                                                       for m, c in found.items()}} for what, found in comparisons]})
 
     def compare(fn, a, b, paired=False) -> dict[str, dict]:
@@ -410,6 +432,18 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
             comparisons.append((f"{slerp_name} over {name} (eta = 1)",
                                 compare(endpoint_difference, slerp, by_seed(pts), paired=True)))
     add("SLERP beats linear merging in reward", criterion, comparisons,
+        "needs the linear-merge fronts (train with warp.snapshot_every > 0)")
+
+    criterion = ("the SLERP front lies above the linear merge's front of the same runs at matched KL (SLERP's larger "
+                 "KL at eta = 1 is not counted as a gain), at every iteration")
+    comparisons = []
+    for name, pts in linear.items():
+        i = int(pts[0]["iteration"])
+        if i in warp_by_iteration:
+            slerp_name, slerp = warp_by_iteration[i]
+            comparisons.append((f"{slerp_name} over {name} (matched KL)",
+                                compare(matched_kl_difference, slerp, by_seed(pts), paired=True)))
+    add("SLERP beats linear merging at matched KL", criterion, comparisons,
         "needs the linear-merge fronts (train with warp.snapshot_every > 0)")
 
     criterion = "the last iteration's LITI front lies above every RL training curve at matched KL"

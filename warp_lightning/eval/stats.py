@@ -256,3 +256,100 @@ def compare_rows(rows_a: list[dict], rows_b: list[dict], key: str, seed: int = 0
     if ids_a != ids_b:
         raise ValueError("paired comparison of models evaluated on different prompts")
     return paired_difference(a, b, seed=seed)
+
+
+# ---- comparisons at matched KL and over few seeds ---------------------------------------------------------
+
+def _interp_rows(x, xp, fp):
+    """np.interp for many rows at once: x [..., X] targets, xp and fp [..., K] (xp increasing); clamped at the ends
+    as np.interp is."""
+    k = xp.shape[-1]
+    idx = np.clip((xp[..., None, :] <= x[..., :, None]).sum(-1) - 1, 0, k - 2)
+    x0, x1 = np.take_along_axis(xp, idx, -1), np.take_along_axis(xp, idx + 1, -1)
+    f0, f1 = np.take_along_axis(fp, idx, -1), np.take_along_axis(fp, idx + 1, -1)
+    width = np.where(x1 > x0, x1 - x0, 1.0)
+    frac = np.clip(np.where(x1 > x0, (x - x0) / width, 0.0), 0.0, 1.0)
+    return f0 + frac * (f1 - f0)
+
+
+def matched_kl_values(a_vals, a_kl, b_vals, b_kl, prompt_w, pick_a, pick_b) -> np.ndarray:
+    """mean(A at B's KL) - mean(B) for R resamples at once.
+
+    a_vals, a_kl [Sa, Ka, P]: per-prompt value and KL of each point of curve A, per seed; b_vals, b_kl [Sb, Kb, P]:
+    the points of B to match (the same positions for every B seed). prompt_w [R, P]: each resample's prompt weights
+    (summing to 1); pick_a [R, Sa], pick_b [R, Sb]: its seeds. Every mean is taken on the resample, the KL of each
+    point too: B's KL at each position (mean over its seeds), A's curve (its points ordered by their KL), and A
+    interpolated linearly in KL at B's KLs, so that the matching is estimated anew in every resample."""
+    ma_kl, ma_v = np.einsum("skp,rp->rsk", a_kl, prompt_w), np.einsum("skp,rp->rsk", a_vals, prompt_w)
+    mb_kl, mb_v = np.einsum("skp,rp->rsk", b_kl, prompt_w), np.einsum("skp,rp->rsk", b_vals, prompt_w)
+    rows = np.arange(len(prompt_w))[:, None]
+    ma_kl, ma_v = ma_kl[rows, pick_a], ma_v[rows, pick_a]  # [R, Sa, Ka]
+    target = mb_kl[rows, pick_b].mean(1)  # [R, Kb]: B's KL at each of its positions
+    b_mean = mb_v[rows, pick_b].mean((1, 2))
+    order = np.argsort(ma_kl, -1)
+    kl_sorted, v_sorted = np.take_along_axis(ma_kl, order, -1), np.take_along_axis(ma_v, order, -1)
+    at = _interp_rows(np.broadcast_to(target[:, None, :], (*ma_kl.shape[:2], target.shape[-1])), kl_sorted, v_sorted)
+    return at.mean((1, 2)) - b_mean
+
+
+def matched_kl_difference_bootstrap(a_vals, a_kl, b_vals, b_kl, paired_seeds: bool = False, seed: int = 0,
+                                    n_resamples: int = N_RESAMPLES) -> Difference:
+    """Curve A above the points of B at matched KL (the inputs of `matched_kl_values`): the estimate on the data,
+    and its 95% percentile interval from a two-level bootstrap (prompts shared by both arms, then each arm's seeds;
+    the same seeds for both with `paired_seeds`), the KL matching re-estimated in every resample."""
+    a_vals, a_kl, b_vals, b_kl = (np.asarray(x, float) for x in (a_vals, a_kl, b_vals, b_kl))
+    sa, sb, p = a_vals.shape[0], b_vals.shape[0], a_vals.shape[-1]
+    if paired_seeds and sa != sb:
+        raise ValueError(f"paired seeds need as many seeds on both sides: {sa} vs {sb}")
+    full = np.full((1, p), 1 / p)
+    mean = float(matched_kl_values(a_vals, a_kl, b_vals, b_kl, full, np.arange(sa)[None], np.arange(sb)[None])[0])
+    if p < 2:
+        return _nan_difference(mean, p, (sa, sb))
+    rng = np.random.default_rng(seed)
+    dist = []
+    for start in range(0, n_resamples, 500):
+        size = min(500, n_resamples - start)
+        w = rng.multinomial(p, np.full(p, 1 / p), size=size) / p
+        pick_a = rng.integers(0, sa, (size, sa))
+        pick_b = pick_a if paired_seeds else rng.integers(0, sb, (size, sb))
+        dist.append(matched_kl_values(a_vals, a_kl, b_vals, b_kl, w, pick_a, pick_b))
+    dist = np.concatenate(dist)
+    low, high = np.quantile(dist, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
+    return Difference(mean, float(low), float(high), float(dist.std(ddof=1)), p, (sa, sb))
+
+
+def seed_t_interval(per_seed_a, per_seed_b, paired: bool = False) -> dict:
+    """mean(A) - mean(B) over the arms' seeds (each seed's mean over the prompts) with a 95% Student-t interval:
+    a paired t over per-seed differences when both sides are the same runs seen two ways (`paired`), else Welch's
+    (independent arms). NaN bounds with fewer than 2 seeds on a side: between-seed spread unknown.
+
+    Why beside the bootstrap: with 3-5 seeds, resampling the seeds draws from those few values only and its interval
+    is too narrow; the t quantile with its few degrees of freedom pays for them."""
+    from scipy import stats
+
+    a, b = np.asarray(per_seed_a, float), np.asarray(per_seed_b, float)
+    diff = float(a.mean() - b.mean())
+    nan = {"mean": diff, "low": math.nan, "high": math.nan, "df": 0.0}
+    if paired:
+        d = a - b
+        if len(d) < 2:
+            return nan
+        half = float(stats.t.ppf(0.975, len(d) - 1)) * d.std(ddof=1) / math.sqrt(len(d))
+        return {"mean": diff, "low": diff - half, "high": diff + half, "df": float(len(d) - 1)}
+    if len(a) < 2 or len(b) < 2:
+        return nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return {"mean": diff, "low": diff, "high": diff, "df": float(len(a) + len(b) - 2)}
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
+    half = float(stats.t.ppf(0.975, df)) * math.sqrt(va + vb)
+    return {"mean": diff, "low": diff - half, "high": diff + half, "df": float(df)}
+
+
+def combined_verdict(diff: Difference | None, seed_t: dict | None) -> str:
+    """The verdict of the wider of the bootstrap interval and the seeds' t interval (where the t interval exists)."""
+    if diff is None or seed_t is None or math.isnan(seed_t["low"]):
+        return verdict(diff)
+    wider = Difference(diff.mean, min(diff.low, seed_t["low"]), max(diff.high, seed_t["high"]), diff.se, diff.n,
+                       diff.seeds)
+    return verdict(wider)

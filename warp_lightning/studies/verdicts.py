@@ -4,10 +4,9 @@ T sweep, the fronts' plot, and what is provisional.
 - Pooling: every result must have the code's `NUMERICS` and its job's current definition; otherwise the report
   refuses, naming the jobs to re-run. bf16 and fp32 results pool (independent seeds); the report states the mix.
 - Each claim is judged by `eval.report.claims` on the pooled points (the same test prompts and sampling random
-  numbers in every job): paired over prompts, a two-level bootstrap over prompts and seeds. Beside it, for each
-  comparison at few seeds, a Student-t interval over the seeds' own means (`seed_t_interval`): with 3-5 seeds the
-  bootstrap resamples only those few values and its interval is too narrow, while the t quantile with n - 1 degrees
-  of freedom pays for the few seeds; the verdict takes the wider of the two.
+  numbers in every job): paired over prompts, a two-level bootstrap over prompts and seeds with the KL matching
+  re-estimated in every resample, and beside it a Student-t interval over the seeds' own means
+  (`eval.stats.seed_t_interval`, why there); the verdict takes the wider of the two.
 - A verdict is *provisional (n of N seeds)* until every arm with a front has the seeds its study declares.
 """
 
@@ -60,30 +59,6 @@ def pooled_front(results: dict[str, dict]) -> tuple[list[dict], dict]:
             scores[point_key(p)] = {"ids": np.asarray(p["prompt_index"])[order],
                                     **{m: np.asarray(p[m], float)[order] for m in ("reward", "judge", "kl") if m in p}}
     return rows, scores
-
-
-def seed_t_interval(per_seed_a: list[float], per_seed_b: list[float], paired: bool = False) -> dict:
-    """mean(A) - mean(B) over the arms' seeds with a 95% Student-t interval: a paired t over per-seed differences
-    when the seeds are the same runs seen two ways (`paired`), else Welch's (independent arms)."""
-    from scipy import stats
-
-    a, b = np.asarray(per_seed_a, float), np.asarray(per_seed_b, float)
-    diff = float(a.mean() - b.mean())
-    if paired:
-        d = a - b
-        if len(d) < 2:
-            return {"mean": diff, "low": math.nan, "high": math.nan, "df": 0}
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-        return {"mean": diff, "low": diff - half, "high": diff + half, "df": len(d) - 1}
-    if len(a) < 2 or len(b) < 2:
-        return {"mean": diff, "low": math.nan, "high": math.nan, "df": 0}
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return {"mean": diff, "low": diff, "high": diff, "df": len(a) + len(b) - 2}
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch-Satterthwaite
-    half = stats.t.ppf(0.975, df) * se
-    return {"mean": diff, "low": diff - half, "high": diff + half, "df": float(df)}
 
 
 def seeds_per_arm(study, results: dict[str, dict]) -> dict[str, int]:
@@ -140,6 +115,37 @@ def sweep_markdown(study, table: list[dict]) -> str:
             "the 95% Student-t interval.")
 
 
+def _mean_point(points: list[dict], where) -> tuple[float, float]:
+    """(KL, proxy reward) of one position of a curve, mean over its seeds."""
+    at = [r for r in points if where(r)]
+    return float(np.mean([r["kl_mean"] for r in at])), float(np.mean([r["reward_mean"] for r in at]))
+
+
+def reach_sentence(rows: list[dict]) -> str:
+    """Whether, and at what KL, WARP's last front reaches the region the RL curves reach (means over seeds)."""
+    fronts = [r for r in rows if r["kind"] == "liti" and r["merge"] == "slerp"]
+    training = [r for r in rows if r["kind"] == "training"]
+    if not fronts or not training:
+        return ""
+    last = max(int(r["iteration"]) for r in fronts)
+    front = [r for r in fronts if int(r["iteration"]) == last]
+    top_eta = max(float(r["eta"]) for r in front)
+    kl_w, reward_w = _mean_point(front, lambda r: float(r["eta"]) == top_eta)
+    kl_1, reward_1 = _mean_point(front, lambda r: float(r["eta"]) == 1.0) if any(
+        float(r["eta"]) == 1.0 for r in front) else (math.nan, math.nan)
+    parts = []
+    for name in dict.fromkeys(r["curve"] for r in training):
+        pts = [r for r in training if r["curve"] == name]
+        last_step = max(float(r["step"]) for r in pts)
+        kl_rl, reward_rl = _mean_point(pts, lambda r, s=last_step: float(r["step"]) == s)
+        reaches = "reaches" if kl_w >= kl_rl else "does not reach"
+        parts.append(f"{name} ends at KL {kl_rl:.1f} (proxy {reward_rl:.3f}, step {last_step:g}): WARP's front "
+                     f"{reaches} that KL")
+    return (f"WARP's last front (iteration {last}) reaches KL {kl_1:.1f} (proxy {reward_1:.3f}) at eta = 1 and KL "
+            f"{kl_w:.1f} (proxy {reward_w:.3f}) at eta = {top_eta:g}" + (" (ExPO)" if top_eta > 1 else "")
+            + "; " + "; ".join(parts) + " (means over seeds).")
+
+
 def mix(results: dict[str, dict]) -> str:
     """Which devices and precisions the pooled results come from, and their commits."""
     devices: dict[str, int] = {}
@@ -177,7 +183,7 @@ def write_report(study, results: dict[str, dict], out: Path) -> dict:
                                   c["verdict_judge"] + (f" ({status})" if status else ""), c["evidence"]]
                                  for c in found]), ""]
         plot_front(rows, out / "front.png")
-        text += ["![fronts](front.png)", ""]
+        text += [reach_sentence(rows), "", "![fronts](front.png)", ""]
     sweep = sweep_rows(study, results)
     if sweep:
         plot_sweep(sweep, out / "sweep_T.png")
