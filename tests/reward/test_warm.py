@@ -110,6 +110,73 @@ def test_the_linear_probe_trains_the_head_alone(asset_cache, tmp_path):
     assert not (tmp_path / "checkpoints" / "m_probe.ckpt").exists()
 
 
+class RecordingStage:
+    """A Stage whose `fit` records the weights each fit starts from and then moves every weight by its call's
+    number (as training would, differently per member); no data is read."""
+
+    def __init__(self):
+        self.starts: dict[str, dict] = {}
+
+    def fit(self, cfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, name):
+        self.starts[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.01 * len(self.starts))
+
+        class Done:
+            global_step = 3
+
+        return Done()
+
+    def stage(self) -> warm.Stage:
+        return warm.Stage(fit=self.fit, steps=lambda tcfg, n: 10, center=lambda *a: 0.0, evaluate=None,
+                          pair_accuracy=None)
+
+
+class NoTokenizer:
+    def save_pretrained(self, path):
+        pass
+
+
+def test_every_member_fine_tunes_from_the_one_shared_probed_model(tmp_path):
+    """WARM as the paper trains it: one linear probe, then every member starts from that probed model (not each
+    from its own probe), with its own seed, learning rate and dropout."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    theta_init = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=16, num_labels=1))
+    cfg = composed("reward_training.ensemble=3", "reward_training.probe_steps=2",
+                   "reward_training.ensemble_lrs=[1e-5,4e-5,1e-4]", "reward_training.ensemble_dropouts=[0.05,0.1]")
+    recorder = RecordingStage()
+    from datasets import Dataset
+
+    texts = Dataset.from_dict({"text": ["a", "b"]})
+    members, probed = warm.train_ensemble(cfg, recorder.stage(), theta_init, NoTokenizer(), texts, [0] * 4, None,
+                                          tmp_path / "members", tmp_path)
+    assert probed == 3 and list(recorder.starts) == ["members_probed_probe", *(f"members_member_{k}" for k in range(3))]
+    probed_model = warm.AutoModelForSequenceClassification.from_pretrained(tmp_path / "members" / "probed")
+    probed_state = probed_model.state_dict()
+    head = [k for k in probed_state if not k.startswith("bert.")]
+    assert any(not torch.equal(probed_state[k], theta_init.state_dict()[k]) for k in head)  # the probe moved the head
+    for k in range(3):  # each member's fit starts from the probed model, head included
+        start = recorder.starts[f"members_member_{k}"]
+        assert all(torch.equal(start[key], probed_state[key]) for key in head)
+        assert all(torch.equal(start[key], probed_state[key]) for key in probed_state if key in start)
+    assert [m["lr"] for m in members] == [1e-5, 4e-5, 1e-4] and [m["dropout"] for m in members] == [0.05, 0.1, 0.05]
+    assert all(not torch.equal(members[0]["model"].state_dict()[k], members[1]["model"].state_dict()[k]) for k in head)
+
+
+def test_minilm_rt_warm_varies_learning_rate_and_dropout_as_the_paper():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["reward_model=minilm_rt_warm"])
+    overrides = list(cfg.reward_model.build_overrides)
+    assert "reward_training.ensemble=4" in overrides
+    assert "reward_training.ensemble_lrs=[1.0e-5,4.0e-5,1.0e-4]" in overrides
+    assert "reward_training.ensemble_dropouts=[0.05,0.1]" in overrides
+
+
 # ---- the command ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -131,18 +198,27 @@ def test_the_ensemble_command_writes_members_average_and_metrics(ensemble_run):
     assert noise["fraction"] == 0.25 and noise["flipped_pairs"] == round(0.25 * metrics["train_pairs"])
     assert all(0 <= b["memorised"] <= 1 for b in [*noise["members"], noise["weight_average"],
                                                  noise["prediction_average"]])
-    assert [m["probe_steps"] for m in metrics["members"]] == [1, 1]
-    for folder in ("members/member_0", "members/member_1", "noise_check/member_0", "noise_check/member_1"):
+    assert metrics["probe_steps"] == 1 and all("probe_steps" not in m for m in metrics["members"])  # one probe
+    for folder in ("members/probed", "members/member_0", "members/member_1", "noise_check/probed",
+                   "noise_check/member_0", "noise_check/member_1"):
         assert (ensemble_run / "run" / folder / "model.safetensors").exists(), folder
     assert not list((ensemble_run / "run" / "checkpoints").glob("*.ckpt"))  # removed once each member is saved
 
 
-def test_the_saved_average_is_the_linear_merge_of_the_saved_members(ensemble_run):
+def test_the_saved_average_is_the_mean_of_the_saved_members_centred(ensemble_run):
+    """Every weight is the members' mean; the head's bias too, less the offset that centred the average as a single
+    reward model is (balanced texts score 0 on average), recorded in metrics.json."""
     members = [load_file(ensemble_run / "run" / "members" / f"member_{k}" / "model.safetensors") for k in (0, 1)]
     average = load_file(ensemble_run / "average" / "model.safetensors")
     merged = linear(members[0], members, lam=None)  # lam=None: theta_init does not enter the uniform mean
     assert set(average) == set(merged)
-    assert all(torch.equal(average[k], merged[k]) for k in merged)
+    torch.testing.assert_close(merged["classifier.weight"], (members[0]["classifier.weight"]
+                                                              + members[1]["classifier.weight"]) / 2)
+    bias = [k for k in merged if k.endswith("bias") and merged[k].numel() == 1]
+    assert len(bias) == 1
+    assert all(torch.equal(average[k], merged[k]) for k in merged if k not in bias)
+    offset = json.loads((ensemble_run / "run" / "metrics.json").read_text())["weight_average"]["bias_offset"]
+    torch.testing.assert_close(average[bias[0]], merged[bias[0]] - offset)
 
 
 def test_members_with_different_seeds_differ(ensemble_run):

@@ -1,13 +1,16 @@
 """WARM (Ramé et al. 2024, WARP.md "Neighbours of WARP"): M Bradley-Terry reward models from one shared start,
 averaged in weight space into the reward model that RL uses.
 
-Each member first fits the score head alone on the frozen encoder (linear probing), then fine-tunes everything
-(LP-FT: the members stay linearly mode-connected, so their average is a good model); members differ by seed and
-data order, and by learning rate and dropout when `ensemble_lrs` / `ensemble_dropouts` list them. The average is
-`algo.merging.linear` with lam=None. `metrics.json` compares every member, the weight average and the prediction
-average (the mean of the members' scores), and, with `noise_check`, the same under flipped training labels: how
-often each memorises the flipped pairs. How one member is trained, calibrated and evaluated is reward/training.py's
-(handed in as a `Stage`: training.py imports this module).
+As the paper trains them (LP-FT): the score head is fitted **once** on the frozen encoder (linear probing), and
+every member fine-tunes everything from that one probed model, so that the members share their start and stay
+linearly mode-connected (their average is a good model). Members differ by seed and data order, and by learning
+rate and dropout when `ensemble_lrs` / `ensemble_dropouts` list them (`minilm_rt_warm` does, as the paper). The
+average is `algo.merging.linear` with lam=None, then centred as a single reward model is (its head's bias shifted
+so that balanced texts score 0 on average: the mean of centred members is not centred). `metrics.json` compares
+every member, the weight average and the prediction average (the mean of the members' scores), and, with
+`noise_check`, the same under flipped training labels: how often each memorises the flipped pairs. How one member
+is trained, calibrated and evaluated is reward/training.py's (handed in as a `Stage`: training.py imports this
+module).
 """
 
 from __future__ import annotations
@@ -138,10 +141,26 @@ def linear_probe(cfg, stage: Stage, model, tokenizer, train_pairs, val_pairs, ou
     return int(trainer.global_step)
 
 
-def train_member(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs, k: int,
+def probed_start(cfg, stage: Stage, theta_init, tokenizer, train_pairs, val_pairs, folder: Path,
+                 out_dir: Path) -> tuple[torch.nn.Module, int | None]:
+    """The one linear probe every member starts from (seed `reward_training.seed`), saved to `folder/probed` (read
+    back when an interrupted run saved it): (the probed model, its probe steps; None when read back)."""
+    path = folder / "probed"
+    if (path / "config.json").exists():
+        log.info("WARM: the probed start %s is saved; reading it back", path)
+        return AutoModelForSequenceClassification.from_pretrained(path), None
+    model = copy.deepcopy(theta_init)
+    L.seed_everything(int(cfg.reward_training.seed), workers=True)
+    steps = linear_probe(cfg, stage, model, tokenizer, train_pairs, val_pairs, out_dir, f"{folder.name}_probed")
+    save_hf_folder(path, model, tokenizer)
+    return model, steps
+
+
+def train_member(cfg, stage: Stage, start, tokenizer, train_texts, train_pairs, val_pairs, k: int,
                  folder: Path, out_dir: Path) -> dict:
-    """Member k from a copy of `theta_init`: linear probe, fine-tuning, calibration, saved to `folder/member_k`
-    (a member already there, from an interrupted run, is read back instead). Its settings and steps."""
+    """Member k fine-tuned from a copy of `start` (the shared probed model), calibrated, saved to
+    `folder/member_k` (a member already there, from an interrupted run, is read back instead). Its settings and
+    steps."""
     tcfg, s = cfg.reward_training, member_settings(cfg.reward_training, k)
     path, name = folder / f"member_{k}", f"{folder.name}_member_{k}"
     info = {"seed": s.seed, "lr": s.lr, "dropout": s.dropout, "path": str(path)}
@@ -149,12 +168,10 @@ def train_member(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pa
         log.info("WARM: %s is saved; reading it back", path)
         return {**info, "model": AutoModelForSequenceClassification.from_pretrained(path)}
     mcfg = OmegaConf.merge(cfg, {"reward_training": {"seed": s.seed, "lr": s.lr}})
-    model = copy.deepcopy(theta_init)
+    model = copy.deepcopy(start)
     set_dropout(model, s.dropout)
     L.seed_everything(s.seed, workers=True)  # the member's dropout noise
     stop = StopCheckpoint(out_dir / "checkpoints" / f"{name}.ckpt", config=OmegaConf.to_container(mcfg, resolve=True))
-    probed = 0 if stop.path.exists() else linear_probe(mcfg, stage, model, tokenizer, train_pairs, val_pairs,
-                                                        out_dir, name)
     trainer = stage.fit(mcfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, name)
     device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
     model = model.float().eval().to(device)
@@ -162,23 +179,30 @@ def train_member(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pa
         offset = stage.center(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
     save_hf_folder(path, model.cpu(), tokenizer)
     stop.done()
-    return {**info, "model": model, "probe_steps": probed, "steps": int(trainer.global_step), "bias_offset": offset}
+    return {**info, "model": model, "steps": int(trainer.global_step), "bias_offset": offset}
 
 
 def train_ensemble(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs,
-                   folder: Path, out_dir: Path) -> list[dict]:
-    return [train_member(cfg, stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs, k, folder, out_dir)
-            for k in range(cfg.reward_training.ensemble)]
+                   folder: Path, out_dir: Path) -> tuple[list[dict], int]:
+    """The shared linear probe, then the members fine-tuned from it: (the members, the probe's steps)."""
+    start, probed = probed_start(cfg, stage, theta_init, tokenizer, train_pairs, val_pairs, folder, out_dir)
+    members = [train_member(cfg, stage, start, tokenizer, train_texts, train_pairs, val_pairs, k, folder, out_dir)
+               for k in range(cfg.reward_training.ensemble)]
+    return members, probed
 
 
-def compare(cfg, stage: Stage, theta_init, members: list[dict], tokenizer, val_pairs, flipped=None) -> dict:
-    """The figures of every member, of their weight average and of their prediction average (and with `flipped`,
-    the training pairs whose labels were flipped, `memorised`: the fraction of them scored as flipped). Also
-    returns the weight average itself, under "model"."""
+def compare(cfg, stage: Stage, theta_init, members: list[dict], tokenizer, train_texts, val_pairs,
+            flipped=None) -> dict:
+    """The figures of every member, of their weight average (centred) and of their prediction average (and with
+    `flipped`, the training pairs whose labels were flipped, `memorised`: the fraction of them scored as flipped).
+    Also returns the weight average itself, under "model", and the offset its centring removed."""
     tcfg = cfg.reward_training
     device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
     average = copy.deepcopy(theta_init)
     average.load_state_dict(weight_average(theta_init.state_dict(), [m["model"].state_dict() for m in members]))
+    average = average.float().eval().to(device)
+    with autocast(precision, device):
+        offset = stage.center(average, tokenizer, list(train_texts["text"]), tcfg.max_length)
     scorers = [CachedScores(RewardModel(m["model"].float().to(device), tokenizer, sigmoid=False,
                                         max_length=tcfg.max_length)) for m in members]
     averaged = RewardModel(average.float().to(device), tokenizer, sigmoid=False, max_length=tcfg.max_length)
@@ -195,28 +219,29 @@ def compare(cfg, stage: Stage, theta_init, members: list[dict], tokenizer, val_p
                   "weight_average": figures(averaged), "prediction_average": figures(PredictionAverage(scorers))}
     for m in members:
         m["model"].cpu()
+    result["weight_average"]["bias_offset"] = offset
     return {**result, "model": average.cpu()}
 
 
 def run_ensemble(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs) -> dict:
-    """`reward reward_training.ensemble=M`: the members (`members/member_k/` in the run folder), their weight
-    average saved to `save_to`, and (`noise_check`) a second ensemble on flipped labels (`noise_check/`)."""
+    """`reward reward_training.ensemble=M`: the shared probed start and the members (`members/probed/`,
+    `members/member_k/` in the run folder), their weight average (centred) saved to `save_to`, and (`noise_check`) a second ensemble on flipped labels (`noise_check/`)."""
     tcfg, started = cfg.reward_training, time.time()
     out_dir = Path(cfg_output_dir())
     log_device(cfg.trainer)
     theta_init = theta_init.float()
     pairs, flipped = (flip_pairs(train_pairs, tcfg.label_noise, tcfg.seed) if tcfg.get("label_noise")
                       else (train_pairs, None))
-    members = train_ensemble(cfg, stage, theta_init, tokenizer, train_texts, pairs, val_pairs, out_dir / "members",
-                             out_dir)
-    found = compare(cfg, stage, theta_init, members, tokenizer, val_pairs, flipped)
+    members, probed = train_ensemble(cfg, stage, theta_init, tokenizer, train_texts, pairs, val_pairs,
+                                     out_dir / "members", out_dir)
+    found = compare(cfg, stage, theta_init, members, tokenizer, train_texts, val_pairs, flipped)
     average = found.pop("model")
-    metrics = {**found["weight_average"], "ensemble": len(members), **found}
+    metrics = {**found["weight_average"], "ensemble": len(members), "probe_steps": probed, **found}
     if tcfg.get("noise_check"):
         noisy, noisy_flipped = flip_pairs(train_pairs, tcfg.noise_check, tcfg.seed)
-        noisy_members = train_ensemble(cfg, stage, theta_init, tokenizer, train_texts, noisy, val_pairs,
-                                       out_dir / "noise_check", out_dir)
-        noise = compare(cfg, stage, theta_init, noisy_members, tokenizer, val_pairs, noisy_flipped)
+        noisy_members, _ = train_ensemble(cfg, stage, theta_init, tokenizer, train_texts, noisy, val_pairs,
+                                          out_dir / "noise_check", out_dir)
+        noise = compare(cfg, stage, theta_init, noisy_members, tokenizer, train_texts, val_pairs, noisy_flipped)
         noise.pop("model")
         metrics["label_noise"] = {"fraction": tcfg.noise_check, "flipped_pairs": len(noisy_flipped), **noise}
     save_hf_folder(cfg.save_to, average, tokenizer)
