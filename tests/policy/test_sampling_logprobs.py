@@ -225,3 +225,43 @@ def test_kl_penalized_reward_and_zero_kl_for_equal_models():
     shaped = rl.kl_penalized_reward(reward, torch.tensor([2.0, -1.0]), 0.1)
     assert shaped.tolist() == pytest.approx([0.1, 0.8])
     assert not shaped.requires_grad
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_prompt_is_computed_once_for_its_k_samples_with_the_same_samples(monkeypatch, family):
+    """The chat shape (long templated prompts, k samples each): the prompt's forward runs on the distinct prompts
+    only (its KV cache then shared by the k rows), in sampling and in scoring, for GPT-2 and Llama (SmolLM2) alike;
+    the samples are exactly those of k separate prompt forwards with the same random numbers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from warp_lightning.policy import sampling
+
+    torch.manual_seed(0)
+    if family == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1)).eval()
+    else:
+        model = _float64_policy(vocab=32).float()
+    prompts = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15], [16, 17, 18, 19, 20]]
+    k = 4
+    ids, mask = left_pad(prompts, pad_id=0)
+    ids, mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+    rows_seen = []
+    forward = model.base_model.forward
+
+    def counting(*args, **kwargs):
+        rows_seen.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.base_model, "forward", counting)
+    shared = sample(model, ids, mask, 6, eos_token_id=3, pad_token_id=0, generator=torch.Generator().manual_seed(1))
+    assert rows_seen[0] == (len(prompts), ids.shape[1])  # the prompts' forward: 3 rows, not 12
+    rows_seen.clear()
+    with torch.no_grad():
+        shared_lp = completion_logprobs(model, shared)[0]
+    assert rows_seen[0] == (len(prompts), ids.shape[1])
+    monkeypatch.setattr(sampling, "_repeated_rows", lambda ids, mask: None)  # every row's prompt on its own
+    alone = sample(model, ids, mask, 6, eos_token_id=3, pad_token_id=0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(shared.input_ids, alone.input_ids) and torch.equal(shared.completion_mask, alone.completion_mask)
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logprobs(model, alone)[0], shared_lp, atol=1e-5, rtol=1e-5)
