@@ -193,7 +193,8 @@ def test_reproduce_smoke_writes_every_report(reproduced):
     for name in ("sweep_T.png", "front.png", "warp_curves.png"):
         assert (reports / name).stat().st_size > 10_000, name
     claims_md = [line for line in (reports / "claims.md").read_text().splitlines()[2:] if line.startswith("| ")]
-    assert len(claims_md) == 5  # the four of WARP.md and ExPO's (not measured: the smoke front stops at eta = 1)
+    assert len(claims_md) == 6  # the four of WARP.md, SLERP vs linear at matched KL too, and ExPO's (not measured:
+    # the smoke front stops at eta = 1)
     verdicts = ("**holds**", "**contradicted**", "**unresolved at this sample size**")
     for line in claims_md:  # every claim is measured by the smoke chain, on the proxy reward and on the judge
         cells = [c.strip() for c in line.split(" | ")]
