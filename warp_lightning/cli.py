@@ -100,10 +100,14 @@ def _compose(name: str, overrides: list[str], parsed):
                         f"{what}: no such config ({_one_line(err)})") from None
     except HydraException as err:
         text = str(err) + " " + str(err.__cause__ or "")
-        key = next((o.key_or_group for o in parsed if f"'{o.key_or_group}'" in text), None)
-        if key and "not in struct" in text:
-            raise UserError(f"{key} is not a key of the {name} config: check its spelling (`python -m "
-                            f"warp_lightning {name} --cfg job` prints them all) or add it with +{key}=...") from None
+        given = next((o for o in parsed if f"'{o.key_or_group}'" in text), None)
+        if given and "not in struct" in text:
+            key = given.key_or_group
+            # a mapping given to a key that exists (`warp.merge_options={density: 0.2}`): the new key is inside it
+            inner = next((w for w in text.split() if w.startswith(f"{key}.")), None)
+            add = f"+{given.input_line}" if inner else f"+{key}=..."
+            raise UserError(f"{inner or key} is not a key of the {name} config: check its spelling (`python -m "
+                            f"warp_lightning {name} --cfg job` prints them all) or add it with {add}") from None
         raise UserError(_one_line(err)) from None
 
 

@@ -101,3 +101,48 @@ def test_warp_state_merges_with_the_registry_method_and_its_options():
         state.add_run(r)
     state.merge()
     close(state.theta_slerp, merging.ties(base, runs, density=0.5))
+
+
+def test_each_merge_method_declares_the_keyword_options_its_function_takes():
+    """The registry's `options` are the one declaration `warp.merge_options` is checked against: exactly the
+    keyword-only parameters of each method's function, each default inside its declared range."""
+    import inspect
+
+    for name, method in merging.MERGES.items():
+        params = {p.name: p for p in inspect.signature(method.fn).parameters.values() if p.kind is p.KEYWORD_ONLY}
+        assert set(method.options) == set(params), name
+        for option, declared in method.options.items():
+            assert declared.accepts(params[option].default), (name, option)
+
+
+@pytest.mark.parametrize(("method", "options", "message"), [
+    ("ties", {"density": 1.5}, "warp.merge_options.density=1.5 is invalid: warp.merge=ties takes a number in (0, 1] "
+                               "(the fraction of each task vector's entries kept)"),
+    ("ties", {"density": 0}, "warp.merge_options.density=0 is invalid: warp.merge=ties takes a number in (0, 1]"),
+    ("ties", {"density": True}, "warp.merge_options.density=True is invalid: warp.merge=ties takes a number in"),
+    ("ties", {"density": float("nan")}, "warp.merge_options.density=nan is invalid: warp.merge=ties takes a number"),
+    ("slerp", {"density": 0.2}, "warp.merge_options.density=0.2 is invalid: warp.merge=slerp takes no option density "
+                                "(it takes eps)"),
+    ("linear", {"eps": 1e-6}, "warp.merge_options.eps=1e-06 is invalid: warp.merge=linear takes no option eps "
+                              "(it takes none)"),
+    ("multislerp", {"eps": 0.0}, "warp.merge_options.eps=0.0 is invalid: warp.merge=multislerp takes a number in "
+                                 "(0, 1)"),
+    ("ties", [0.2], "warp.merge_options=[0.2] is invalid: must be a mapping {name: value}"),
+])
+def test_merge_options_outside_the_declaration_are_one_line(method, options, message):
+    from warp_lightning import UserError
+    from warp_lightning.train.checks import check_merge_options
+
+    with pytest.raises(UserError) as err:
+        check_merge_options(method, options)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+def test_merge_options_inside_the_declaration_pass_and_merge():
+    from warp_lightning.train.checks import check_merge_options
+
+    for method, options in (("ties", {"density": 1}), ("ties", {"density": 0.2}), ("slerp", {"eps": 1e-5}),
+                            ("multislerp", {}), ("linear", None), ("linear", {})):
+        check_merge_options(method, options)
+        base, runs = states(5, 2)
+        merging.merge_runs(method, base, runs, 0.5, **(options or {}))  # what WarpState.merge then calls

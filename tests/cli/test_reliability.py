@@ -123,6 +123,43 @@ def test_sigterm_mid_run_is_a_checkpoint_and_a_clean_exit_then_resume_is_bit_ide
         assert (stopped / "logs" / run / "metrics.csv").read_text() == (whole / "logs" / run / "metrics.csv").read_text()
 
 
+# the CLI with a merge that fails (a bug in it, found after the iteration's M runs trained)
+FAILING_MERGE = ("import sys; from warp_lightning.algo import merging\n"
+                 "def broken(*args, **kwargs): raise RuntimeError('a bug in the merge')\n"
+                 "merging.merge_runs = broken\n"
+                 "from warp_lightning.cli import main; main(sys.argv[1:])")
+
+
+@pytest.mark.slow
+def test_a_failing_merge_loses_no_run_and_the_command_run_again_merges_them_bit_identically(tiny_models, whole,
+                                                                                           tmp_path):
+    """The M finished runs are in loop.pt before the merge is tried: after a merge that fails, the same command
+    trains no run of that iteration again, merges them, logs the merge in run M's log, and ends with the weights,
+    logs and figures of the uninterrupted run."""
+    broken = tmp_path / "broken"
+    proc = subprocess.run([sys.executable, "-c", FAILING_MERGE, *train_args(tiny_models, broken)], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode != 0 and "a bug in the merge" in output(proc), output(proc)[-3000:]
+    saved = torch.load(broken / "checkpoints" / "loop.pt", weights_only=False)
+    assert saved["done"] == [1, 2] and len(saved["finished"]) == 2 and saved["iteration"] == 1
+    assert [r["run"] for r in saved["runs"]] == [1, 2] and not (broken / "iter_1").exists()
+    assert not list((broken / "checkpoints").glob("run_*.ckpt"))
+
+    resumed = output(cli(*train_args(tiny_models, broken), cwd=tmp_path))
+    assert "iteration 1: its 2 runs are done; merging them" in resumed
+    assert "iteration 1 run 1:" not in resumed and "iteration 1 run 2:" not in resumed  # no run trained again
+    for folder in ("final", "iter_1/slerp", "iter_1/init", "iter_2/init"):
+        assert safetensors_bytes(broken / folder) == safetensors_bytes(whole / folder), folder
+    for run in ("i1_m1", "i1_m2", "i2_m1", "i2_m2"):  # i1_m2 holds its merge row, written by the second command
+        assert (broken / "logs" / run / "metrics.csv").read_text() == (whole / "logs" / run / "metrics.csv").read_text()
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (whole, broken))
+    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (whole, broken))
+    assert a["merges"] == b["merges"]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in a["runs"]] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in b["runs"]]
+
+
 def test_kill_during_a_checkpoint_write_leaves_the_previous_file(tmp_path):
     """A real SIGKILL while `atomic_torch_save` writes 400 MB: the target keeps its old content."""
     target = tmp_path / "run.ckpt"

@@ -29,6 +29,8 @@ BAD = [
     ("warp.lr=0", "warp.lr"),
     ("warp.anchor=frozen", "warp.anchor"),
     ("warp.merge=average", "warp.merge"),
+    ("warp.merge=ties +warp.merge_options={density:1.5}", "warp.merge_options.density=1.5 is invalid"),
+    ("warp.merge=slerp +warp.merge_options.density=0.2", "warp.merge_options.density=0.2 is invalid"),
     ("data.min_prompt_tokens=30", "data.min_prompt_tokens"),
     ("data.min_prompt_tokens=0", "data.min_prompt_tokens"),
     ("warp.warmup_steps=-1", "warp.warmup_steps"),
@@ -80,6 +82,25 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: warp.samples_per_prompt=1 is invalid")
     assert "Traceback" not in proc.stderr
     assert not (run_dir / "metrics.json").exists() and not list(run_dir.glob("iter_*"))
+
+
+@pytest.mark.parametrize(("options", "line"), [
+    ("+warp.merge_options={density: 1.5}", "error: warp.merge_options.density=1.5 is invalid: warp.merge=ties takes "
+                                           "a number in (0, 1] (the fraction of each task vector's entries kept)"),
+    # the mapping's keys are not in the defaults ({}): Hydra adds them with +, and the line says so
+    ("warp.merge_options={density: 1.5}", "error: warp.merge_options.density is not a key of the train config: check "
+                                          "its spelling (`python -m warp_lightning train --cfg job` prints them all) "
+                                          "or add it with +warp.merge_options={density: 1.5}"),
+])
+def test_bad_merge_options_exit_2_with_one_line_before_any_run_trains(options, line, tmp_path):
+    """warp.merge_options is checked against the merge method's declared options at start, not when the merge
+    runs after the iteration's M runs trained."""
+    run_dir, models = tmp_path / "run", tmp_path / "models"
+    proc = subprocess.run([sys.executable, "-m", "warp_lightning", "train", "warp.merge=ties", options,
+                           f"paths.models_dir={models}", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [line], proc.stderr[-2000:]
+    assert not run_dir.exists() and not models.exists()
 
 
 def test_unknown_command_exits_2():

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from warp_lightning import UserError
+from warp_lightning.reward.rewards import ClassifierReward
 from warp_lightning.reward.scorer import RewardModel
 from warp_lightning.reward.training import bradley_terry_loss, center_scores
 
@@ -59,3 +60,62 @@ def test_a_bradley_terry_score_of_several_outputs_is_a_clear_error(asset_cache):
                                         "model has 2: use score=logit or score=probability"):
         RewardModel(model, AutoTokenizer.from_pretrained(folder))
     assert RewardModel(model, AutoTokenizer.from_pretrained(folder), score="logit", label=1)(["a film"]).shape == (1,)
+
+
+# --- prompt + completion longer than max_length: the prompt is cut from the left ---------------------------------
+
+GOOD, BAD = " a wonderful, moving film", " a dull and lifeless mess"
+LONG_PROMPT = " ".join(f"word{i % 10}" for i in range(155)) + " review:"  # 156 words, far over 128 tokens
+
+
+def test_a_prompt_and_completion_that_fit_encode_as_before_bit_for_bit(minilm):
+    """Inputs that fit max_length get the token ids (and every other input) the tokenizer gives prompt +
+    completion, as before; so do the rows that fit in a batch beside a row that is cut."""
+    model, tok = minilm
+    scorer = RewardModel(model, tok, sigmoid=False, max_length=32, batch_size=8)
+    prompts, completions = ["the film was", "i thought it ", "", "a wonderful"], [" great", "dull", "fine", ""]
+    joined = [p + c for p, c in zip(prompts, completions, strict=True)]
+    before = tok(joined, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    after = scorer.encode(completions, prompts)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert torch.equal(scorer(completions, prompts), scorer(joined))
+    mixed = scorer.encode([*completions, GOOD], [*prompts, LONG_PROMPT])
+    old = tok([*joined, LONG_PROMPT + GOOD], padding=True, truncation=True, max_length=32, return_tensors="pt")
+    assert all(torch.equal(mixed[k][:4], old[k][:4]) for k in old)
+
+
+def test_a_long_prompt_is_cut_from_the_left_so_that_the_completion_is_read(minilm):
+    """reads: prompt_completion with a 156-word prompt and max_length 128: cut from the right (before), a good and
+    a bad completion were the same tokens; now the prompt's first tokens go, each completion ends the input whole
+    after the prompt's last tokens, and the rewards differ."""
+    model, tok = minilm
+    scorer = RewardModel(model, tok, sigmoid=False, max_length=128)
+    before = tok([LONG_PROMPT + GOOD, LONG_PROMPT + BAD], truncation=True, max_length=128, return_tensors="pt")
+    assert torch.equal(before["input_ids"][0], before["input_ids"][1])  # the silent failure
+    after = scorer.encode([GOOD, BAD], [LONG_PROMPT] * 2)
+    assert after["input_ids"].shape == (2, 128) and bool(after["attention_mask"].all())
+    assert not torch.equal(after["input_ids"][0], after["input_ids"][1])
+    for row, completion in enumerate((GOOD, BAD)):
+        content = tok(LONG_PROMPT + completion, add_special_tokens=False)["input_ids"]
+        assert after["input_ids"][row].tolist() == [tok.cls_token_id, *content[-126:], tok.sep_token_id]
+        own = tok(completion, add_special_tokens=False)["input_ids"]
+        assert after["input_ids"][row, -1 - len(own):-1].tolist() == own  # the completion's tokens, last
+    scores = ClassifierReward(scorer, "prompt_completion")([LONG_PROMPT] * 2, [GOOD, BAD]).total
+    assert torch.equal(scores, scorer([GOOD, BAD], [LONG_PROMPT] * 2)) and scores[0] != scores[1]
+
+
+def test_a_completion_longer_than_max_length_keeps_its_first_tokens_and_no_prompt(minilm):
+    model, tok = minilm
+    scorer = RewardModel(model, tok, sigmoid=False, max_length=16)
+    completion = " " + " ".join(["great"] * 40)
+    ids = scorer.encode([completion], ["the film was"])["input_ids"][0].tolist()
+    assert ids == [tok.cls_token_id, *tok(completion, add_special_tokens=False)["input_ids"][:14], tok.sep_token_id]
+
+
+def test_a_slow_tokenizer_cuts_at_the_same_place_where_prompt_and_completion_meet_between_words(minilm):
+    """Without offsets (a slow tokenizer) the prompt's own token count places the boundary: the same cut."""
+    model, tok = minilm
+    scorer = RewardModel(model, tok, sigmoid=False, max_length=64)
+    full = tok([LONG_PROMPT + BAD], return_special_tokens_mask=True, return_offsets_mapping=True)
+    assert scorer._kept_positions(full, 0, LONG_PROMPT, fast=False) == scorer._kept_positions(full, 0, LONG_PROMPT,
+                                                                                              fast=True)

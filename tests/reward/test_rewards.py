@@ -2,6 +2,7 @@
 reading dataset columns, a weighted sum; their bad inputs (one line, before any work) and the default unchanged."""
 
 import csv
+import json
 import sys
 import textwrap
 
@@ -153,6 +154,54 @@ def test_a_function_reads_an_extra_dataset_column(rule_module):
     with pytest.raises(UserError, match=r"^reward_model.function='my_rules:mentions' needs the column film, which "
                                         r"the dataset lacks \(its columns: prompt\)"):
         check_reward_columns(function(f"{rule_module}:mentions"), {"prompt"})
+
+
+def prompts_with_a_completions_column(path):
+    """A data=prompts JSONL file whose rows carry a column named `completions` (e.g. reference answers)."""
+    path.write_text("".join(json.dumps({"prompt": f"Review the film number {i}", "completions": "a reference"}) + "\n"
+                            for i in range(20)))
+    return path
+
+
+def test_a_dataset_column_named_like_an_argument_of_the_reward_is_refused_before_any_work(rule_module, tmp_path):
+    """A column `completions` would replace the policy's completions in fn(prompts=..., completions=..., **columns):
+    one line at the config check, naming data.path, the column and the fix; the reward call refuses it too."""
+    from warp_lightning.cli import check_overrides
+
+    data = prompts_with_a_completions_column(tmp_path / "prompts.jsonl")
+    with pytest.raises(UserError) as caught:
+        check_overrides("train", [*SMOKE_RUN[1:], "data=prompts", f"data.path={data}", "reward_model=function",
+                                  f"reward_model.function={rule_module}:words", f"paths.models_dir={tmp_path / 'm'}"])
+    assert str(caught.value) == (f"data.path='{data}' is invalid: its column completions has the name of an argument "
+                                 "that reward_model.function='my_rules:words' gets from the reward itself (prompts, "
+                                 "completions) and would replace it; rename the column")
+    reward = load_reward(function(f"{rule_module}:words"))
+    with pytest.raises(UserError, match=r"^reward term 'words': the dataset's column completions has the name of an "
+                                        r"argument the reward passes itself \(prompts, completions\) and would "
+                                        r"replace it; rename the column$"):
+        reward(["p"], ["one two"], {"completions": ["a reference"]})
+    # a keyword of `arguments` is passed by the reward too; a sum's function term is checked like a function
+    cfg = OmegaConf.create({"kind": "sum", "terms": {"n": {
+        "kind": "function", "function": f"{rule_module}:words", "arguments": {"scale": 2.0}, "weight": 1.0}}})
+    with pytest.raises(UserError, match=r"^data.path='x.jsonl' is invalid: its column scale has the name of an "
+                                        r"argument that reward_model.terms.n.function='my_rules:words' gets from the "
+                                        r"reward itself \(prompts, completions, scale\) and would replace it; rename "
+                                        r"the column or drop reward_model.terms.n.arguments.scale$"):
+        check_reward_columns(cfg, {"prompt", "scale"}, source="data.path='x.jsonl'")
+    check_reward_columns(cfg, {"prompt", "film"})  # other columns pass
+
+
+def test_train_with_a_column_named_completions_exits_2_with_one_line_and_writes_nothing(rule_module, tmp_path):
+    data = prompts_with_a_completions_column(tmp_path / "prompts.jsonl")
+    run, models = tmp_path / "run", tmp_path / "models"
+    proc = cli(*SMOKE_RUN, "data=prompts", f"data.path={data}", "reward_model=function",
+               f"reward_model.function={rule_module}:words", f"paths.models_dir={models}", f"hydra.run.dir={run}",
+               cwd=tmp_path, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"error: data.path='{data}' is invalid: its column completions has the name of an "
+                               "argument that reward_model.function='my_rules:words' gets from the reward itself")
+    assert not run.exists() and not models.exists()
 
 
 def test_the_weighted_sum_is_the_hand_weighted_terms(two_labels, rule_module):

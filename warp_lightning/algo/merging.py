@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -247,20 +247,52 @@ def merge_stats(
 
 
 @dataclass(frozen=True)
+class Option:
+    """A keyword option of a merge method (`warp.merge_options.NAME`): a number (`kind` float) or an integer
+    (`kind` int) between `low` and `high`, each end excluded where `*_open`; `what` it sets, in a few words."""
+    kind: type
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    what: str = ""
+
+    def accepts(self, value) -> bool:
+        kinds = int if self.kind is int else int | float
+        if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+            return False
+        above = self.low < value if self.low_open else self.low <= value
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        """`a number in (0, 1] (what it sets)`: the words of a refusal."""
+        interval = f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"{'an integer' if self.kind is int else 'a number'} in {interval}" + (f" ({self.what})" if self.what else "")
+
+
+@dataclass(frozen=True)
 class MergeMethod:
     """A way to merge the M runs of an iteration. `pairwise_lambda`: it takes WARP's lambda between two runs
-    (slerp, linear; with M != 2 they use their uniform scheme); the symmetric M-way means take none."""
+    (slerp, linear; with M != 2 they use their uniform scheme); the symmetric M-way means take none. `options`:
+    the keyword options of `fn` that `warp.merge_options` may set, by name (the config check reads them)."""
     fn: Callable[..., StateDict]
     pairwise_lambda: bool
+    options: dict[str, Option] = field(default_factory=dict)
 
 
-# The merge methods that `warp.merge` names. A method added here is accepted by the config check
-# (train/checks.py) and used by `WarpState.merge` (through `merge_runs`): the one place to edit.
+_EPS = Option(float, 0.0, 1.0, low_open=True, high_open=True,
+              what="below it, the task vectors are merged linearly instead")
+
+# The merge methods that `warp.merge` names. A method added here, with its options, is accepted by the config
+# check (train/checks.py: the method, and `warp.merge_options` against its `options`) and used by
+# `WarpState.merge` (through `merge_runs`): the one place to edit.
 MERGES: dict[str, MergeMethod] = {
-    "slerp": MergeMethod(slerp, pairwise_lambda=True),
+    "slerp": MergeMethod(slerp, pairwise_lambda=True, options={"eps": _EPS}),
     "linear": MergeMethod(linear, pairwise_lambda=True),
-    "multislerp": MergeMethod(multislerp, pairwise_lambda=False),
-    "ties": MergeMethod(ties, pairwise_lambda=False),
+    "multislerp": MergeMethod(multislerp, pairwise_lambda=False, options={"eps": _EPS}),
+    "ties": MergeMethod(ties, pairwise_lambda=False, options={
+        "density": Option(float, 0.0, 1.0, low_open=True, what="the fraction of each task vector's entries kept")}),
 }
 
 

@@ -16,18 +16,17 @@ from warp_lightning.utils.validate import check, check_prompt_lengths, plain, wr
 PROMPT_DATASET = "prompts"  # data=prompts: the user's prompt dataset (data/prompt_datasets.py), not a text set
 
 
-def check_data(cfg) -> None:
+def check_data(cfg) -> set[str] | None:
     """data.name, the prompt lengths, and for data=file the file itself (exists, readable, a .csv with a `text`
-    column)."""
+    column). For data=prompts: the source loads and its columns, which it returns (what travels to the reward)."""
     d = cfg.data
     check(d.name in (*TEXT_SETS, PROMPT_DATASET), "data.name", d.name,
           f"choose one of {', '.join((*TEXT_SETS, PROMPT_DATASET))}")
     check_prompt_lengths(d.min_prompt_tokens, d.max_prompt_tokens)
     if d.name == PROMPT_DATASET:  # a file, a folder or a dataset name: it loads, the columns are there
-        check_prompt_data(d, cfg.paths.cache_dir)
-        return
+        return check_prompt_data(d, cfg.paths.cache_dir)
     if d.name != "file":
-        return
+        return None
     path = Path(str(d.path)).expanduser()
     hint = "point it to a .csv with a `text` column, a .jsonl with `text` fields, or a text file (one text per line)"
     check(path.is_file(), "data.path", str(d.path), f"no such file: {hint}")
@@ -36,6 +35,7 @@ def check_data(cfg) -> None:
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
             header = [h.strip().lower() for h in next(csv.reader([f.readline()]), [])]
         check("text" in header, "data.path", str(d.path), f"a .csv needs a `text` column (header: {','.join(header)})")
+    return None
 
 
 def check_text_sets(value, key: str) -> None:

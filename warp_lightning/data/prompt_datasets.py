@@ -218,10 +218,22 @@ def _check_columns(named: dict, s: dict) -> None:
                             f"({', '.join(RESERVED)}); rename it")
 
 
-def check_prompt_data(data, cache=None) -> None:
-    """The checks that need no tokenizer, before any work: the keys' values, the source loads, the columns."""
+def check_prompt_data(data, cache=None) -> set[str]:
+    """The checks that need no tokenizer, before any work: the keys' values, the source loads, the columns.
+    Returns the columns that travel with the prompts to the reward (`prompt_columns`), of every split. Quiet: a
+    refusal is its one line, without the progress bars of `datasets` reading a file for the first time."""
+    import datasets
+
     s = _settings(data)
-    _check_columns(named_splits(load_source(s["path"], cache, s["subset"]), s["splits"]), s)
+    shown = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        named = named_splits(load_source(s["path"], cache, s["subset"]), s["splits"])
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
+    _check_columns(named, s)
+    return {c for split in named.values() for c in split.column_names} | {c for c in RESERVED if c != "input_ids"}
 
 
 def prompt_dataset_splits(data, tokenizer, cache=None) -> tuple:

@@ -8,7 +8,7 @@ from pathlib import Path
 from warp_lightning import UserError
 from warp_lightning.data.checks import check_data
 from warp_lightning.eval.judge import READS
-from warp_lightning.reward.rewards import check_reward_config, classifier_configs
+from warp_lightning.reward.rewards import check_reward_columns, check_reward_config, classifier_configs
 from warp_lightning.utils.validate import (
     check,
     check_folder,
@@ -35,6 +35,15 @@ def check_judge(cfg) -> None:
         check(reads in READS, "judge.reads", reads, f"choose {one_of(READS)}")
 
 
+def check_reward_data(cfg) -> None:
+    """The data (`check_data`), then for data=prompts its columns against the reward: none may have the name of an
+    argument the reward passes itself (it would replace it), and each column a function needs is there."""
+    columns = check_data(cfg)
+    if columns is not None:
+        check_reward_config(cfg.reward_model)  # sound, before its functions are read
+        check_reward_columns(cfg.reward_model, columns, source=f"data.path={str(cfg.data.path)!r}")
+
+
 def check_evaluation(cfg) -> None:
     """What evaluate and front read: the SFT reference (not built by these commands), eval.*."""
     sft = str(cfg.sft)
@@ -59,7 +68,7 @@ def check_evaluate(cfg) -> None:
         if not Path(str(path)).expanduser().exists():  # the words of eval/evaluate.py
             raise UserError(f"model={path} does not exist: pass a Hugging Face folder, e.g. "
                             "model=outputs/train/.../final")
-    check_data(cfg)
+    check_reward_data(cfg)
     check_evaluation(cfg)
 
 
@@ -79,7 +88,7 @@ def check_front(cfg) -> None:
         for path in paths if isinstance(paths, list) else [paths]:  # the words of eval/front.py
             check_folder(path, key, "manifest.json", "a train run folder",
                          f"{path} is not a finished train run (no manifest.json): pass a train run folder")
-    check_data(cfg)
+    check_reward_data(cfg)
     check_evaluation(cfg)
     check_etas(cfg)
 

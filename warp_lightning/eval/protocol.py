@@ -20,6 +20,7 @@ import torch
 from warp_lightning import UserError
 from warp_lightning.algo import rl
 from warp_lightning.builds import ensure_reward
+from warp_lightning.data.checks import PROMPT_DATASET
 from warp_lightning.data.prompt_datasets import prompt_columns
 from warp_lightning.data.prompts import left_pad, splits_for
 from warp_lightning.eval.judge import load_judge
@@ -27,7 +28,7 @@ from warp_lightning.eval.stats import compare_rows, distinct_n, summarize
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, model_from_state
 from warp_lightning.policy.sampling import decode_prompts_completions, sample
-from warp_lightning.reward.rewards import load_reward
+from warp_lightning.reward.rewards import check_reward_columns, load_reward
 from warp_lightning.utils.io import atomic_write_bytes
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
@@ -203,6 +204,8 @@ def load_protocol(cfg) -> Protocol:
     reward_model = load_reward(cfg.reward_model, device)
     # held-out prompts do not depend on the seed; eval.split: test for final figures, validation for selection
     prompts = splits_for(cfg.data, tokenizer, 0, cache=cfg.paths.cache_dir).get(cfg.eval.get("split", "test"))
+    check_reward_columns(cfg.reward_model, set(prompt_columns(prompts)) if cfg.data.name == PROMPT_DATASET else set(),
+                         source=f"data.path={str(cfg.data.get('path'))!r}")  # before any model is evaluated
     return Protocol(tokenizer, load_causal_lm(cfg.sft).eval().to(device), reward_model, prompts, cfg.eval,
                     device, trainer_precision(cfg.trainer), judge=load_judge(cfg.get("judge"), cfg.paths.cache_dir))
 

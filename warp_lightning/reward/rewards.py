@@ -3,8 +3,11 @@
     reward(prompts, completions, columns) -> RewardScores(total [N] float32, terms {name: [N] float32})
 
 - `classifier`: an `AutoModelForSequenceClassification` (the project's trained reward models are this kind)
-  scoring `label` as `score`, reading the completion alone or prompt + completion (`reads`);
-- `function`: `module:function`, called as `fn(prompts=..., completions=..., **columns)`, one float per completion;
+  scoring `label` as `score`, reading the completion alone or prompt + completion (`reads`; the prompt is cut from
+  the left when the two exceed `max_length`, so that the completion is always read);
+- `function`: `module:function`, called as `fn(prompts=..., completions=..., **columns)`, one float per completion
+  (a column named like an argument the call passes itself, prompts, completions or a keyword of `arguments`, is
+  refused: it would replace it);
 - `sum`: `terms: {name: {<a classifier or function config>, weight: w}}`; total = sum of w * term, and each
   term (unweighted) in `terms`, which train logs as `reward/NAME` and evaluate reports beside the total.
 
@@ -53,8 +56,9 @@ class ClassifierReward:
         self.scorer, self.reads, self.name = scorer, reads, name
 
     def __call__(self, prompts: list[str], completions: list[str], columns: dict | None = None) -> RewardScores:
-        texts = completions if self.reads == "completion" else [p + c for p, c in zip(prompts, completions, strict=True)]
-        return RewardScores(self.scorer(texts).to(torch.float32))
+        # prompt + completion: the prompt is cut from the left when both exceed max_length (`RewardModel.encode`)
+        context = None if self.reads == "completion" else prompts
+        return RewardScores(self.scorer(completions, context).to(torch.float32))
 
 
 class FunctionReward:
@@ -65,6 +69,11 @@ class FunctionReward:
         self.accepted, self.required, self.takes_all = keywords(fn)
 
     def __call__(self, prompts: list[str], completions: list[str], columns: dict | None = None) -> RewardScores:
+        own = (*FIXED_ARGUMENTS, *self.arguments)  # what the call passes itself: no column may replace it
+        clash = [c for c in (columns or {}) if c in own]
+        if clash:
+            raise UserError(f"reward term {self.name!r}: the dataset's column {clash[0]} has the name of an argument "
+                            f"the reward passes itself ({', '.join(own)}) and would replace it; rename the column")
         given = {"prompts": prompts, "completions": completions, **(columns or {}), **self.arguments}
         missing = sorted(self.required - set(given))
         if missing:
@@ -273,15 +282,24 @@ def _check_sum(cfg, key: str) -> None:
         check_reward_config(term, where)
 
 
-def check_reward_columns(cfg, columns: set[str], key: str = "reward_model") -> None:
-    """Each function's required keyword parameters are among prompts, completions and the dataset's `columns`
-    (call it once the dataset is known, before training)."""
+def check_reward_columns(cfg, columns: set[str], key: str = "reward_model", source: str = "data.path") -> None:
+    """Call it once the dataset's `columns` are known, before any work: no column has the name of an argument a
+    function gets from the reward itself (prompts, completions, the keywords of its `arguments`), which the column
+    would replace; and each function's required keyword parameters are among those and the `columns`. `source`:
+    what the first refusal names (`data.path='FILE'`)."""
     if _kind(cfg) == "sum":
         for name, term in cfg.terms.items():
-            check_reward_columns(term, columns, f"{key}.terms.{name}")
+            check_reward_columns(term, columns, f"{key}.terms.{name}", source)
         return
     if _kind(cfg) != "function":
         return
+    arguments = list(_arguments(cfg))
+    for column in sorted(set(columns) & {*FIXED_ARGUMENTS, *arguments}):
+        fix = ("rename the column" if column in FIXED_ARGUMENTS
+               else f"rename the column or drop {key}.arguments.{column}")
+        raise UserError(f"{source} is invalid: its column {column} has the name of an argument that {key}.function="
+                        f"{cfg.function!r} gets from the reward itself ({', '.join((*FIXED_ARGUMENTS, *arguments))}) "
+                        f"and would replace it; {fix}")
     required = keywords(import_function(cfg.function, f"{key}.function"))[1]
     needed = required - set(FIXED_ARGUMENTS) - set(_arguments(cfg)) - set(columns)
     if needed:

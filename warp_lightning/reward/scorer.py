@@ -72,12 +72,58 @@ class RewardModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def encode(self, texts: list[str], prompts: list[str] | None = None):
+        """The padded model inputs of `texts`, each read after its prompt when `prompts` are given.
+
+        A text that fits `max_length` with its prompt is encoded as the tokenizer encodes `prompt + text` (with
+        its own special tokens, truncated from the right). One that does not keeps the text whole and cuts the
+        prompt from the LEFT, since the text is what is judged and the end of the prompt, just before it, is the
+        context that matters most; if the text alone exceeds `max_length`, no prompt token is kept and the text
+        is cut from the right, keeping as much of it as fits. The cut is taken in the tokens of `prompt + text`
+        (a token across the boundary belongs to the text): a fast tokenizer's offsets place the boundary; a slow
+        one counts the prompt's own tokens, which may differ by one where prompt and text join inside a word.
+        """
+        if prompts is None:
+            return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        joined = [p + t for p, t in zip(prompts, texts, strict=True)]
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        full = self.tokenizer(joined, return_special_tokens_mask=True, return_offsets_mapping=fast, verbose=False)
+        if all(len(ids) <= self.max_length for ids in full["input_ids"]):  # as ever: nothing to cut
+            return self.tokenizer(joined, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        names = [n for n in self.tokenizer.model_input_names if n in full]
+        rows = []
+        for r, ids in enumerate(full["input_ids"]):
+            kept = self._kept_positions(full, r, prompts[r], fast) if len(ids) > self.max_length else range(len(ids))
+            rows.append({n: [full[n][r][j] for j in kept] for n in names})
+        return self.tokenizer.pad(rows, padding=True, return_tensors="pt")
+
+    def _kept_positions(self, full, r: int, prompt: str, fast: bool) -> list[int]:
+        """The positions of row `r` of the untruncated `full` encoding that fit `max_length`: its special tokens,
+        then as many of the text's tokens as fit (the first ones), then the prompt's last tokens in what is left."""
+        special = full["special_tokens_mask"][r]
+        content = [j for j, s in enumerate(special) if not s]
+        if fast:  # a token ending after the prompt's last character holds some of the text
+            offsets = full["offset_mapping"][r]
+            n_prompt = sum(offsets[j][1] <= len(prompt) for j in content)
+        else:
+            n_prompt = min(len(self.tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]),
+                           len(content))
+        prompt_part, text_part = content[:n_prompt], content[n_prompt:]
+        room = max(self.max_length - (len(special) - len(content)), 0)
+        if len(text_part) >= room:
+            chosen = text_part[:room]
+        else:
+            chosen = prompt_part[len(prompt_part) - (room - len(text_part)):] + text_part
+        return sorted([j for j, s in enumerate(special) if s] + chosen)
+
     @torch.no_grad()
-    def __call__(self, texts: list[str]) -> torch.Tensor:
+    def __call__(self, texts: list[str], prompts: list[str] | None = None) -> torch.Tensor:
+        """One score per text; with `prompts`, each text is read after its prompt (`encode`: the prompt is cut
+        from the left when the two exceed `max_length`)."""
         scores = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start : start + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+            end = start + self.batch_size
+            batch = self.encode(texts[start:end], None if prompts is None else prompts[start:end]).to(self.device)
             logits = self.model(**batch).logits.float()
             if self.score == "probability" and logits.shape[-1] > 1:
                 scores.append(torch.softmax(logits, -1)[:, self.label])

@@ -45,15 +45,17 @@ def policy_state(policy) -> dict:
 
 class MergeRuns(L.Callback):
     """At the end of each run, hand theta_m to the `WarpState`; after the M-th, call its merge step (SLERP or
-    linear, then LITI: `WarpState.merge`).
+    linear, then LITI: `merge_iteration`).
 
     The one merge path of the loop: run after run in one process, or (trainer=ddp_runs) the M runs ending
     together, one per process, where theta_m of every process is all-gathered in run order, so that every
-    process merges the same weights the same way. The merge's statistics go to the M-th run's log.
+    process merges the same weights the same way. The merge's statistics go to the M-th run's log. Before the
+    merge, `keep(trainer)` (the loop's) records the M finished runs in loop.pt: a merge that fails loses no run,
+    and the command run again merges them without training them again.
     """
 
-    def __init__(self, state):
-        self.state = state
+    def __init__(self, state, keep=None):
+        self.state, self.keep = state, keep
 
     def on_fit_end(self, trainer, module):
         theta_m = policy_state(module.policy)
@@ -69,11 +71,20 @@ class MergeRuns(L.Callback):
             self.state.add_run(theta)
         if not self.state.ready_to_merge:
             return
-        stats = self.state.merge()
+        if self.keep is not None:
+            self.keep(trainer)
         last_run = not independent or trainer.global_rank == trainer.world_size - 1
-        if trainer.logger and last_run:
-            trainer.logger.log_metrics({f"merge/{k}": float(v) for k, v in stats.items()}, step=trainer.global_step)
-            trainer.logger.save()
+        merge_iteration(self.state, trainer.logger if last_run else None, trainer.global_step)
+
+
+def merge_iteration(state, logger=None, step: int | None = None) -> dict:
+    """The merge step of the iteration whose M runs `state` holds (`WarpState.merge`), its statistics logged to
+    `logger` (the M-th run's) as `merge/NAME` at `step`. Returns them."""
+    stats = state.merge()
+    if logger:
+        logger.log_metrics({f"merge/{k}": float(v) for k, v in stats.items()}, step=step)
+        logger.save()
+    return stats
 
 
 class Snapshots(L.Callback):

@@ -8,8 +8,8 @@ from pathlib import Path
 from omegaconf import ListConfig, OmegaConf
 
 from warp_lightning.algo.merging import MERGES
-from warp_lightning.data.checks import check_data, check_text_sets
-from warp_lightning.eval.checks import check_judge
+from warp_lightning.data.checks import check_text_sets
+from warp_lightning.eval.checks import check_judge, check_reward_data
 from warp_lightning.reward.rewards import check_reward_config, classifier_configs
 from warp_lightning.utils.validate import (
     check,
@@ -19,6 +19,7 @@ from warp_lightning.utils.validate import (
     is_int,
     is_number,
     one_of,
+    plain,
     positive,
     validate_model_paths,
     validate_models,
@@ -31,9 +32,9 @@ PARALLEL = ("ddp", "ddp_runs", "fsdp")
 
 
 def check_train(cfg) -> None:
-    """`train`: its config, then the data it reads."""
+    """`train`: its config, then the data it reads (and its columns against the reward)."""
     check_train_config(cfg)
-    check_data(cfg)
+    check_reward_data(cfg)
 
 
 def check_train_config(cfg) -> None:
@@ -49,6 +50,7 @@ def check_train_config(cfg) -> None:
     check_min_new_tokens(w, "warp")
     check(w.anchor in ANCHORS, "warp.anchor", w.anchor, f"choose {one_of(ANCHORS)}")
     check(w.merge in MERGES, "warp.merge", w.merge, f"choose {one_of(MERGES)}")  # the registry of algo/merging.py
+    check_merge_options(w.merge, w.get("merge_options"))
     int_at_least(w, "warp", ("warmup_steps", "log_every", "kl_to_init_every", "checkpoint_every", "snapshot_every"), 0)
     check(w.grad_clip is None or (is_number(w.grad_clip) and w.grad_clip >= 0), "warp.grad_clip", w.grad_clip,
           "must be >= 0 or null")
@@ -62,6 +64,23 @@ def check_train_config(cfg) -> None:
     check_reward_config(cfg.reward_model)  # kind, label, score, functions that import, weights
     check_judge(cfg)
     validate_models({"policy": cfg.policy, **classifier_configs(cfg.reward_model)}, cfg.paths)
+
+
+def check_merge_options(method: str, options) -> None:
+    """`warp.merge_options` against the options that `MERGES[method]` declares: each name one of them, each value
+    in its range (else the merge would fail after the iteration's M runs trained)."""
+    options = plain(options)
+    if options is None:
+        return
+    check(isinstance(options, dict), "warp.merge_options", options, "must be a mapping {name: value}, e.g. "
+          "{density: 0.2} with warp.merge=ties")
+    declared = MERGES[method].options
+    for name, value in options.items():
+        option = declared.get(name)
+        check(option is not None, f"warp.merge_options.{name}", value, f"warp.merge={method} takes no option {name} "
+              f"(it takes {', '.join(declared) if declared else 'none'})")
+        check(option.accepts(value), f"warp.merge_options.{name}", value, f"warp.merge={method} takes "
+              f"{option.describe()}")
 
 
 def check_trainer(cfg) -> None:

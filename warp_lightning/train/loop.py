@@ -6,6 +6,8 @@
                                   calls its one merge step: theta_slerp <- slerp(theta_init, {theta_m}, lambda),
                                   theta_init <- liti(theta_init, theta_slerp, eta)
             save(i, m)            loop.pt after every run; iter_i/slerp and iter_i/init once iteration i merged
+                                  (and loop.pt before the merge too: the M finished runs are kept should it fail;
+                                  `merge_kept` merges them when the command runs again)
 
 Every set of weights lives in `WarpState` (theta_sft, theta_init, theta_slerp, the finished theta_m) or in the
 run's `RLOOModule` (theta_m = `policy`, theta_ema = `anchor`). `skeleton` is a model in CPU memory that only
@@ -37,14 +39,14 @@ from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_po
 from warp_lightning.policy.vocab_ops import use_compiled_kernels
 from warp_lightning.reward.rewards import check_reward_columns, load_reward
 from warp_lightning.train import checkpoint as ckpt
-from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots
+from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots, merge_iteration
 from warp_lightning.train.checkpoint import AtomicCheckpointIO
 from warp_lightning.train.checks import check_train_config
 from warp_lightning.train.module import RLOOModule
 from warp_lightning.train.strategies import start_processes, strategy_for
 from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
-from warp_lightning.utils.loggers import build_logger, finish_logger
+from warp_lightning.utils.loggers import build_logger, finish_logger, trim_logs
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.progress import ProgressLog
@@ -105,7 +107,9 @@ class WarpRecipe:
         self.train_ids = list(self.splits.train["input_ids"])
         # data=prompts: every other column of a prompt's row goes with it to the reward (`RLOOModule.score`)
         self.train_columns = prompt_columns(self.splits.train) if cfg.data.name == PROMPT_DATASET else None
-        check_reward_columns(cfg.reward_model, set(self.train_columns or ()))  # before any step: one line if missing
+        # before any step: one line if a column is missing or would replace an argument the reward passes itself
+        check_reward_columns(cfg.reward_model, set(self.train_columns or ()),
+                             source=f"data.path={str(cfg.data.get('path'))!r}")
         self.state = WarpState(clone_state(self.skeleton.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta,
                                merge_options=dict(w.get("merge_options") or {}))
         self.config = resume_config(cfg)
@@ -119,16 +123,32 @@ class WarpRecipe:
         with signals.deferred():
             for i in range(1, self.w.iterations + 1):
                 for m in self.runs_to_train(i):
-                    self.run_records += self.train_run(i, m)  # after the M-th run, MergeRuns merged: SLERP + LITI
+                    # after the M-th run, MergeRuns kept the M runs in loop.pt, then merged: SLERP + LITI
+                    self.run_records += self.train_run(i, m)
                     self.save(i, m)
+                self.merge_kept(i)
 
     def runs_to_train(self, i: int) -> list[int]:
         """The runs of iteration i this process still trains (one per process, all at once, with ddp_runs)."""
         if self.state.merged(i):
             return []
-        if self.parallel:
-            return [self.rank + 1]
-        return [m for m in range(1, self.w.runs + 1) if not self.state.finished(i, m)]
+        runs = [self.rank + 1] if self.parallel else range(1, self.w.runs + 1)
+        return [m for m in runs if not self.state.finished(i, m)]
+
+    def merge_kept(self, i: int) -> None:
+        """Iteration i's merge, when an earlier attempt kept its M runs (loop.pt) but did not merge them (its merge
+        failed, or it was killed meanwhile): they are merged as the M-th run would have merged them, the statistics
+        added to that run's log, without training any run again."""
+        if self.state.merged(i) or not self.state.ready_to_merge:
+            return
+        log.info("iteration %d: its %d runs are done; merging them", i, self.w.runs)
+        logger = None
+        if self.rank == (self.world - 1 if self.parallel else 0):  # the process that logged run M
+            logger = build_logger(self.cfg.logger, self.out_dir, f"i{i}_m{self.w.runs}", group=self.cfg.experiment_name)
+            trim_logs(logger, self.w.steps + 1)  # the run's log as it was, every step kept
+        merge_iteration(self.state, logger, self.w.steps)
+        finish_logger(logger)
+        self.save(i, self.w.runs)
 
     def train_run(self, i: int, m: int) -> list[dict]:
         """Run m of iteration i from theta_init (or from its checkpoint); returns its manifest record (with
@@ -144,7 +164,13 @@ class WarpRecipe:
             theta_m = add_lora(theta_m, cfg.policy.lora)
         module = RLOOModule(theta_m, anchor, self.reward_model, self.tokenizer, w, sample_seed=seed + 1,
                             init_policy=init_policy, tags={"iteration": i, "run": m})
-        callbacks = [MergeRuns(self.state)]
+        kept: list[dict] = []  # the iteration's last run: its record, kept in loop.pt with theta_m before the merge
+
+        def keep(trainer) -> None:  # MergeRuns, the M runs in, before it merges them
+            kept.extend(self.records(trainer, i, m, seed, start, run_started))
+            self.save_loop(i, m, self.run_records + kept)
+
+        callbacks = [MergeRuns(self.state, keep)]
         callbacks += [EMAAnchor(w.ema_rate)] if w.anchor == "ema" else []
         callbacks += [ProgressLog(w.log_every, f"iteration {i} run {m}", ("reward_mean", "kl_anchor", "completion_length"))]
         checkpoints = ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m, every_rank=self.parallel)
@@ -164,8 +190,14 @@ class WarpRecipe:
         log.info("iteration %d run %d: %d steps in %.0fs, reward %.3f, KL to anchor %.2f", i, m,
                  trainer.global_step, time.time() - run_started, final.get("reward_mean", float("nan")),
                  final.get("kl_anchor", float("nan")))
+        return kept or self.records(trainer, i, m, seed, start, run_started)
+
+    def records(self, trainer, i: int, m: int, seed: int, start: int, started: float) -> list[dict]:
+        """The manifest record of run m of iteration i, trained by `trainer` (with ddp_runs: the records of the M
+        runs that trained together, gathered)."""
+        final = {k: float(v) for k, v in trainer.callback_metrics.items()}
         record = {"iteration": i, "run": m, "seed": seed, "steps": int(trainer.global_step), "resumed_at_step": start,
-                  "seconds": round(time.time() - run_started, 1), "final": final}
+                  "seconds": round(time.time() - started, 1), "final": final}
         if not self.parallel:
             return [record]
         records = [None] * self.world
@@ -175,14 +207,18 @@ class WarpRecipe:
     def save(self, i: int, m: int) -> None:
         """After run m of iteration i (rank 0 writes): the merged folders once iteration i merged, then loop.pt.
         Then, if the command was asked to stop (any process), it stops here (every process at once)."""
-        if self.rank == 0:
-            if self.state.merged(i):
-                save_policy(self.skeleton, self.state.theta_slerp, self.tokenizer, self.out_dir / f"iter_{i}" / "slerp")
-                save_policy(self.skeleton, self.state.theta_init, self.tokenizer, self.out_dir / f"iter_{i}" / "init")
-                log.info("iteration %d merged: %s", i, self.state.merge_stats[-1])
-            ckpt.save_loop(self.ckpt_dir, self.state, (i, self.w.runs if self.parallel else m), self.run_records,
-                           self.config)
+        if self.rank == 0 and self.state.merged(i):
+            save_policy(self.skeleton, self.state.theta_slerp, self.tokenizer, self.out_dir / f"iter_{i}" / "slerp")
+            save_policy(self.skeleton, self.state.theta_init, self.tokenizer, self.out_dir / f"iter_{i}" / "init")
+            log.info("iteration %d merged: %s", i, self.state.merge_stats[-1])
+        self.save_loop(i, m, self.run_records)
         signals.raise_if_stopped(f"after iteration {i} run {m}", device=self.device)
+
+    def save_loop(self, i: int, m: int, records: list[dict]) -> None:
+        """loop.pt (rank 0 writes): run m of iteration i is done (with ddp_runs, the M runs), the `WarpState` as it
+        is now, the run `records`."""
+        if self.rank == 0:
+            ckpt.save_loop(self.ckpt_dir, self.state, (i, self.w.runs if self.parallel else m), records, self.config)
 
     def evaluate(self, started: float) -> dict:
         """theta_slerp of the last iteration, saved as `final/`, against the SFT policy (manifest.json)."""
