@@ -16,7 +16,7 @@ from pathlib import Path
 from warp_lightning import Preempted, UserError
 from warp_lightning.data.hub import check_hub
 from warp_lightning.utils import signals
-from warp_lightning.utils.console import quiet_third_party
+from warp_lightning.utils.console import figures_line, quiet_third_party
 from warp_lightning.utils.io import write_metrics
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.validate import check_override_types, validate_command
@@ -65,7 +65,10 @@ def run_command(name: str, cfg) -> dict:
     except Preempted as err:
         stopped(name, err, cfg_output_dir())
     if metrics is not None:
-        write_metrics(Path(cfg_output_dir()) / "metrics.json", metrics)
+        out = Path(cfg_output_dir())
+        write_metrics(out / "metrics.json", metrics)
+        tell = getattr(module, "summary", None)  # a command's own account of its result, else its figures
+        print(tell(metrics, out) if tell else figures_line(name, metrics, out), flush=True)
     return metrics
 
 

@@ -210,7 +210,9 @@ class WarpRecipe:
         if self.rank == 0 and self.state.merged(i):
             save_policy(self.skeleton, self.state.theta_slerp, self.tokenizer, self.out_dir / f"iter_{i}" / "slerp")
             save_policy(self.skeleton, self.state.theta_init, self.tokenizer, self.out_dir / f"iter_{i}" / "init")
-            log.info("iteration %d merged: %s", i, self.state.merge_stats[-1])
+            log.info("iteration %d merged: %s", i, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                              for k, v in self.state.merge_stats[-1].items()
+                                                              if k != "iteration"))
         self.save_loop(i, m, self.run_records)
         signals.raise_if_stopped(f"after iteration {i} run {m}", device=self.device)
 
@@ -227,6 +229,8 @@ class WarpRecipe:
         # matmuls in the training precision; log-probs, KL and rewards are float32 either way
         judge = load_judge(cfg.get("judge"), cfg.paths.cache_dir)
         eval_prompts = self.splits.get(cfg.eval.get("split", "validation"))
+        log.info("end-of-run check: the SFT policy and the final theta_slerp on %d %s prompts, the same random "
+                 "numbers for both...", min(cfg.eval.prompts, len(eval_prompts)), cfg.eval.get("split", "validation"))
         with autocast(self.precision, self.device):
             evaluation = quick_eval({"sft": state.theta_sft, "final": state.theta_slerp}, self.skeleton,
                                     self.tokenizer, self.reward_model, eval_prompts, cfg.eval, self.device, judge=judge)
@@ -250,6 +254,27 @@ class WarpRecipe:
 
         atomic_write_json(self.out_dir / "manifest.json", manifest)
         return metrics
+
+
+def summary(metrics: dict, out_dir: Path) -> str:
+    """What the console shows when `train` ends: SFT against the final policy, the paired gains, what was written."""
+    def cell(key: str, digits: int = 3) -> str:
+        value = metrics.get(key)
+        return f"{value:.{digits}f}" if isinstance(value, int | float) else "—"
+
+    def gain(key: str) -> str:
+        low, high = metrics.get(f"{key}_gain_low"), metrics.get(f"{key}_gain_high")
+        interval = f" [{low:+.3f}, {high:+.3f}]" if isinstance(low, float) and isinstance(high, float) else ""
+        return f"{metrics[f'{key}_gain']:+.3f}{interval}" if isinstance(metrics.get(f"{key}_gain"), float) else "—"
+
+    rows = [f"  {'model':<7}{'proxy':>8}{'judge':>8}{'KL to SFT':>11}{'length':>8}"]
+    rows += [f"  {who:<7}{cell(f'{who}_reward_mean'):>8}{cell(f'{who}_judge_mean'):>8}"
+             f"{cell(f'{who}_kl_mean', 2):>11}{cell(f'{who}_completion_length_mean', 1):>8}" for who in ("sft", "final")]
+    return "\n".join([f"train: {metrics.get('eval_prompts')} {metrics.get('eval_split')} prompts, one completion each, "
+                      "the same random numbers for both models", *rows,
+                      f"  final - SFT (paired, 95% interval): proxy {gain('reward')}, judge {gain('judge')}",
+                      f"written: {out_dir / 'final'} (the final policy), {out_dir / 'metrics.json'}, "
+                      f"{out_dir / 'manifest.json'}, {out_dir}/iter_*/ (each iteration's merge)"])
 
 
 def run(cfg) -> dict | None:

@@ -74,3 +74,10 @@ def _drop_noise() -> None:
         datasets.disable_progress_bars()
     except ImportError:
         pass
+
+
+def figures_line(command: str, metrics: dict, out_dir) -> str:
+    """The end of a command without an account of its own: its scalar figures, rounded, and where they are."""
+    shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+             if isinstance(v, int | float | str) and not isinstance(v, bool) and len(str(v)) < 60][:12]
+    return f"{command}: " + ", ".join(shown) + f"\nwritten: {out_dir}/metrics.json"
