@@ -17,8 +17,8 @@ from warp_lightning.algo import merging
 from warp_lightning.eval.report import (
     by_seed,
     claims,
+    is_sft_point,
     matched_kl_difference,
-    matched_kl_gap,
     point_key,
     read_front,
     read_front_prompts,
@@ -63,6 +63,17 @@ def scores_of(rows, noise=0.02, prompts=200, seed=0):
             values[metric] = r[f"{metric}_mean"] + shared - shared.mean() + own - own.mean()
         out[point_key(r)] = {"ids": np.arange(prompts), **values}
     return out
+
+
+def matched_kl_gap(front: list[dict], points: list[dict]) -> dict:
+    """(A hand computation to check `matched_kl_difference` against.) How far `front` lies above `points` at the same KL, on the means: front reward, interpolated linearly in
+    KL, minus the point's reward, for every point (but theta_sft, shared by all) inside the front's KL range."""
+    ref = sorted(front, key=lambda r: r["kl_mean"])
+    kl, reward = np.array([r["kl_mean"] for r in ref]), np.array([r["reward_mean"] for r in ref])
+    inside = [p for p in points if not is_sft_point(p) and kl[0] <= p["kl_mean"] <= kl[-1]]
+    gaps = [float(np.interp(p["kl_mean"], kl, reward)) - p["reward_mean"] for p in inside]
+    return {"mean_gap": sum(gaps) / len(gaps) if gaps else float("nan"), "above": sum(g > 0 for g in gaps),
+            "compared": len(gaps), "outside": len([p for p in points if not is_sft_point(p)]) - len(gaps)}
 
 
 def test_matched_kl_gap_interpolates_the_front_in_kl_and_skips_sft_and_outside_points():

@@ -280,17 +280,6 @@ def _position(r: dict):
     return r["eta"] if r["kind"] == "liti" else r["step"]
 
 
-def matched_kl_gap(front: list[dict], points: list[dict]) -> dict:
-    """How far `front` lies above `points` at the same KL, on the means: front reward, interpolated linearly in
-    KL, minus the point's reward, for every point (but theta_sft, shared by all) inside the front's KL range."""
-    ref = sorted(front, key=lambda r: r["kl_mean"])
-    kl, reward = np.array([r["kl_mean"] for r in ref]), np.array([r["reward_mean"] for r in ref])
-    inside = [p for p in points if not is_sft_point(p) and kl[0] <= p["kl_mean"] <= kl[-1]]
-    gaps = [float(np.interp(p["kl_mean"], kl, reward)) - p["reward_mean"] for p in inside]
-    return {"mean_gap": sum(gaps) / len(gaps) if gaps else float("nan"), "above": sum(g > 0 for g in gaps),
-            "compared": len(gaps), "outside": len([p for p in points if not is_sft_point(p)]) - len(gaps)}
-
-
 def _scores(scores: dict | None, r: dict, metric: str) -> np.ndarray | None:
     found = (scores or {}).get(point_key(r))
     return None if found is None or metric not in found else found[metric]
