@@ -25,7 +25,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 # Files that take the longest (CLI runs), handed out first so that the xdist processes finish together (with
 # `--dist loadfile --no-loadscope-reorder`; xdist would otherwise start with the files holding the most tests).
 # The second one needs no tiny model: it runs while the first one's process builds them.
-LONGEST_FIRST = ("train/test_distributed.py", "cli/test_stops.py", "policy/test_smollm2.py", "cli/test_experiments.py",
+LONGEST_FIRST = ("train/test_distributed.py", "studies/test_study_cli.py", "cli/test_stops.py", "policy/test_smollm2.py", "cli/test_experiments.py",
                  "cli/test_reliability.py", "cli/test_offline_hub.py", "cli/test_pipeline.py", "reward/test_rewards.py",
                  "reward/test_warm.py", "cli/test_smollm2_experiment.py")
 
