@@ -2,6 +2,7 @@
 defining properties and a hand computation."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -50,6 +51,61 @@ def test_spherical_mean_falls_back_to_the_linear_mean_for_a_zero_task_vector():
     close(merging.multislerp(base, runs), merging.linear(base, runs))
 
 
+def test_mergekit_multislerp_is_ours_for_equal_norms_and_slerp_at_one_half_for_two():
+    base, runs = states(9, 4)
+    runs = [{k: base[k] + 3.0 * (r[k] - base[k]) / (r[k] - base[k]).norm() for k in base} for r in runs]
+    close(merging.multislerp_mergekit(base, runs), merging.multislerp(base, runs), atol=1e-5, rtol=1e-5)
+    close(merging.multislerp_mergekit(base, runs[:2]), merging.slerp(base, runs[:2], 0.5), atol=1e-5, rtol=1e-5)
+
+
+def test_mergekit_multislerp_is_the_mean_unit_direction_times_the_mean_norm_by_hand():
+    base = {"w": torch.ones(3)}
+    runs = [{"w": base["w"] + d} for d in (torch.tensor([3.0, 0, 0]), torch.tensor([0, 4.0, 0]),
+                                           torch.tensor([0, 0, 5.0]))]
+    # unit vectors e1, e2, e3: their mean (1, 1, 1) / 3, normalised (1, 1, 1) / sqrt(3); mean norm (3 + 4 + 5) / 3 = 4
+    expected = base["w"] + 4.0 / math.sqrt(3.0) * torch.ones(3)
+    torch.testing.assert_close(merging.multislerp_mergekit(base, runs)["w"], expected)
+    # ours: mean(delta) / |mean(u)| = (3, 4, 5) / 3 / (1 / sqrt(3)): the longer task vectors weigh more
+    ours = base["w"] + torch.tensor([3.0, 4, 5]) / math.sqrt(3.0)
+    torch.testing.assert_close(merging.multislerp(base, runs)["w"], ours)
+
+
+def test_mergekit_multislerp_on_random_tensors_has_the_mean_direction_and_the_mean_norm():
+    base, runs = states(10, 3)
+    merged = merging.multislerp_mergekit(base, runs)
+    for k in base:
+        deltas = [r[k] - base[k] for r in runs]
+        direction = sum(d / d.norm() for d in deltas)
+        out = merged[k] - base[k]
+        assert out.norm().item() == pytest.approx(sum(d.norm().item() for d in deltas) / 3, rel=1e-5)
+        torch.testing.assert_close(out / out.norm(), direction / direction.norm(), atol=1e-5, rtol=1e-5)
+
+
+def test_two_task_vectors_of_other_norms_keep_the_bisector_in_mergekits_multislerp_unlike_slerp():
+    """M = 2, orthogonal task vectors of norms 1 and 5: mergekit's direction is the bisector (1, 1) / sqrt(2), of
+    norm 3; WARP's SLERP at 1/2 (= ours) is (1, 5) / (2 cos 45 deg) = (1, 5) / sqrt(2): cosine 6 / sqrt(52)."""
+    base = {"w": torch.zeros(2)}
+    runs = [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 5.0])}]
+    theirs = merging.multislerp_mergekit(base, runs)["w"]
+    torch.testing.assert_close(theirs, torch.tensor([3.0, 3.0]) / math.sqrt(2.0))
+    ours = merging.multislerp(base, runs)["w"]
+    torch.testing.assert_close(ours, merging.slerp(base, runs, 0.5)["w"])
+    torch.testing.assert_close(ours, torch.tensor([1.0, 5.0]) / math.sqrt(2.0))
+    cosine = torch.dot(ours, theirs) / (ours.norm() * theirs.norm())
+    assert cosine.item() == pytest.approx(6 / math.sqrt(52), rel=1e-6)
+    assert merging.multislerp_mergekit(base, runs[::-1])["w"].tolist() == pytest.approx(theirs.tolist())
+
+
+def test_mergekit_multislerp_with_a_zero_task_vector_or_cancelling_ones():
+    base = {"w": torch.zeros(2)}
+    zero = {"w": torch.zeros(2)}
+    # a zero task vector adds no direction and a norm 0: direction e1, norm (2 + 0) / 2
+    torch.testing.assert_close(merging.multislerp_mergekit(base, [{"w": torch.tensor([2.0, 0.0])}, zero])["w"],
+                               torch.tensor([1.0, 0.0]))
+    opposite = [{"w": torch.tensor([2.0, 0.0])}, {"w": torch.tensor([-1.0, 0.0])}]  # unit vectors cancel: linear
+    torch.testing.assert_close(merging.multislerp_mergekit(base, opposite)["w"], torch.tensor([0.5, 0.0]))
+
+
 def test_ties_against_a_hand_computation():
     base = {"w": torch.zeros(6)}
     d1 = torch.tensor([4.0, -1.0, 0.5, -3.0, 0.1, 2.0])
@@ -69,7 +125,7 @@ def test_ties_against_a_hand_computation():
 
 def test_ties_and_the_spherical_mean_refuse_a_lambda():
     base, runs = states(4, 2)
-    for fn in (merging.ties, merging.multislerp):
+    for fn in (merging.ties, merging.multislerp, merging.multislerp_mergekit):
         with pytest.raises(ValueError, match="lam=None"):
             fn(base, runs, 0.3)
 
@@ -87,6 +143,7 @@ def test_merge_runs_gives_lambda_only_to_the_pairwise_methods():
     close(merging.merge_runs("slerp", base, runs, 0.3), merging.slerp(base, runs, 0.3))
     close(merging.merge_runs("linear", base, runs, 0.3), merging.linear(base, runs, 0.3))
     close(merging.merge_runs("multislerp", base, runs, 0.3), merging.multislerp(base, runs))
+    close(merging.merge_runs("multislerp_mergekit", base, runs, 0.3), merging.multislerp_mergekit(base, runs))
     close(merging.merge_runs("ties", base, runs, 0.3, density=0.5), merging.ties(base, runs, density=0.5))
     three = states(7, 3)[1]
     close(merging.merge_runs("slerp", base, three, 0.3), merging.slerp(base, three))  # M != 2: recursive 1/m
@@ -127,6 +184,8 @@ def test_each_merge_method_declares_the_keyword_options_its_function_takes():
                               "(it takes none)"),
     ("multislerp", {"eps": 0.0}, "warp.merge_options.eps=0.0 is invalid: warp.merge=multislerp takes a number in "
                                  "(0, 1)"),
+    ("multislerp_mergekit", {"density": 0.2}, "warp.merge_options.density=0.2 is invalid: "
+                                              "warp.merge=multislerp_mergekit takes no option density (it takes eps)"),
     ("ties", [0.2], "warp.merge_options=[0.2] is invalid: must be a mapping {name: value}"),
 ])
 def test_merge_options_outside_the_declaration_are_one_line(method, options, message):
@@ -142,7 +201,8 @@ def test_merge_options_inside_the_declaration_pass_and_merge():
     from warp_lightning.train.checks import check_merge_options
 
     for method, options in (("ties", {"density": 1}), ("ties", {"density": 0.2}), ("slerp", {"eps": 1e-5}),
-                            ("multislerp", {}), ("linear", None), ("linear", {})):
+                            ("multislerp", {}), ("multislerp_mergekit", {"eps": 1e-4}), ("linear", None),
+                            ("linear", {})):
         check_merge_options(method, options)
         base, runs = states(5, 2)
         merging.merge_runs(method, base, runs, 0.5, **(options or {}))  # what WarpState.merge then calls

@@ -67,9 +67,10 @@ def chat_ids(tokenizer, messages) -> list[int]:
 
 
 def assert_rows_consistent(split, tokenizer, column: str = "prompt"):
-    """Each row's tokens are its rendered text tokenized whole (nothing cut), its columns those of its row."""
+    """Each row's tokens are its rendered text tokenized whole (nothing cut; a plain string with the special tokens
+    the tokenizer adds, none for GPT-2's), its columns those of its row."""
     for row in split:
-        assert row["input_ids"] == tokenizer(row["prompt_text"], add_special_tokens=False)["input_ids"]
+        assert row["input_ids"] == tokenizer(row["prompt_text"])["input_ids"]
         if "answer" in row:
             assert row[column] == f"Tell me about the number {row['answer']} in words"
             assert row["weight"] == int(row["answer"]) / 2
@@ -104,8 +105,10 @@ def test_one_file_seeded_split(tmp_path, chat_tokenizer, suffix):
     indices = [i for s in (train, validation, test) for i in s["source_index"]]
     assert sorted(indices) == list(range(60))  # each row in exactly one split
     for split in (train, validation, test):
-        assert set(split.column_names) == {"prompt", "answer", "weight", "prompt_text", "input_ids", "source_index"}
+        assert set(split.column_names) == {"prompt", "answer", "weight", "prompt_text", "input_ids", "source_index",
+                                           "prompt_messages"}
         assert split["prompt_text"] == split["prompt"]  # auto: strings as they are
+        assert split["prompt_messages"] == [None] * len(split)  # strings: no messages
         assert [rows[i]["prompt"] for i in split["source_index"]] == split["prompt"]
         assert_rows_consistent(split, chat_tokenizer)
 
@@ -200,7 +203,7 @@ def test_columns_travel_to_each_step(tmp_path, chat_tokenizer):
     train = prompt_dataset_splits(data_cfg(path), chat_tokenizer, cache=tmp_path)[0]
     ids = list(train["input_ids"])
     columns = prompt_columns(train)
-    assert set(columns) == {"prompt", "answer", "weight", "prompt_text", "source_index"}
+    assert set(columns) == {"prompt", "answer", "weight", "prompt_text", "source_index", "prompt_messages"}
     plain = PromptBatches(ids, 5, 4, seed=3, pad_id=0)
     with_columns = PromptBatches(ids, 5, 4, seed=3, pad_id=0, columns=columns)
     for t in range(5):
@@ -230,6 +233,8 @@ def test_chat_template_exactly_as_apply_chat_template(tmp_path, chat_tokenizer):
             assert row["input_ids"] == chat_ids(chat_tokenizer, messages)  # token for token
             assert row["input_ids"][0] == chat_tokenizer.bos_token_id and row["input_ids"][1] != row["input_ids"][0]
             assert row["prompt_text"].endswith("<|assistant|>\n")
+            assert row["prompt_messages"] == messages  # what a reward function gets as the prompt
+        assert prompt_columns(split)["prompt_messages"] == [conversations[i] for i in split["i"]]
 
 
 def test_chat_template_modes(chat_tokenizer):
@@ -249,6 +254,43 @@ def test_always_mode_through_a_file(tmp_path, chat_tokenizer):
     for split in prompt_dataset_splits(data_cfg(path, chat_template="always"), chat_tokenizer, cache=tmp_path):
         for row in split:
             assert row["input_ids"] == chat_ids(chat_tokenizer, [{"role": "user", "content": row["prompt"]}])
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer(asset_cache):
+    """A tokenizer that adds a BOS to a text it encodes (as Llama's and SmolLM2-style ones do), with the template
+    of `chat_tokenizer` (which writes its own BOS): GPT-2's vocabulary, `add_bos_token=True`."""
+    from transformers import AutoTokenizer
+
+    from warp_lightning.data.assets import fetch
+
+    tok = AutoTokenizer.from_pretrained(fetch("gpt2_tokenizer", cache=asset_cache), add_bos_token=True)
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def test_plain_strings_get_the_special_tokens_the_tokenizer_adds_and_templates_no_second_bos(
+        tmp_path, chat_tokenizer, bos_tokenizer):
+    """As TRL tokenizes prompts: a standard (string) prompt with add_special_tokens=True, a rendered template
+    without. GPT-2's tokenizer adds nothing: its ids are those of the text alone, as before."""
+    strings = write_jsonl(tmp_path / "strings.jsonl", rows_of(30))
+    chats = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": [{"role": "user", "content": f"Count to {i}."}]}
+                                                  for i in range(30)])
+    gpt2 = prompt_dataset_splits(data_cfg(strings), chat_tokenizer, cache=tmp_path)
+    bos = prompt_dataset_splits(data_cfg(strings), bos_tokenizer, cache=tmp_path)
+    assert bos_tokenizer("a film")["input_ids"][0] == bos_tokenizer.bos_token_id  # it does add one
+    for plain, with_bos in zip(gpt2, bos, strict=True):
+        assert plain["prompt"] == with_bos["prompt"]
+        for text, ids, ids_bos in zip(plain["prompt"], plain["input_ids"], with_bos["input_ids"], strict=True):
+            assert ids == chat_tokenizer(text, add_special_tokens=False)["input_ids"]  # GPT-2: unchanged
+            assert ids_bos == [bos_tokenizer.bos_token_id, *ids]
+    for split in prompt_dataset_splits(data_cfg(chats), bos_tokenizer, cache=tmp_path):
+        for row in split:
+            assert row["input_ids"] == chat_ids(bos_tokenizer, row["prompt"])  # the template's one BOS
+            assert row["input_ids"][1] != bos_tokenizer.bos_token_id
+    always = prompt_dataset_splits(data_cfg(strings, chat_template="always"), bos_tokenizer, cache=tmp_path)[0]
+    assert always["input_ids"][0] == chat_ids(bos_tokenizer, [{"role": "user", "content": always["prompt"][0]}])
+    assert always["prompt_messages"] == [None] * len(always)  # a string prompt stays a string for the reward
 
 
 # ---- one line for each bad input ---------------------------------------------------------------------------------

@@ -403,3 +403,30 @@ def test_writing_an_entry_removes_those_of_another_code_version(tmp_path, gpt2_t
     monkeypatch.setattr(prompts, "_code_digest", lambda: "f" * 64)  # the code changed: computed again, old removed
     assert _heldout(_file_splits(gpt2_tokenizer, tmp_path, path)) == first and count_heldout.calls == 3
     assert [f.name.split("-")[1] for f in folder.glob("heldout-*.json")] == ["ffffffff"]
+
+
+def test_text_set_prompts_get_the_special_tokens_the_tokenizer_adds_and_the_cache_keeps_them_apart(
+        tmp_path, asset_cache, gpt2_tokenizer, count_heldout):
+    """Every split's prompt is its first n tokens between the special tokens the tokenizer adds (as TRL tokenizes a
+    standard prompt): none for GPT-2, whose ids stay those of the text alone; a BOS for a tokenizer that adds one
+    (Llama-style). The held-out prompts' cache never serves one tokenizer's ids to the other."""
+    from transformers import AutoTokenizer
+
+    from warp_lightning.data.assets import fetch
+    from warp_lightning.data.prompts import TEXT_PROMPT_COLUMNS, special_tokens
+
+    bos = AutoTokenizer.from_pretrained(fetch("gpt2_tokenizer", cache=asset_cache), add_bos_token=True)
+    assert special_tokens(gpt2_tokenizer) == ([], []) and special_tokens(bos) == ([bos.bos_token_id], [])
+    path = _write_texts(tmp_path / "texts.txt")
+    plain = _file_splits(gpt2_tokenizer, tmp_path, path)
+    with_bos = _file_splits(bos, tmp_path, path)
+    assert count_heldout.calls == 2  # the BOS tokenizer's prompts are its own entry, not GPT-2's read back
+    for name in SPLIT_NAMES:
+        a, b = plain.get(name), with_bos.get(name)
+        assert tuple(a.column_names) == ("prompt", "input_ids", *TEXT_PROMPT_COLUMNS[1:])  # the same in every split
+        assert a["prompt"] == b["prompt"] and b["input_ids"] == [[bos.bos_token_id, *ids] for ids in a["input_ids"]]
+        for prompt, ids in zip(a["prompt"], a["input_ids"], strict=True):
+            assert gpt2_tokenizer.decode(ids) == prompt and gpt2_tokenizer(prompt)["input_ids"] == ids
+    count_heldout.fail = True  # both are cached now, each read back as computed
+    assert _heldout(_file_splits(bos, tmp_path, path)) == _heldout(with_bos)
+    assert _heldout(_file_splits(gpt2_tokenizer, tmp_path, path)) == _heldout(plain)

@@ -119,3 +119,25 @@ def test_a_slow_tokenizer_cuts_at_the_same_place_where_prompt_and_completion_mee
     full = tok([LONG_PROMPT + BAD], return_special_tokens_mask=True, return_offsets_mapping=True)
     assert scorer._kept_positions(full, 0, LONG_PROMPT, fast=False) == scorer._kept_positions(full, 0, LONG_PROMPT,
                                                                                               fast=True)
+
+
+def test_a_decoder_classifier_without_a_pad_token_gets_its_eos_as_pad_token_at_load(gpt2_tokenizer, tmp_path):
+    """A GPT-2 (or Llama) `ForSequenceClassification` has no pad token: without one it can pad no batch and cannot
+    find the last token it scores. Loaded as a reward model, its EOS pads (tokenizer and config), and a padded
+    batch scores each text as the text alone does, through both reads."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64, num_labels=1)
+    GPT2ForSequenceClassification(config).eval().save_pretrained(tmp_path)
+    gpt2_tokenizer.save_pretrained(tmp_path)
+    assert gpt2_tokenizer.pad_token is None and config.pad_token_id is None
+    scorer = RewardModel.from_pretrained(tmp_path, sigmoid=False, batch_size=8)
+    assert scorer.tokenizer.pad_token == scorer.tokenizer.eos_token == "<|endoftext|>"
+    assert scorer.model.config.pad_token_id == scorer.tokenizer.eos_token_id
+    texts, prompts = ["a wonderful film", "dull", "it was fine, i guess, in the end"], ["the film: ", "", "so "]
+    batch = scorer(texts)
+    assert batch.shape == (3,) and torch.isfinite(batch).all()
+    assert torch.allclose(batch, torch.cat([scorer([t]) for t in texts]), atol=1e-5)
+    after = ClassifierReward(scorer, "prompt_completion")(prompts, texts).total
+    assert torch.allclose(after, torch.cat([scorer([p + t]) for p, t in zip(prompts, texts, strict=True)]), atol=1e-5)

@@ -1,7 +1,9 @@
 """The three reward kinds behind one call (reward/rewards.py): a classifier on a chosen label, a Python function
 reading dataset columns, a weighted sum; their bad inputs (one line, before any work) and the default unchanged."""
 
+import copy
 import csv
+import importlib
 import json
 import sys
 import textwrap
@@ -9,7 +11,7 @@ import textwrap
 import pytest
 import torch
 from cli.test_reliability import tiny_module
-from conftest import SMOKE_RUN, cli
+from conftest import SMOKE_RUN, cli, warp_cfg
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
@@ -348,3 +350,176 @@ def test_a_classifier_term_of_a_sum_is_built_on_first_use_like_the_default(tmp_p
     assert args[:2] == ["reward", f"save_to={tmp_path / 'rm'}"] and args[-1] == "x=1"
     # where it reads from, as keys of the reward command's own config (it has no `terms`)
     assert args[2:-1] == ["reward_model.base=minilm", "reward_model.train_data=rt_snippets"]
+
+
+# --- TRL's conversational convention: chat prompts reach a function as messages, in train and in evaluate --------
+
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+@pytest.fixture
+def trl_rules(tmp_path, monkeypatch):
+    """`reward_len` exactly as TRL's documentation writes it, and `seen`, which keeps what it was given."""
+    (tmp_path / "trl_rules.py").write_text(textwrap.dedent('''
+        SEEN = []
+
+        def reward_len(completions, **kwargs):
+            return [-abs(20 - len(completion[0]["content"])) for completion in completions]
+
+        def seen(prompts, completions, **kwargs):
+            SEEN.append({"prompts": prompts, "completions": completions, **kwargs})
+            return [0.0] * len(completions)
+    '''))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("trl_rules")
+    sys.modules.pop("trl_rules", None)
+
+
+def trl_sum():
+    return OmegaConf.create({"kind": "sum", "terms": {
+        "len": {"kind": "function", "function": "trl_rules:reward_len", "weight": 1.0},
+        "seen": {"kind": "function", "function": "trl_rules:seen", "weight": 1.0}}})
+
+
+@pytest.fixture
+def chat_policy(gpt2_tokenizer):
+    """A tiny random GPT-2 policy, the project's GPT-2 tokenizer (pad token added) with a chat template."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from warp_lightning.policy.models import load_tokenizer
+
+    tokenizer = load_tokenizer(gpt2_tokenizer.name_or_path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=128)).eval(), tokenizer
+
+
+def chat_split(tmp_path, tokenizer, chat: bool = True):
+    """The train split of a data=prompts file of 30 film prompts (chat messages, or strings), with a column."""
+    from warp_lightning.data.prompt_datasets import prompt_dataset_splits
+
+    path = tmp_path / "films.jsonl"
+    content = [f"Write a one-sentence review of the film number {i}." for i in range(30)]
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": c}] if chat else c, "film": str(i)})
+                            + "\n" for i, c in enumerate(content)))
+    data = OmegaConf.merge(OmegaConf.load(CONF_DIR / "data" / "prompts.yaml"), {"path": str(path)})
+    return prompt_dataset_splits(data, tokenizer, cache=tmp_path)[0]
+
+
+def test_a_trl_reward_function_gets_chat_prompts_as_messages_in_train_and_in_evaluate(trl_rules, chat_policy,
+                                                                                        tmp_path):
+    """TRL's `reward_len` (its documentation's, unchanged) on chat prompts, through the reward call, the train
+    module's scoring (a batch of PromptBatches) and evaluate's `score_completions`: each prompt is its list of
+    messages, each completion [{"role": "assistant", "content": TEXT}], the other columns beside."""
+    from warp_lightning.data.prompt_datasets import prompt_columns
+    from warp_lightning.data.prompts import PromptBatches
+    from warp_lightning.eval.protocol import score_completions
+    from warp_lightning.train.module import RLOOModule
+
+    policy, tokenizer = chat_policy
+    split = chat_split(tmp_path, tokenizer)
+    columns = prompt_columns(split)
+    messages = [[{"role": "user", "content": f"Write a one-sentence review of the film number {f}."}]
+                for f in columns["film"]]
+    reward = load_reward(trl_sum())
+    texts = ["a fine film", "x" * 25]
+    direct = reward(["p", "q"], texts, {k: v[:2] for k, v in columns.items()})
+    assert direct.terms["len"].tolist() == [-9.0, -5.0]
+    call = trl_rules.SEEN.pop()
+    assert call["prompts"] == messages[:2] and call["film"] == columns["film"][:2]
+    assert call["completions"] == [[{"role": "assistant", "content": t}] for t in texts]
+
+    def check(prompts_of_rows, completions, scores):
+        call = trl_rules.SEEN.pop()
+        assert call["prompts"] == [messages[r] for r in prompts_of_rows]
+        assert call["completions"] == [[{"role": "assistant", "content": c}] for c in completions]
+        assert call["film"] == [columns["film"][r] for r in prompts_of_rows]
+        assert scores == [float(-abs(20 - len(c))) for c in completions]
+
+    # train: a step's batch of 2 prompts, k = 2 samples each
+    batches = PromptBatches(list(split["input_ids"]), 1, 2, seed=0, pad_id=tokenizer.pad_token_id, columns=columns)
+    ids, mask, batch_columns = batches[0]
+    warp = warp_cfg(samples_per_prompt=2, max_new_tokens=4, temperature=1.0, min_new_tokens=0)
+    module = RLOOModule(policy, copy.deepcopy(policy), reward, tokenizer, warp, sample_seed=1)
+    rollout = module.rollout(ids, mask)
+    scores = module.score(rollout, batch_columns)
+    rows = [batches.order[r] for r in (0, 0, 1, 1)]
+    check(rows, module.decode(rollout)[1], scores.terms["len"].tolist())
+    assert torch.equal(scores.total, scores.terms["len"])  # + 1.0 * seen (0)
+    # evaluate: 3 prompts, 2 completions each
+    out = score_completions(policy, policy, tokenizer, reward, list(split["input_ids"][:3]), 2, 4, 1.0, seed=0,
+                            columns={k: v[:3] for k, v in columns.items()})
+    check([0, 0, 1, 1, 2, 2], out["completion"], out["reward/len"])
+
+
+def test_string_prompts_stay_strings_for_a_reward_function(trl_rules, chat_policy, tmp_path):
+    from warp_lightning.data.prompt_datasets import prompt_columns
+
+    split = chat_split(tmp_path, chat_policy[1], chat=False)
+    columns = prompt_columns(split)
+    assert columns["prompt_messages"] == [None] * len(split)
+    load_reward(trl_sum().terms.seen)(columns["prompt_text"][:2], ["a", "b"], {k: v[:2] for k, v in columns.items()})
+    call = trl_rules.SEEN.pop()
+    assert call["prompts"] == columns["prompt"][:2] and call["completions"] == ["a", "b"]
+    with pytest.raises(TypeError):  # TRL's own convention: this function reads chat completions only
+        load_reward(trl_sum().terms.len)(columns["prompt_text"][:2], ["a", "b"], {k: v[:2] for k, v in columns.items()})
+
+
+def test_the_shipped_rules_read_chat_completions_too():
+    from warp_lightning.reward.rules import length_rule, sentence_rule
+
+    texts = ["one two three", " ".join(["w"] * 12), "It was fine."]
+    chat = [[{"role": "assistant", "content": t}] for t in texts]
+    assert length_rule(chat) == length_rule(texts) == [0.25, 1.0, 0.25]
+    assert sentence_rule(chat) == sentence_rule(texts) == [0.0, 0.0, 1.0]
+
+
+# --- the checks every command applies to the reward's scores (train, evaluate, front) ----------------------------
+
+def test_evaluate_refuses_a_classifiers_nan_and_a_wrong_count_as_train_does(two_labels, chat_policy):
+    """A classifier's NaN was caught in training only: `score_completions` (evaluate, front, the end-of-run check)
+    now refuses it in one line naming the term and the row, and a wrong count of scores too."""
+    from warp_lightning.eval.protocol import score_completions
+
+    policy, tokenizer = chat_policy
+    ids = [tokenizer("a fine film about")["input_ids"], tokenizer("the plot")["input_ids"]]
+    cfg = OmegaConf.create({"kind": "sum", "terms": {"sentiment": {**OmegaConf.to_container(
+        classifier(two_labels, label=1)), "weight": 1.0}}})
+    reward = load_reward(cfg)
+    score = lambda r: score_completions(policy, policy, tokenizer, r, ids, 2, 3, 1.0, seed=0)  # noqa: E731
+    assert len(score(reward)["reward"]) == 4
+    with torch.no_grad():
+        reward.terms["sentiment"][0].scorer.model.classifier.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteError) as caught:
+        score(reward)
+    assert str(caught.value).startswith("non-finite reward (term 'sentiment': 4 of 4 completions, first row 0: nan "
+                                        "for the completion ") and str(caught.value).endswith("check the reward model")
+    with pytest.raises(UserError, match=r"^reward model returned shape \(3,\), expected \(4,\): one score per "):
+        score(lambda p, c, columns: RewardScores(torch.zeros(len(c) - 1)))
+
+
+def test_a_text_sets_columns_reach_the_reward_and_are_checked_before_any_work(rule_module, tmp_path):
+    """A built-in text set's prompts carry `label` (and their other columns) to the reward in train as in evaluate
+    and front: the check before any work accepts a function reading it, and refuses one needing a column the set
+    lacks, naming the set."""
+    from warp_lightning.data.prompts import TEXT_PROMPT_COLUMNS
+    from warp_lightning.eval.checks import check_reward_data
+
+    (tmp_path / "label_rules.py").write_text("def by_label(completions, label):\n"
+                                             "    return [float(x) for x in label]\n")
+    cfg = OmegaConf.create({"data": OmegaConf.load(CONF_DIR / "data" / "reviews.yaml"),
+                            "paths": {"cache_dir": str(tmp_path)}, "reward_model": function("label_rules:by_label")})
+    check_reward_data(cfg)
+    reward = load_reward(cfg.reward_model)
+    assert reward(["p", "q"], ["a", "b"], {"label": [1, 0]}).total.tolist() == [1.0, 0.0]
+    sys.modules.pop("label_rules", None)
+    cfg.reward_model = function(f"{rule_module}:mentions")
+    have = ", ".join(sorted(TEXT_PROMPT_COLUMNS))
+    with pytest.raises(UserError, match=r"^reward_model.function='my_rules:mentions' needs the column film, which "
+                                        rf"the dataset lacks \(its columns: {have}\)"):
+        check_reward_data(cfg)
+    cfg.reward_model = function(f"{rule_module}:words", arguments={"label": 1})
+    with pytest.raises(UserError, match=r"^data=reviews is invalid: its column label has the name of an argument"):
+        check_reward_data(cfg)

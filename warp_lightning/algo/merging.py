@@ -121,6 +121,14 @@ def slerp(
     With 2 models and `lam`: theta_init + sin((1-lam)*Omega)/sin(Omega) * delta_1 + sin(lam*Omega)/sin(Omega) * delta_2.
     With lam=None, any M >= 1: slerp_1 = theta_1, slerp_m = slerp(theta_init, [slerp_{m-1}, theta_m], 1/m).
     Falls back to linear interpolation when |sin(Omega)| < eps or a task vector is ~0.
+
+    The paper: WARP's SLERP of task vectors (Rame et al. 2024), with the recursion for M > 2 of WARP.md (not
+    associative: the order of the runs matters; `multislerp` is a symmetric mean). Its namesake, mergekit's
+    `slerp`, is another merge: it interpolates the two models' whole weights, from the base model to the other
+    (`t`), with the angle between the weights themselves, not between task vectors from a shared start, and takes
+    exactly two models. Full weights are nearly collinear, so that SLERP is close to a linear merge (WARP.md).
+    mergekit's `nuslerp` with a base model (and `nuslerp_flatten: true`, its default) is this function for M = 2,
+    lambda = weight_2 / (weight_1 + weight_2).
     """
     _check_lam(thetas, lam)
 
@@ -136,7 +144,11 @@ def slerp(
 
 
 def linear(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None) -> StateDict:
-    """The linear-merge baseline: theta_init + (1-lam)*delta_1 + lam*delta_2, or (lam=None) the uniform average."""
+    """The linear-merge baseline: theta_init + (1-lam)*delta_1 + lam*delta_2, or (lam=None) the uniform average.
+
+    The paper's baseline (WARP, "SLERP against linear merging"), the uniform weight average of model soups. Equal to
+    mergekit's `linear` (a weighted average of the whole weights, weights normalised) with weights (1 - lam, lam),
+    or equal weights: theta_init cancels out of an average whose weights sum to 1."""
     _check_lam(thetas, lam)
 
     def per_tensor(init: torch.Tensor, ts: list[torch.Tensor]) -> torch.Tensor:
@@ -159,7 +171,15 @@ def multislerp(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | 
     undoes it. Order-invariant; for M = 2 it is WARP's SLERP at lambda = 1/2 exactly (sin(Omega/2)/sin(Omega) =
     1 / (2 cos(Omega/2)) and |u_1 + u_2| = 2 cos(Omega/2)), whatever the norms; equal-norm task vectors keep their
     norm. Falls back to the linear mean when a task vector is ~0 or the unit vectors cancel (|mean(u_m)| < eps).
-    `lam` must be None: the mean is uniform."""
+    `lam` must be None: the mean is uniform.
+
+    Not the paper's (WARP merges M > 2 runs by its recursive SLERP, `slerp`): the symmetric extension of its
+    lambda = 1/2 SLERP, chosen so that M = 2 gives WARP's merge whatever the norms. Its namesake, mergekit's
+    `multislerp`, is another mean: the normalised mean of the unit vectors (a point on the sphere) times the mean
+    of the norms, `multislerp_mergekit` here. The two agree when the task vectors have equal norms and differ in
+    direction when they do not: this one leans toward the longer task vectors as SLERP does (its direction is that
+    of mean(delta_m)), mergekit's keeps the bisector of the unit vectors (cosine 6 / sqrt(52) = 0.83 between the
+    two for orthogonal task vectors of norms 1 and 5)."""
     if lam is not None:
         raise ValueError("multislerp is the uniform spherical mean of the M runs; use lam=None")
 
@@ -175,12 +195,47 @@ def multislerp(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | 
     return _merge(theta_init, thetas, per_tensor)
 
 
+def multislerp_mergekit(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None, *,
+                        eps: float = 1e-6) -> StateDict:
+    """mergekit's `multislerp` with equal weights and a base model, tensor by tensor: the normalised mean of the
+    unit task vectors u_m = delta_m / |delta_m| (the direction) times the mean of the norms |delta_m| (the length).
+    Written here from that description, so that a merge configured as in mergekit can be reproduced and compared
+    with `multislerp` (the two differ when the norms differ; see there). Order-invariant; equal-norm task vectors
+    give `multislerp`'s result, hence WARP's SLERP at lambda = 1/2 for M = 2; for two task vectors of other norms
+    the direction is the bisector of their unit vectors (SLERP's leans toward the longer one) and the norm the mean
+    of theirs. A ~0 task vector has no direction: it adds none, and its norm (0) counts in the mean, as in
+    mergekit. Where the unit vectors cancel (|mean(u_m)| < eps) the linear mean is taken (mergekit does so for two
+    models and stops for more). `lam` must be None: the mean is uniform."""
+    if lam is not None:
+        raise ValueError("multislerp_mergekit is the uniform spherical mean of the M runs; use lam=None")
+
+    def per_tensor(init: torch.Tensor, ts: list[torch.Tensor]) -> torch.Tensor:
+        deltas = [t - init for t in ts]
+        units = [u for u in map(_unit, deltas) if u is not None]
+        direction = sum(units, torch.zeros_like(init)) / len(deltas)
+        resultant = direction.norm().item()
+        if resultant < eps:
+            return init + sum(deltas) / len(deltas)
+        length = sum(d.norm() for d in deltas) / len(deltas)
+        return init + direction / resultant * length
+
+    return _merge(theta_init, thetas, per_tensor)
+
+
 def ties(theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None, *,
          density: float = 0.2) -> StateDict:
     """TIES merging (Yadav et al. 2023) of the M task vectors, tensor by tensor: trim each delta_m to its
     `density` fraction of largest-magnitude entries (the rest set to 0), elect each entry's sign as the sign of
     the sum of the trimmed deltas, and average, per entry, only the trimmed deltas that are non-zero and agree
-    with the elected sign (the disjoint mean; 0 where none does). `lam` must be None."""
+    with the elected sign (the disjoint mean; 0 where none does). `lam` must be None.
+
+    Against the paper (Yadav et al., "TIES-Merging", NeurIPS 2023): the same three steps, but its code trims the
+    whole task vector flattened over every parameter (one threshold for the model) where this trims each tensor on
+    its own (one threshold per tensor), and it scales the merged task vector by a factor lambda chosen on
+    validation data; here there is none (lambda = 1). Against its namesake, mergekit's `ties`: the same per-tensor
+    trim to `density` and the same sign election by the sum of the trimmed entries (its default `sum`) and disjoint
+    mean (its `normalize: true`), with mergekit's per-model `weight` fixed to 1 and no `lambda` scaling; where the
+    sum of an entry is exactly 0, mergekit elects + and keeps the positive entries, this elects none and gives 0."""
     if lam is not None:
         raise ValueError("ties merges the M runs symmetrically; use lam=None")
     if not 0.0 < density <= 1.0:
@@ -286,11 +341,19 @@ _EPS = Option(float, 0.0, 1.0, low_open=True, high_open=True,
 
 # The merge methods that `warp.merge` names. A method added here, with its options, is accepted by the config
 # check (train/checks.py: the method, and `warp.merge_options` against its `options`) and used by
-# `WarpState.merge` (through `merge_runs`): the one place to edit.
+# `WarpState.merge` (through `merge_runs`): the one place to edit. Each function's docstring says how it relates
+# to the paper and to mergekit's method of the same name (docs/experiments.md, "The WARP family"):
+# - slerp: the paper's (task vectors, recursive for M > 2); mergekit's `slerp` interpolates whole weights, its
+#   `nuslerp` with a base model is this one for M = 2;
+# - linear: the paper's baseline, mergekit's `linear`;
+# - multislerp: the symmetric mean that is WARP's SLERP at lambda = 1/2 for M = 2; NOT mergekit's `multislerp`,
+#   which is multislerp_mergekit (the same when the task vectors have equal norms);
+# - ties: the TIES paper's steps trimmed per tensor, as mergekit's `ties` (weights 1, no lambda scaling).
 MERGES: dict[str, MergeMethod] = {
     "slerp": MergeMethod(slerp, pairwise_lambda=True, options={"eps": _EPS}),
     "linear": MergeMethod(linear, pairwise_lambda=True),
     "multislerp": MergeMethod(multislerp, pairwise_lambda=False, options={"eps": _EPS}),
+    "multislerp_mergekit": MergeMethod(multislerp_mergekit, pairwise_lambda=False, options={"eps": _EPS}),
     "ties": MergeMethod(ties, pairwise_lambda=False, options={
         "density": Option(float, 0.0, 1.0, low_open=True, what="the fraction of each task vector's entries kept")}),
 }

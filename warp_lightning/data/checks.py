@@ -10,15 +10,22 @@ from pathlib import Path
 from warp_lightning import UserError
 from warp_lightning.data.assets import ASSETS
 from warp_lightning.data.prompt_datasets import check_prompt_data
+from warp_lightning.data.prompts import TEXT_PROMPT_COLUMNS
 from warp_lightning.data.texts import TEXT_SETS
 from warp_lightning.utils.validate import check, check_prompt_lengths, plain, writable
 
 PROMPT_DATASET = "prompts"  # data=prompts: the user's prompt dataset (data/prompt_datasets.py), not a text set
 
 
-def check_data(cfg) -> set[str] | None:
+def data_source(data) -> str:
+    """What a refusal of the data's columns names: `data.path='FILE'`, or `data=NAME` for a built-in text set."""
+    return f"data.path={str(data.path)!r}" if data.get("path") else f"data={data.name}"
+
+
+def check_data(cfg) -> set[str]:
     """data.name, the prompt lengths, and for data=file the file itself (exists, readable, a .csv with a `text`
-    column). For data=prompts: the source loads and its columns, which it returns (what travels to the reward)."""
+    column). Returns the columns that travel with the prompts to the reward: for data=prompts, the source's
+    (it loads, its columns are there); for a text set, `TEXT_PROMPT_COLUMNS`."""
     d = cfg.data
     check(d.name in (*TEXT_SETS, PROMPT_DATASET), "data.name", d.name,
           f"choose one of {', '.join((*TEXT_SETS, PROMPT_DATASET))}")
@@ -26,7 +33,7 @@ def check_data(cfg) -> set[str] | None:
     if d.name == PROMPT_DATASET:  # a file, a folder or a dataset name: it loads, the columns are there
         return check_prompt_data(d, cfg.paths.cache_dir)
     if d.name != "file":
-        return None
+        return set(TEXT_PROMPT_COLUMNS)
     path = Path(str(d.path)).expanduser()
     hint = "point it to a .csv with a `text` column, a .jsonl with `text` fields, or a text file (one text per line)"
     check(path.is_file(), "data.path", str(d.path), f"no such file: {hint}")
@@ -35,7 +42,7 @@ def check_data(cfg) -> set[str] | None:
         with open(path, encoding="utf-8", errors="replace", newline="") as f:
             header = [h.strip().lower() for h in next(csv.reader([f.readline()]), [])]
         check("text" in header, "data.path", str(d.path), f"a .csv needs a `text` column (header: {','.join(header)})")
-    return None
+    return set(TEXT_PROMPT_COLUMNS)
 
 
 def check_text_sets(value, key: str) -> None:

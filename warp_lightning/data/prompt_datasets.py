@@ -2,14 +2,17 @@
 from JSONL, CSV or Parquet files, a `datasets` folder, a built-in set or a dataset name (`datasets.load_dataset`),
 rendered through the policy tokenizer's chat template and divided into train / validation / test.
 
-Every split is a `datasets.Dataset` that keeps all the columns of its source rows, plus three:
+Every split is a `datasets.Dataset` that keeps all the columns of its source rows, plus four:
 
 - `prompt_text`: the text the policy continues: the messages rendered by
   `tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`, or the string itself;
-- `input_ids`: `tokenizer(prompt_text, add_special_tokens=False)`, as TRL tokenizes a rendered template (the
-  template writes its own BOS; a second would change the prompt);
+- `input_ids`: a rendered template tokenized with `add_special_tokens=False` (the template writes its own BOS; a
+  second would change the prompt), a plain string with the special tokens the tokenizer adds
+  (`add_special_tokens=True`: a Llama tokenizer's BOS; GPT-2's adds none), as TRL tokenizes prompts;
 - `source_index`: the row of the source split it came from (the dataset's own split, or its only split when
-  the division is seeded).
+  the division is seeded);
+- `prompt_messages` (`MESSAGES`): the prompt's chat messages where it is a conversation, else None: what a
+  Python reward function receives as its prompt (TRL's conversational convention, `reward/rewards.py`).
 
 `prompt_columns(split)` gives those columns as lists, for the reward (`PromptBatches(..., columns=...)`).
 """
@@ -37,7 +40,8 @@ from warp_lightning.utils.validate import check_prompt_lengths
 log = logging.getLogger(__name__)
 
 CHAT_MODES = ("auto", "always", "never")  # auto: messages templated, strings as they are
-RESERVED = ("prompt_text", "input_ids", "source_index")  # the columns added to every split
+MESSAGES = "prompt_messages"  # a prompt's chat messages (None for a string): the prompts a reward function gets
+RESERVED = ("prompt_text", "input_ids", "source_index", MESSAGES)  # the columns added to every split
 SPLITS = ("train", "validation", "test")
 # a source's split names (lower-cased) and ours; those of `datasets`' folder loader, which maps them already
 SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
@@ -151,9 +155,29 @@ def render_prompts(prompts, tokenizer, mode: str = "auto", where: str = "the pro
     return texts
 
 
-def tokenize_prompts(texts: list[str], tokenizer) -> list[list[int]]:
-    """Token ids of rendered prompts: no special tokens added (a chat template writes its own)."""
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+def templated(prompts, mode: str = "auto") -> list[bool]:
+    """Which prompts `render_prompts` renders through the chat template (messages; strings too with `always`)."""
+    return [mode == "always" or not isinstance(p, str) for p in prompts]
+
+
+def prompt_messages(prompts) -> list[list[dict] | None]:
+    """Each prompt's messages (their null fields removed, as a table column fills them), or None for a string."""
+    return [None if p is None else _messages(p, f"row {row} of the prompts") for row, p in enumerate(prompts)]
+
+
+def tokenize_prompts(texts: list[str], tokenizer, templates: list[bool] | None = None) -> list[list[int]]:
+    """Token ids of rendered prompts: a chat template's text with no special token added (it writes its own), a
+    plain string (`templates[i]` False) with those the tokenizer adds, as TRL tokenizes a standard prompt (GPT-2's
+    tokenizer adds none). `templates=None`: every text is a template's."""
+    templates = [True] * len(texts) if templates is None else templates
+    ids: list[list[int] | None] = [None] * len(texts)
+    for special in (False, True):
+        rows = [r for r, t in enumerate(templates) if t != special]
+        if rows:
+            for r, tokens in zip(rows, tokenizer([texts[r] for r in rows], add_special_tokens=special)["input_ids"],
+                                 strict=True):
+                ids[r] = list(tokens)
+    return ids
 
 
 # ---- the three splits ----------------------------------------------------------------------------------------
@@ -254,16 +278,18 @@ def prompt_dataset_splits(data, tokenizer, cache=None) -> tuple:
     sources = {}
     for name in dict.fromkeys(src for src, _ in plan.values()):  # a fixed order: the same error first
         split = named[name]
-        texts = render_prompts(list(split[s["column"]]), tokenizer, s["mode"], f"the {name} split")
+        prompts = list(split[s["column"]])
+        texts = render_prompts(prompts, tokenizer, s["mode"], f"the {name} split")
         keys = ([str(v) for v in split[s["split_by"]]] if s["split_by"] is not None
                 else [normalize_text(t) for t in texts])
         parts = assign_parts(keys, shares[name], s["seed"]) if name in shares else None
-        sources[name] = (split, texts, tokenize_prompts(texts, tokenizer), parts)
+        ids = tokenize_prompts(texts, tokenizer, templated(prompts, s["mode"]))
+        sources[name] = (split, texts, ids, parts, prompt_messages(prompts))
     rows, dropped = {}, {split: collections.Counter() for split in SPLITS}
     seen: set[str] = set()
     for split in SPLITS:  # train first: held-out prompts are checked against the prompts before them
         name, part = plan[split]
-        _, texts, ids, parts = sources[name]
+        _, texts, ids, parts, _ = sources[name]
         keys, kept = set(), []
         for r in range(len(texts)):
             if part is not None and parts[r] != part:
@@ -305,17 +331,21 @@ def _empty_split(split: str, dropped, s: dict, how: str) -> str:
 
 
 def _split_dataset(source, rows: list[int]):
-    split, texts, ids, _ = source
+    split, texts, ids, _, messages = source
     out = split.select(rows)
     for name, values in (("prompt_text", [texts[r] for r in rows]), ("input_ids", [ids[r] for r in rows]),
-                         ("source_index", rows)):
+                         ("source_index", rows), (MESSAGES, [messages[r] for r in rows])):
         out = out.add_column(name, values)
     return out
 
 
 def prompt_columns(split) -> dict[str, list]:
-    """Every column of a prompt split but `input_ids`, as lists: what travels with each prompt to the reward."""
-    return {c: list(split[c]) for c in split.column_names if c != "input_ids"}
+    """Every column of a prompt split but `input_ids`, as lists: what travels with each prompt to the reward, in
+    train, evaluate and front alike (a built-in text set's `prompt`, `label`, ... as a data=prompts file's)."""
+    columns = {c: list(split[c]) for c in split.column_names if c != "input_ids"}
+    if MESSAGES in columns:  # a table column holds every key any message has: the absent ones read back as None
+        columns[MESSAGES] = prompt_messages(columns[MESSAGES])
+    return columns
 
 
 # ---- the built-in film prompts -------------------------------------------------------------------------------

@@ -85,6 +85,24 @@ class PromptBatches(torch.utils.data.Dataset):
         pass
 
 
+# the columns of a built-in text set's prompts (every split): what travels with each prompt to the reward
+TEXT_PROMPT_COLUMNS = ("prompt", "label", "source_index", "sentence_index")
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """(before, after): the token ids the tokenizer puts around a text's own tokens when it adds its special tokens
+    (`add_special_tokens=True`, as TRL tokenizes a standard prompt): a Llama tokenizer's BOS before, nothing for
+    GPT-2's. Read from one text encoded both ways."""
+    probe = "A prompt, and the words of its text."
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise UserError(f"the policy tokenizer ({type(tokenizer).__name__}) encodes a text with its special tokens into "
+                    "other tokens than without them: its prompts cannot be cut to a number of tokens")
+
+
 def _prefix(text: str, chars: int) -> tuple[str, bool]:
     """The text cut before a whitespace run at or before `chars` (so that no word is split); whole?"""
     if len(text) <= chars:
@@ -119,13 +137,13 @@ def _first_tokens(tokenizer, texts: list[str], need: Sequence[int]) -> list[list
 def make_prompts(texts, tokenizer, min_tokens: int = 5, max_tokens: int = 20, seed: int = 0):
     """Prompts made of the first n tokens of each text, n uniform in [min_tokens, max_tokens].
 
-    Returns a `datasets.Dataset` with `prompt` (the decoded tokens), `input_ids` (n token ids), `label`
-    and `source_index` (the row of `texts`). n is drawn for every row from a numpy Generator seeded with
-    `seed` (the same rows and seed give the same prompts); a text with fewer than n tokens gives all of
-    them; texts that are empty or have fewer than `min_tokens` tokens are skipped and counted in a log line.
+    Returns a `datasets.Dataset` with `prompt` (the decoded tokens), `input_ids` (the n token ids between the
+    special tokens the tokenizer adds, `special_tokens`: none for GPT-2), `label`, `source_index` (the row of
+    `texts`) and `sentence_index` (0: the start of the text; the held-out prompts' columns). n is drawn for every
+    row from a numpy Generator seeded with `seed` (the same rows and seed give the same prompts); a text with
+    fewer than n tokens gives all of them; texts that are empty or have fewer than `min_tokens` tokens are
+    skipped and counted in a log line.
     """
-    from datasets import Dataset, Features, List, Value
-
     check_prompt_lengths(min_tokens, max_tokens)
     rng = np.random.default_rng(seed)
     raw = list(texts["text"])
@@ -134,7 +152,8 @@ def make_prompts(texts, tokenizer, min_tokens: int = 5, max_tokens: int = 20, se
     rows = [i for i, t in enumerate(raw) if isinstance(t, str) and t.strip()]
     empty = len(raw) - len(rows)
     token_ids = _first_tokens(tokenizer, [raw[i].strip() for i in rows], [lengths[i] for i in rows])
-    columns = {"prompt": [], "input_ids": [], "label": [], "source_index": []}
+    before, after = special_tokens(tokenizer)
+    columns = {"prompt": [], "input_ids": [], "label": [], "source_index": [], "sentence_index": []}
     short = 0
     for i, ids in zip(rows, token_ids, strict=True):
         if len(ids) < min_tokens:
@@ -142,15 +161,14 @@ def make_prompts(texts, tokenizer, min_tokens: int = 5, max_tokens: int = 20, se
             continue
         ids = ids[: lengths[i]]
         columns["prompt"].append(tokenizer.decode(ids, clean_up_tokenization_spaces=False))
-        columns["input_ids"].append(ids)
+        columns["input_ids"].append(before + ids + after)
         columns["label"].append(int(labels[i]))
         columns["source_index"].append(i)
+        columns["sentence_index"].append(0)
     if empty or short:
         log.warning("make_prompts: %d of %d texts skipped (%d empty, %d with fewer than %d tokens)",
                     empty + short, len(raw), empty, short, min_tokens)
-    features = Features({"prompt": Value("string"), "input_ids": List(Value("int64")),
-                         "label": Value("int64"), "source_index": Value("int64")})
-    return Dataset.from_dict(columns, features=features)
+    return _dataset(columns)
 
 
 # ---- the three prompt splits -------------------------------------------------------------------------------
@@ -233,6 +251,7 @@ def _heldout_rows(texts: list[str], labels: list[int], heldout: str, per_text: i
     seen.scan(seen_texts)
     lengths = rng.integers(min_tokens, max_tokens + 1, size=len(candidates)).tolist()
     ids = _first_tokens(tokenizer, [c[2] for c in candidates], lengths)
+    before, after = special_tokens(tokenizer)
     # a held-out prompt equal to a train prompt (the start of a train text) for some prompt length is dropped
     train_starts = sorted(normalize_text(t[: 8 * max_tokens + 64]) for t in train_texts)
     columns = {"prompt": [], "input_ids": [], "label": [], "source_index": [], "sentence_index": []}
@@ -259,8 +278,8 @@ def _heldout_rows(texts: list[str], labels: list[int], heldout: str, per_text: i
             continue
         keys.add(key)
         taken[i] += 1
-        for name, value in (("prompt", prompt), ("input_ids", tok), ("label", int(labels[i])), ("source_index", i),
-                            ("sentence_index", j)):
+        for name, value in (("prompt", prompt), ("input_ids", before + tok + after), ("label", int(labels[i])),
+                            ("source_index", i), ("sentence_index", j)):
             columns[name].append(value)
     return columns, dict(dropped)
 
@@ -337,7 +356,9 @@ def _heldout_cache_entry(settings: dict, tokenizer, cache, path) -> tuple[Path, 
         return None, None
     from importlib.metadata import version
 
-    key = {"settings": settings, "tokenizer": [type(tokenizer).__name__, _tokenizer_digest(tokenizer)],
+    # the special tokens it adds around a prompt too: a slow tokenizer's add_bos_token is not in its vocabulary
+    key = {"settings": settings, "tokenizer": [type(tokenizer).__name__, _tokenizer_digest(tokenizer),
+                                               list(special_tokens(tokenizer))],
            # the user's texts (stat before they are read: an edit meanwhile misses next time); fetched assets
            # never change in place, their checksums name their content
            "files": _files(path) if path and settings["name"] in ("file", "imdb") else None,
@@ -380,7 +401,8 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
                   exclude_seen: Sequence[str] = ()) -> PromptSplits:
     """The train, validation and test prompts of text set `name`.
 
-    - train: the first n tokens of each train text (`make_prompts`, lengths drawn with `seed`);
+    - train: the first n tokens of each train text (`make_prompts`, lengths drawn with `seed`), between the
+      special tokens the tokenizer adds (as every split's: a Llama tokenizer's BOS; none for GPT-2);
     - validation / test: the held-out texts (`load_texts(name, "test")`) divided, stratified by label, into
       `validation_fraction` and the rest (the same division for every run); `heldout="first"` cuts each one's
       first tokens, `heldout="sentences"` up to `per_text` of its sentences (picked at random), each cut to its
@@ -394,10 +416,11 @@ def prompt_splits(name: str, tokenizer, min_tokens: int, max_tokens: int, seed: 
 
     The held-out prompts (seconds of work: the seen-text check) are computed once and kept in
     `<cache>/prompts/heldout-<code>-<key>.json` (`prompt_cache_dir`); the key covers the arguments, the
-    tokenizer's definition, the size and modification time of the user's files (`file`, a local `imdb`), the
-    assets' checksums and the source of this module and of data/texts.py, so a later call reads the same prompts
-    and counts back. Writing an entry removes those of another version of the code. The hub's `imdb` is not
-    cached; `WARP_LIGHTNING_PROMPT_CACHE=0` turns the cache off.
+    tokenizer's definition and the special tokens it adds around a prompt (`special_tokens`), the size and
+    modification time of the user's files (`file`, a local `imdb`), the assets' checksums and the source of this
+    module and of data/texts.py, so a later call reads the same prompts and counts back. Writing an entry removes
+    those of another version of the code. The hub's `imdb` is not cached; `WARP_LIGHTNING_PROMPT_CACHE=0` turns
+    the cache off.
     """
     if heldout not in ("first", "sentences"):
         raise UserError(f"data.heldout_prompts={heldout!r} is invalid: choose first or sentences")

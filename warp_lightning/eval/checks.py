@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from warp_lightning import UserError
-from warp_lightning.data.checks import check_data
+from warp_lightning.data.checks import check_data, data_source
 from warp_lightning.eval.judge import READS
 from warp_lightning.reward.rewards import check_reward_columns, check_reward_config, classifier_configs
 from warp_lightning.utils.validate import (
@@ -36,12 +36,12 @@ def check_judge(cfg) -> None:
 
 
 def check_reward_data(cfg) -> None:
-    """The data (`check_data`), then for data=prompts its columns against the reward: none may have the name of an
-    argument the reward passes itself (it would replace it), and each column a function needs is there."""
+    """The data (`check_data`), then its columns (a text set's as a data=prompts dataset's) against the reward: none
+    may have the name of an argument the reward passes itself (it would replace it), and each column a function
+    needs is there. The same check as train, evaluate and front run once the prompts are read."""
     columns = check_data(cfg)
-    if columns is not None:
-        check_reward_config(cfg.reward_model)  # sound, before its functions are read
-        check_reward_columns(cfg.reward_model, columns, source=f"data.path={str(cfg.data.path)!r}")
+    check_reward_config(cfg.reward_model)  # sound, before its functions are read
+    check_reward_columns(cfg.reward_model, columns, source=data_source(cfg.data))
 
 
 def check_evaluation(cfg) -> None:

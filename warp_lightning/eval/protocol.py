@@ -20,7 +20,7 @@ import torch
 from warp_lightning import UserError
 from warp_lightning.algo import rl
 from warp_lightning.builds import ensure_reward
-from warp_lightning.data.checks import PROMPT_DATASET
+from warp_lightning.data.checks import data_source
 from warp_lightning.data.prompt_datasets import prompt_columns
 from warp_lightning.data.prompts import left_pad, splits_for
 from warp_lightning.eval.judge import load_judge
@@ -28,7 +28,7 @@ from warp_lightning.eval.stats import compare_rows, distinct_n, summarize
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, model_from_state
 from warp_lightning.policy.sampling import decode_prompts_completions, sample
-from warp_lightning.reward.rewards import check_reward_columns, load_reward
+from warp_lightning.reward.rewards import check_reward_columns, checked_scores, load_reward
 from warp_lightning.utils.io import atomic_write_bytes
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
@@ -41,8 +41,8 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
                       min_new_tokens: int = 0, columns: dict[str, list] | None = None) -> dict:
     """Sample n completions per prompt from `model`; per completion: reward (and each term of a sum as
     `reward/NAME`), exact and sampled KL, length. Both models' log-probs are those of the distribution sampled
-    (temperature, no EOS before min_new_tokens). `columns`: the dataset's other columns, one value per prompt,
-    for the reward."""
+    (temperature, no EOS before min_new_tokens). `columns`: the dataset's other columns (its chat messages among
+    them), one value per prompt, for the reward; the rewards checked as train checks them (`checked_scores`)."""
 
     device = next(model.parameters()).device
     rows = [p for p in prompt_ids for _ in range(n_per_prompt)]
@@ -64,7 +64,7 @@ def score_completions(model, sft_model, tokenizer, reward_model, prompt_ids: lis
         prompts, completions = decode_prompts_completions(tokenizer, rollout)
         texts = [p + c for p, c in zip(prompts, completions, strict=True)]  # = decode_texts
         batch_columns = {k: v[start : start + batch_size] for k, v in row_columns.items()}
-        scores = reward_model(prompts, completions, batch_columns)
+        scores = checked_scores(reward_model, prompts, completions, batch_columns)  # as train checks a step's
         out["reward"] += scores.total.tolist()
         for name, term in scores.terms.items():
             out.setdefault(f"reward/{name}", []).extend(term.tolist())
@@ -204,8 +204,8 @@ def load_protocol(cfg) -> Protocol:
     reward_model = load_reward(cfg.reward_model, device)
     # held-out prompts do not depend on the seed; eval.split: test for final figures, validation for selection
     prompts = splits_for(cfg.data, tokenizer, 0, cache=cfg.paths.cache_dir).get(cfg.eval.get("split", "test"))
-    check_reward_columns(cfg.reward_model, set(prompt_columns(prompts)) if cfg.data.name == PROMPT_DATASET else set(),
-                         source=f"data.path={str(cfg.data.get('path'))!r}")  # before any model is evaluated
+    # before any model is evaluated: the columns that reach the reward, a text set's as a data=prompts dataset's
+    check_reward_columns(cfg.reward_model, set(prompt_columns(prompts)), source=data_source(cfg.data))
     return Protocol(tokenizer, load_causal_lm(cfg.sft).eval().to(device), reward_model, prompts, cfg.eval,
                     device, trainer_precision(cfg.trainer), judge=load_judge(cfg.get("judge"), cfg.paths.cache_dir))
 

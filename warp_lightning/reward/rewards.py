@@ -7,16 +7,21 @@
   the left when the two exceed `max_length`, so that the completion is always read);
 - `function`: `module:function`, called as `fn(prompts=..., completions=..., **columns)`, one float per completion
   (a column named like an argument the call passes itself, prompts, completions or a keyword of `arguments`, is
-  refused: it would replace it);
+  refused: it would replace it). As TRL's `reward_funcs` are called: a string prompt and its completion as
+  strings; a conversational prompt (chat messages, `columns["prompt_messages"]`) as its list of messages, and its
+  completion as one assistant message, `[{"role": "assistant", "content": TEXT}]`;
 - `sum`: `terms: {name: {<a classifier or function config>, weight: w}}`; total = sum of w * term, and each
   term (unweighted) in `terms`, which train logs as `reward/NAME` and evaluate reports beside the total.
 
 `columns` are the dataset's other columns, one value per completion. Config mistakes are one line before any work
-(`check_reward_config`, `check_reward_columns`); a function's bad output is one line naming the term and the row.
+(`check_reward_config`, `check_reward_columns`); a function's bad output is one line naming the term and the row;
+`checked_scores`, the call every command makes (train, evaluate, front), refuses a wrong count or a non-finite
+score of any kind in one line.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import math
@@ -32,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
 from warp_lightning import NonFiniteError, UserError
+from warp_lightning.data.prompt_datasets import MESSAGES
 from warp_lightning.reward.scorer import SCORES, RewardModel, check_score, resolve_label
 
 KINDS = ("classifier", "function", "sum")
@@ -50,7 +56,8 @@ class RewardScores:
 
 
 class ClassifierReward:
-    """A sequence classifier (`RewardModel`) reading the completion alone or the prompt followed by it."""
+    """A sequence classifier (`RewardModel`) reading the completion alone or the prompt followed by it: texts
+    always (a conversational prompt as the policy read it, its chat template rendered)."""
 
     def __init__(self, scorer: RewardModel, reads: str = "prompt_completion", name: str = "classifier"):
         self.scorer, self.reads, self.name = scorer, reads, name
@@ -62,7 +69,8 @@ class ClassifierReward:
 
 
 class FunctionReward:
-    """A Python function of the completions; it receives the keywords it names (all of them with **kwargs)."""
+    """A Python function of the completions; it receives the keywords it names (all of them with **kwargs). A row
+    whose prompt is a conversation (`columns["prompt_messages"]`) reaches it as TRL passes one (`conversational`)."""
 
     def __init__(self, fn, name: str, arguments: dict | None = None):
         self.fn, self.name, self.arguments = fn, name, dict(arguments or {})
@@ -74,13 +82,60 @@ class FunctionReward:
         if clash:
             raise UserError(f"reward term {self.name!r}: the dataset's column {clash[0]} has the name of an argument "
                             f"the reward passes itself ({', '.join(own)}) and would replace it; rename the column")
-        given = {"prompts": prompts, "completions": completions, **(columns or {}), **self.arguments}
+        as_prompts, as_completions = conversational(prompts, completions, (columns or {}).get(MESSAGES))
+        given = {"prompts": as_prompts, "completions": as_completions, **(columns or {}), **self.arguments}
         missing = sorted(self.required - set(given))
         if missing:
             raise UserError(f"reward term {self.name!r}: the function needs {', '.join(missing)}, which the batch "
                             f"does not carry (it has {', '.join(given)}); give the parameter a default or add the column")
         values = self.fn(**(given if self.takes_all else {k: v for k, v in given.items() if k in self.accepted}))
         return RewardScores(function_scores(values, completions, self.name))
+
+
+def conversational(prompts: list[str], completions: list[str], messages: list | None) -> tuple[list, list]:
+    """The prompts and completions a reward function receives, TRL's convention: where a row's prompt is a
+    conversation (`messages[row]`, its chat messages), the prompt is that list of messages (a copy: the function
+    may change it) and the completion `[{"role": "assistant", "content": text}]`; a string prompt and its
+    completion stay strings."""
+    if not messages:
+        return prompts, completions
+    as_prompts, as_completions = list(prompts), list(completions)
+    for row, chat in enumerate(messages):
+        if chat is not None:
+            as_prompts[row] = copy.deepcopy(chat)
+            as_completions[row] = [{"role": "assistant", "content": completions[row]}]
+    return as_prompts, as_completions
+
+
+def checked_scores(reward, prompts: list[str], completions: list[str], columns: dict | None = None,
+                   where: str = "") -> RewardScores:
+    """`reward(prompts, completions, columns)` with the checks of every command that scores (train, evaluate,
+    front): one score per completion, each finite, a sum's terms too (the first non-finite term is named: a
+    classifier's NaN as a function's). Each refusal is one line naming `where` (e.g. the step), a reward's own
+    one-line error (a function's bad row) gets it added; the scores come back as float32."""
+    at = f" at {where}" if where else ""
+    try:
+        scores = reward(prompts, completions, columns if columns is not None else {})
+    except UserError as err:  # NonFiniteError too, keeping its exit status
+        if not where:
+            raise
+        raise type(err)(f"{err} (at {where})") from None
+    n = len(completions)
+    total = torch.as_tensor(scores.total).to(torch.float32)
+    terms = {name: torch.as_tensor(term).to(torch.float32) for name, term in scores.terms.items()}
+    for name, values in (("", total), *terms.items()):
+        if values.shape != (n,):
+            raise UserError(f"reward model returned shape {tuple(values.shape)}{at}"
+                            + (f" for its term {name!r}" if name else "")
+                            + f", expected ({n},): one score per completion")
+    for name, values in (*terms.items(), ("", total)):  # a term first: it says which reward broke
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            row = int(bad.nonzero()[0])
+            raise NonFiniteError(f"non-finite reward{at} ({f'term {name!r}: ' if name else ''}{int(bad.sum())} of "
+                                 f"{n} completions, first row {row}: {values[row].item()} for the completion "
+                                 f"{_short(completions[row])}): check the reward model")
+    return RewardScores(total, terms)
 
 
 def keywords(fn) -> tuple[set[str], set[str], bool]:

@@ -45,6 +45,18 @@ def check_score(score: str, num_labels: int, key: str = "reward_model") -> None:
                         f"{num_labels}: use score=logit or score=probability with the label to score")
 
 
+def give_pad_token(model, tokenizer) -> None:
+    """A decoder (causal-LM) sequence classifier without a pad token (a Llama or GPT-2 `ForSequenceClassification`)
+    can pad no batch, and finds the token it scores, the last one that is not padding, by
+    `model.config.pad_token_id`: its tokenizer's EOS becomes its pad token, and the config gets the tokenizer's pad
+    id (the one that pads its batches), as TRL's GRPOTrainer prepares a reward model. An encoder's pad token (BERT,
+    MiniLM) is the same on both already: nothing changes."""
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
 class RewardModel:
     """Scores decoded texts with its own tokenizer; one float per text.
 
@@ -66,6 +78,7 @@ class RewardModel:
                             "`python -m warp_lightning reward` or point to a folder")
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
         model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path))
+        give_pad_token(model, tokenizer)
         return cls(model.to(device).requires_grad_(False), tokenizer, key=key, **kwargs)
 
     @property

@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from warp_lightning.algo.state import WarpState, clone_state, derive_seed
 from warp_lightning.builds import ensure_model, ensure_reward
-from warp_lightning.data.checks import PROMPT_DATASET
+from warp_lightning.data.checks import data_source
 from warp_lightning.data.prompt_datasets import prompt_columns
 from warp_lightning.data.prompts import PromptBatches, splits_for
 from warp_lightning.eval.judge import load_judge
@@ -105,11 +105,11 @@ class WarpRecipe:
         self.reward_model = load_reward(cfg.reward_model, self.device)  # one call: (prompts, completions, columns)
         self.splits = splits_for(cfg.data, self.tokenizer, w.seed, cache=cfg.paths.cache_dir)
         self.train_ids = list(self.splits.train["input_ids"])
-        # data=prompts: every other column of a prompt's row goes with it to the reward (`RLOOModule.score`)
-        self.train_columns = prompt_columns(self.splits.train) if cfg.data.name == PROMPT_DATASET else None
+        # every other column of a prompt's row goes with it to the reward (`RLOOModule.score`), a text set's (label,
+        # ...) as a data=prompts dataset's: the columns evaluate and front pass (eval/protocol.py)
+        self.train_columns = prompt_columns(self.splits.train)
         # before any step: one line if a column is missing or would replace an argument the reward passes itself
-        check_reward_columns(cfg.reward_model, set(self.train_columns or ()),
-                             source=f"data.path={str(cfg.data.get('path'))!r}")
+        check_reward_columns(cfg.reward_model, set(self.train_columns), source=data_source(cfg.data))
         self.state = WarpState(clone_state(self.skeleton.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta,
                                merge_options=dict(w.get("merge_options") or {}))
         self.config = resume_config(cfg)

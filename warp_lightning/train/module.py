@@ -13,7 +13,7 @@ from warp_lightning.algo import rl
 from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import decode_prompts_completions, sample
 from warp_lightning.policy.sharding import shard_model, whole
-from warp_lightning.reward.rewards import RewardScores
+from warp_lightning.reward.rewards import RewardScores, checked_scores
 from warp_lightning.utils import internals
 from warp_lightning.utils.schedules import warmup_schedule
 
@@ -88,22 +88,15 @@ class RLOOModule(L.LightningModule):
         return decode_prompts_completions(self.tokenizer, rollout)
 
     def score(self, rollout, columns: dict) -> RewardScores:
-        """The reward of each completion; a prompt's columns repeated for its k samples. A reward's own error
-        (a function's bad row) gets the step and the kept checkpoints added to its one line."""
+        """The reward of each completion; a prompt's columns (its chat messages among them) repeated for its k
+        samples. The checks of every command (`checked_scores`: one finite score per completion); a refusal, or a
+        reward's own error (a function's bad row), gets the step and the kept checkpoints added to its one line."""
         k = self.warp.samples_per_prompt
         per_completion = {name: [v for v in values for _ in range(k)] for name, values in columns.items()}
         try:
-            scores = self.reward(*self.decode(rollout), per_completion)
+            return checked_scores(self.reward, *self.decode(rollout), per_completion, where=self.where())
         except UserError as err:  # NonFiniteError too, keeping its exit status
-            raise type(err)(f"{err} (at {self.where()}); {self.KEPT}") from None
-        reward = torch.as_tensor(scores.total).to(torch.float32)
-        if reward.shape != (rollout.input_ids.shape[0],):
-            raise UserError(f"reward model returned shape {tuple(reward.shape)} at {self.where()}, expected "
-                            f"({rollout.input_ids.shape[0]},): one score per completion")
-        if not torch.isfinite(reward).all():
-            raise NonFiniteError(f"non-finite reward at {self.where()} ({int((~torch.isfinite(reward)).sum())} of "
-                                 f"{reward.numel()} completions): check the reward model; {self.KEPT}")
-        return RewardScores(reward, scores.terms)
+            raise type(err)(f"{err}; {self.KEPT}") from None
 
     def training_step(self, batch, batch_idx):
         w = self.warp
