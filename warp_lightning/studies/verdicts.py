@@ -20,7 +20,15 @@ import numpy as np
 from warp_lightning import UserError
 from warp_lightning.eval.plots import plot_front, plot_sweep
 from warp_lightning.eval.report import claims, point_key
-from warp_lightning.eval.stats import fmt_ci, markdown_table, mean_ci95
+from warp_lightning.eval.stats import (
+    NOT_MEASURED,
+    fmt_ci,
+    fmt_interval,
+    markdown_table,
+    mean_ci95,
+    paired_difference,
+    seed_t_interval,
+)
 from warp_lightning.studies.jobs import DONE, job_state, study_jobs
 from warp_lightning.studies.results import NUMERICS
 from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
@@ -146,6 +154,41 @@ def reach_sentence(rows: list[dict]) -> str:
             + "; " + "; ".join(parts) + " (means over seeds).")
 
 
+def sft_against_final(rows: list[dict], scores: dict) -> str:
+    """Experiment 1 from the fronts: theta_sft (eta = 0) against WARP's final policy (the last iteration's
+    theta_slerp, eta = 1) of each seed, on the same prompts and random numbers: means over seeds and prompts, and the
+    paired gains with their 95% interval (bootstrap over prompts and seeds, the seed's own SFT point paired with it)."""
+    fronts = [r for r in rows if r["kind"] == "liti" and r["merge"] == "slerp"]
+    if not fronts:
+        return ""
+    last = max(int(r["iteration"]) for r in fronts)
+    final = sorted((r for r in fronts if int(r["iteration"]) == last and r["eta"] == 1.0), key=lambda r: r["seed"])
+    sft = {int(r["seed"]): r for r in fronts if int(r["iteration"]) == last and r["eta"] == 0.0}
+    final = [r for r in final if int(r["seed"]) in sft]
+    if not final:
+        return ""
+    table, gains = [], []
+    for name, points in (("SFT", [sft[int(r["seed"])] for r in final]), (f"WARP final (iteration {last})", final)):
+        cells = [name]
+        for key, digits in (("reward", 3), ("judge", 3), ("kl", 2), ("completion_length", 1)):
+            values = [r.get(f"{key}_mean") for r in points]
+            cells.append("—" if any(v in ("", None) for v in values) else f"{np.mean(values):.{digits}f}")
+        table.append(cells)
+    for metric in ("reward", "judge"):
+        a = [scores.get(point_key(r), {}).get(metric) for r in final]
+        b = [scores.get(point_key(sft[int(r["seed"])]), {}).get(metric) for r in final]
+        if any(x is None for x in a + b):
+            continue
+        d = paired_difference(np.stack(a), np.stack(b), paired_seeds=True)
+        t = seed_t_interval([x.mean() for x in a], [x.mean() for x in b], paired=True)
+        t_text = f", t over seeds [{t['low']:+.3f}, {t['high']:+.3f}]" if not math.isnan(t["low"]) else ""
+        gains.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f}{t_text})")
+    n = len(next(iter(scores.values()))["ids"]) if scores else 0
+    return (markdown_table(["model", "proxy reward", "held-out judge", "KL(pi || pi_sft)", "length"], table)
+            + f"\n\nWARP final - SFT, paired (the same {n} test prompts and random numbers; {len(final)} seed"
+            + ("s" if len(final) != 1 else "") + "): " + "; ".join(gains) + ".")
+
+
 def mix(results: dict[str, dict]) -> str:
     """Which devices and precisions the pooled results come from, and their commits."""
     devices: dict[str, int] = {}
@@ -154,6 +197,11 @@ def mix(results: dict[str, dict]) -> str:
     commits = sorted({r["commit"][:7] + ("+" if r.get("dirty") else "") for r in results.values()})
     return ("; ".join(f"{n} job{'s' * (n != 1)} on {d}" for d, n in devices.items())
             + f"; commits {', '.join(commits)}")
+
+
+def marked(verdict: str, status: str) -> str:
+    """A measured verdict with its provisional mark ("not measured" needs none)."""
+    return verdict + (f" ({status})" if status and verdict != NOT_MEASURED else "")
 
 
 def write_report(study, results: dict[str, dict], out: Path) -> dict:
@@ -176,12 +224,14 @@ def write_report(study, results: dict[str, dict], out: Path) -> dict:
     rows, scores = pooled_front(results)
     if rows:
         found = claims(rows, scores)
+        first = sft_against_final(rows, scores)
+        if first:
+            text += ["## SFT against WARP", "", first, ""]
         label = f"**{status}**" if status else "final"
         text += ["## Claims", "", f"Verdicts: {label}.", "",
                  markdown_table(["claim", "proxy reward", "held-out judge", "paired differences, 95% intervals"],
-                                [[c["claim"], c["verdict"] + (f" ({status})" if status else ""),
-                                  c["verdict_judge"] + (f" ({status})" if status else ""), c["evidence"]]
-                                 for c in found]), ""]
+                                [[c["claim"], marked(c["verdict"], status), marked(c["verdict_judge"], status),
+                                  c["evidence"]] for c in found]), ""]
         plot_front(rows, out / "front.png")
         text += [reach_sentence(rows), "", "![fronts](front.png)", ""]
     sweep = sweep_rows(study, results)

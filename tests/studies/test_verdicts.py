@@ -1,0 +1,115 @@
+"""A study's report from synthetic result files (no model): pooling refused across numerics, provisional verdicts,
+the SFT-against-WARP table paired per seed, the T sweep's objective, and the sentence on the KL WARP reaches."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from warp_lightning import UserError
+from warp_lightning.cli import CONF_DIR
+from warp_lightning.studies.jobs import study_jobs
+from warp_lightning.studies.results import NUMERICS, read_results, write_result
+from warp_lightning.studies.verdicts import check_pooling, provisional, sweep_rows, write_report
+
+P = 40  # prompts
+
+
+def study():
+    return OmegaConf.load(CONF_DIR / "study" / "smoke.yaml")
+
+
+def point(curve, kind, seed, reward, kl, eta=None, step=None, merge="slerp", anchor="ema", iteration=1):
+    return {"curve": curve, "arm": curve.split(" i")[0], "seed": seed, "kind": kind, "merge": merge, "anchor": anchor,
+            "kl_coef": 0.1, "iteration": iteration, "eta": eta, "step": step, "extrapolation": False,
+            "reward_mean": reward, "reward_ci95": 0.01, "judge_mean": reward / 2, "judge_ci95": 0.01, "kl_mean": kl,
+            "kl_ci95": 0.1, "completion_length_mean": 8.0}
+
+
+def front_of(rows, rng):
+    prompts = []
+    for r in rows:
+        noise = rng.normal(0, 0.01, P)
+        prompts.append({"curve": r["curve"], "seed": r["seed"], "eta": r["eta"], "step": r["step"],
+                        "prompt_index": list(range(P)), "reward": list(r["reward_mean"] + noise - noise.mean()),
+                        "judge": list(r["judge_mean"] + noise - noise.mean()), "kl": [r["kl_mean"]] * P})
+    return {"rows": rows, "prompts": prompts}
+
+
+def result(job, rng, front=None, metrics=None):
+    return {"study": job.study, "job": job.name, "arm": job.arm, "label": job.label, "seed": job.seed,
+            "warp_seed": job.warp_seed, "sweep": job.sweep, "definition": job.definition(), "numerics": NUMERICS,
+            "commit": "0" * 40, "dirty": False, "compute": "cpu (Test CPU), precision 32-true (no native bf16)",
+            "seconds": {"train": 60.0}, "config": {"warp": {"iterations": 2, "runs": 2}}, "runs": [], "merges": [],
+            "train_metrics": metrics or {}, "front": front}
+
+
+def landed(seeds=1):
+    rng = np.random.default_rng(0)
+    out = {}
+    for job in study_jobs(study()):
+        if job.seed >= seeds:
+            continue
+        s = job.warp_seed
+        if job.arm == "warp":
+            rows = [point("WARP i2", "liti", s, 0.3 + 0.05 * eta * 8, eta * 8, eta=eta, iteration=2) for eta in (0.0, 0.5, 1.0, 1.5)]
+            rows += [point("WARP i1", "liti", s, 0.3 + 0.04 * eta * 6, eta * 6, eta=eta) for eta in (0.0, 0.5, 1.0)]
+            out[job.name] = result(job, rng, front_of(rows, rng))
+        elif job.front is not None:
+            anchor = "ema" if job.arm == "ema_anchor" else "sft"
+            rows = [point(job.label.replace(" ", "_"), "training", s, 0.3 + 0.02 * kl, kl, step=st, merge="none",
+                          anchor=anchor) for st, kl in ((0, 0.0), (4, 3.0), (8, 7.0), (12, 14.0))]
+            out[job.name] = result(job, rng, front_of(rows, rng))
+        else:
+            out[job.name] = result(job, rng, metrics={"final_reward_mean": 0.6 + 0.01 * s % 3, "final_kl_mean": 2.0,
+                                                      "final_judge_mean": 0.5, "sft_reward_mean": 0.3})
+    return out
+
+
+def test_results_round_trip_as_small_gzipped_json(tmp_path):
+    results = landed()
+    job = next(iter(results.values()))
+    path = write_result(tmp_path / "smoke" / f"{job['job']}.json.gz", job)
+    assert read_results(tmp_path, "smoke") == {job["job"]: json.loads(gzip.decompress(path.read_bytes()))}
+    assert path.stat().st_size < 20_000
+
+
+def test_pooling_across_numerics_or_definitions_is_refused_naming_the_jobs():
+    results = landed()
+    check_pooling(study(), results)
+    results["warp-s0"]["numerics"] = NUMERICS + 1
+    results["T2-s0"]["definition"] = {"train": ["warp.steps=3"], "front": None}
+    with pytest.raises(UserError, match=r"cannot pool the results of study smoke: T2-s0, warp-s0 \(.*numerics "
+                                        rf"{NUMERICS + 1}, the code's is {NUMERICS}.*\).*jobs=\[T2-s0,warp-s0\]"):
+        check_pooling(study(), results)
+
+
+def test_verdicts_are_provisional_until_every_front_arm_has_its_seeds():
+    assert provisional(study(), landed(1)) == "provisional (1 of 3 seeds)"
+    spec = study()
+    spec.seeds_needed = 2
+    assert provisional(spec, landed(2)) == ""
+
+
+def test_report_from_results_alone(tmp_path):
+    found = write_report(study(), landed(2), tmp_path)
+    text = (tmp_path / "README.md").read_text()
+    assert found["status"] == "provisional (2 of 3 seeds)" and "**provisional (2 of 3 seeds)**" in text
+    assert found["claims"]["EMA anchor beats the fixed SFT anchor"]["reward"].startswith("unresolved")  # same slope
+    assert found["claims"]["the LITI front lies above the RL training curve"]["reward"] == "holds"
+    # experiment 1 from the fronts: eta = 1 of the last iteration (0.7 at KL 8) against eta = 0 (0.3), paired
+    section = text.split("## SFT against WARP")[1].split("##")[0]
+    assert "| WARP final (iteration 2) | 0.700 | 0.350 | 8.00 | 8.0 |" in section and "reward +0.400 [+0.39" in section
+    assert "2 seeds" in section and "t over seeds" in section
+    assert "reaches KL 8.0 (proxy 0.700) at eta = 1 and KL 12.0 (proxy 0.900) at eta = 1.5 (ExPO)" in text
+    assert "EMA_anchor ends at KL 14.0" in text and "does not reach that KL" in text
+    assert "4 jobs on cpu (Test CPU)" not in text and "8 jobs on cpu (Test CPU)" in text
+    assert (tmp_path / "front.png").exists() and (tmp_path / "sweep_T.png").exists()
+
+
+def test_the_sweep_objective_is_reward_minus_beta_kl():
+    rows = sweep_rows(study(), landed(2))
+    assert [r["steps"] for r in rows] == [2] and len(rows[0]["seeds"]) == 2
+    assert rows[0]["objective_value_per_seed"] == pytest.approx([r - 0.1 * 2.0 for r in rows[0]["reward_per_seed"]])
