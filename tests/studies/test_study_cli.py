@@ -45,6 +45,8 @@ def test_jobs_land_as_small_result_files_with_what_the_report_needs(landed, tiny
     assert set(warp["seconds"]) == {"train", "front"}
     points = {(p["curve"], p["eta"]) for p in warp["front"]["prompts"]}
     assert {("WARP i2", 1.5), ("WARP linear i1", 1.0), ("WARP i1", 0.0)} <= points  # ExPO and linear points
+    examples = warp["front"]["examples"]
+    assert {(e["curve"], e["eta"]) for e in examples} == points and all(e["text"].endswith(e["completion"]) for e in examples)
     per_prompt = warp["front"]["prompts"][0]
     assert len(per_prompt["prompt_index"]) == len(per_prompt["reward"]) == len(per_prompt["kl"]) == 6
     ema = json.loads(gzip.decompress(files[0].read_bytes()))

@@ -56,7 +56,11 @@ def landed(seeds=1):
         if job.arm == "warp":
             rows = [point("WARP i2", "liti", s, 0.3 + 0.05 * eta * 8, eta * 8, eta=eta, iteration=2) for eta in (0.0, 0.5, 1.0, 1.5)]
             rows += [point("WARP i1", "liti", s, 0.3 + 0.04 * eta * 6, eta * 6, eta=eta) for eta in (0.0, 0.5, 1.0)]
-            out[job.name] = result(job, rng, front_of(rows, rng))
+            front = front_of(rows, rng)
+            front["examples"] = [{"curve": "WARP i2", "seed": s, "eta": eta, "step": None, "prompt_index": i,
+                                  "sample": 0, "text": f"prompt {i} {who} answer", "completion": f" {who} answer"}
+                                 for i in (3, 1) for eta, who in ((0.0, "sft"), (1.0, "warp"))]
+            out[job.name] = result(job, rng, front)
         elif job.front is not None:
             anchor = "ema" if job.arm == "ema_anchor" else "sft"
             rows = [point(job.label.replace(" ", "_"), "training", s, 0.3 + 0.02 * kl, kl, step=st, merge="none",
@@ -103,6 +107,7 @@ def test_report_from_results_alone(tmp_path):
     section = text.split("## SFT against WARP")[1].split("##")[0]
     assert "| WARP final (iteration 2) | 0.700 | 0.350 | 8.00 | 8.0 |" in section and "reward +0.400 [+0.39" in section
     assert "2 seeds" in section and "t over seeds" in section
+    assert "| prompt 1 | sft answer | warp answer |\n| prompt 3 | sft answer | warp answer |" in section
     assert "reaches KL 8.0 (proxy 0.700) at eta = 1 and KL 12.0 (proxy 0.900) at eta = 1.5 (ExPO)" in text
     assert "EMA_anchor ends at KL 14.0" in text and "does not reach that KL" in text
     assert "4 jobs on cpu (Test CPU)" not in text and "8 jobs on cpu (Test CPU)" in text

@@ -7,7 +7,8 @@ each snapshot along training), a merged run the LITI fronts of its merges. `run`
 list of runs that differ by their seed (an arm with several seeds): each run gives its own curves, with its
 seed in the `seed` column. Every point is evaluated with the protocol of `evaluate` (the same prompts and
 sampling random numbers for all) into front.csv (means with 95% intervals, reward and judge) and
-front_prompts.csv (each point's per-prompt reward, judge score and KL: what `report` compares paired);
+front_prompts.csv (each point's per-prompt reward, judge score and KL: what `report` compares paired),
+front_examples.csv (every point's completions of the first few prompts, for reading side by side);
 front.png plots the proxy reward and the judge's score against KL.
 """
 
@@ -38,6 +39,7 @@ COLUMNS = ["curve", "arm", "seed", "kind", "merge", "anchor", "kl_coef", "iterat
            "reward_ci95", "judge_mean", "judge_ci95", "kl_mean", "kl_ci95", "kl_k1_mean", "completion_length_mean",
            "source"]
 PROMPT_COLUMNS = ["curve", "seed", "eta", "step", "prompt_index", "reward", "judge", "kl"]
+EXAMPLES = 4  # prompts whose completions front_examples.csv keeps, for every point
 
 
 @dataclass
@@ -137,9 +139,10 @@ def check_same_sft(run_dir: Path, sft: str) -> None:
 def evaluate_curves(curves: list[Curve], protocol) -> tuple[list[dict], list[dict]]:
     """Evaluate every point with the protocol; theta_sft (eta = 0, step 0) once for all curves.
 
-    Returns the points (means with intervals) and their per-prompt rows (reward, judge, KL averaged over each
-    prompt's completions), which line up across points: same prompts, same sampling random numbers."""
-    sft, rows, prompt_rows = None, [], []
+    Returns the points (means with intervals), their per-prompt rows (reward, judge, KL averaged over each
+    prompt's completions), which line up across points: same prompts, same sampling random numbers, and the
+    completions of the first `EXAMPLES` prompts of every point."""
+    sft, rows, prompt_rows, example_rows = None, [], [], []
     for curve in curves:
         for where, state in curve.points():
             if state is None:
@@ -164,10 +167,16 @@ def evaluate_curves(curves: list[Curve], protocol) -> tuple[list[dict], list[dic
             prompt_rows += [{**{k: v for k, v in point.items() if k not in ("reward", "judge", "kl")},
                              "prompt_index": i, **{k: float(point[k][j]) for k in ("reward", "judge", "kl")
                                                    if k in point}} for j, i in enumerate(ids)]
+            # the first EXAMPLES prompts' completions (in the evaluation's order, not chosen), for side-by-side reading
+            first = sorted({c["prompt_index"] for c in completions})[:EXAMPLES]
+            example_rows += [{"curve": curve.name, "seed": curve.seed, "eta": where.get("eta", ""),
+                              "step": where.get("step", ""), "prompt_index": c["prompt_index"], "sample": c["sample"],
+                              "text": c["text"], "completion": c["completion"]}
+                             for c in completions if c["prompt_index"] in first]
             log.info("front: %s (seed %d) %s: reward %.3f +- %.3f, judge %.3f, KL %.2f +- %.2f", curve.name,
                      curve.seed, " ".join(f"{k}={v}" for k, v in where.items()), row["reward_mean"],
                      row["reward_ci95"], row.get("judge_mean", float("nan")), row["kl_mean"], row["kl_ci95"])
-    return rows, prompt_rows
+    return rows, prompt_rows, example_rows
 
 
 def run_dirs(value) -> list[Path]:
@@ -194,11 +203,12 @@ def run(cfg) -> dict:
     theta_sft = clone_state(protocol.sft.state_dict())  # in CPU memory, where the fronts interpolate
     curves = [c for name, dirs in arms.items() for run_dir in dirs
               for c in run_curves(name, run_dir, theta_sft, etas, linear_etas if name == cfg.name else None)]
-    rows, prompt_rows = evaluate_curves(curves, protocol)
+    rows, prompt_rows, example_rows = evaluate_curves(curves, protocol)
     out = Path(cfg_output_dir())
     terms = list(dict.fromkeys(k for r in rows for k in r if k.startswith("reward/")))  # a sum reward's terms
     write_csv(out / "front.csv", [{k: r.get(k, "") for k in COLUMNS + terms} for r in rows])
     write_csv(out / "front_prompts.csv", [{k: r.get(k, "") for k in PROMPT_COLUMNS} for r in prompt_rows])
+    write_csv(out / "front_examples.csv", example_rows)
     plot_front(rows, out / "front.png")
     best = {c.name: max((r for r in rows if r["curve"] == c.name), key=lambda r: r["reward_mean"]) for c in curves}
     return {"points": len(rows), "prompts": len({r["prompt_index"] for r in prompt_rows}),

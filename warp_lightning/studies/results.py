@@ -58,7 +58,8 @@ def _number(v):
 
 
 def front_data(front_dir: Path) -> dict:
-    """A front run's points (front.csv) and, per point, its prompts and their values (front_prompts.csv)."""
+    """A front run's points (front.csv), per point its prompts and their values (front_prompts.csv), and its
+    completions of the first prompts (front_examples.csv)."""
     rows = [{k: _number(v) for k, v in r.items()} for r in read_csv(front_dir / "front.csv")]
     points: dict[str, dict] = {}
     for r in read_csv(front_dir / "front_prompts.csv"):
@@ -69,7 +70,11 @@ def front_data(front_dir: Path) -> dict:
         for m in ("reward", "judge", "kl"):
             if r.get(m) not in ("", None):
                 p.setdefault(m, []).append(round(float(r[m]), DIGITS))
-    return {"rows": rows, "prompts": list(points.values())}
+    examples = front_dir / "front_examples.csv"  # a front of an older version has none
+    return {"rows": rows, "prompts": list(points.values()),
+            "examples": [{**{k: _number(v) for k, v in r.items() if k not in ("text", "completion")},
+                          "text": r["text"], "completion": r["completion"]} for r in read_csv(examples)]
+            if examples.exists() else []}
 
 
 def write_result(path: Path, record: dict) -> Path:

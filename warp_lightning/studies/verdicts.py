@@ -189,6 +189,31 @@ def sft_against_final(rows: list[dict], scores: dict) -> str:
             + ("s" if len(final) != 1 else "") + "): " + "; ".join(gains) + ".")
 
 
+def side_by_side(results: dict[str, dict], n: int = 4) -> str:
+    """The SFT policy's and WARP's final completions of the same first test prompts (the same random numbers), from
+    the first WARP job that kept examples: the prompt, then each model's continuation."""
+    for result in results.values():
+        examples = (result.get("front") or {}).get("examples") or []
+        liti = [r for r in result["front"]["rows"] if r["kind"] == "liti" and r["merge"] == "slerp"] if examples else []
+        if not liti:
+            continue
+        last = max(int(r["iteration"]) for r in liti)
+        curve = next(r["curve"] for r in liti if int(r["iteration"]) == last)
+        by = {(e["eta"], e["prompt_index"]): e for e in examples if e["curve"] == curve and e.get("sample", 0) == 0}
+        prompts = sorted({i for eta, i in by if eta == 0.0 and (1.0, i) in by})[:n]
+        if not prompts:
+            continue
+        rows = []
+        for i in prompts:
+            sft, final = by[(0.0, i)], by[(1.0, i)]
+            prompt = sft["text"][: len(sft["text"]) - len(sft["completion"])]
+            rows.append([" ".join(prompt.split()), " ".join(sft["completion"].split()),
+                         " ".join(final["completion"].split())])
+        return (f"Completions of the first test prompts (not chosen), job {result['job']}, the same random numbers for "
+                "both:\n\n" + markdown_table(["prompt", "SFT", f"WARP final (iteration {last})"], rows))
+    return ""
+
+
 def mix(results: dict[str, dict]) -> str:
     """Which devices and precisions the pooled results come from, and their commits."""
     devices: dict[str, int] = {}
@@ -226,7 +251,7 @@ def write_report(study, results: dict[str, dict], out: Path) -> dict:
         found = claims(rows, scores)
         first = sft_against_final(rows, scores)
         if first:
-            text += ["## SFT against WARP", "", first, ""]
+            text += ["## SFT against WARP", "", first, "", side_by_side(results), ""]
         label = f"**{status}**" if status else "final"
         text += ["## Claims", "", f"Verdicts: {label}.", "",
                  markdown_table(["claim", "proxy reward", "held-out judge", "paired differences, 95% intervals"],
