@@ -67,7 +67,7 @@ def run_command(name: str, cfg) -> dict:
     if metrics is not None:
         out = Path(cfg_output_dir())
         write_metrics(out / "metrics.json", metrics)
-        tell = getattr(module, "summary", None)  # a command's own account of its result, else its figures
+        tell = getattr(module, "result_lines", None)  # a command's own account of its result, else its figures
         print(tell(metrics, out) if tell else figures_line(name, metrics, out), flush=True)
     return metrics
 

@@ -3,7 +3,7 @@ and for the other commands their rounded figures; both say where the outputs are
 
 from pathlib import Path
 
-from warp_lightning.train.loop import summary
+from warp_lightning.train.loop import result_lines
 from warp_lightning.utils.console import figures_line
 
 
@@ -13,7 +13,7 @@ def test_train_ends_with_its_result_table_and_paths():
                "final_completion_length_mean": 24.0, "reward_gain": 0.468, "reward_gain_low": 0.421,
                "reward_gain_high": 0.515, "judge_gain": 0.275, "judge_gain_low": 0.236, "judge_gain_high": 0.313,
                "eval_prompts": 200, "eval_split": "validation"}
-    text = summary(metrics, Path("/runs/x"))
+    text = result_lines(metrics, Path("/runs/x"))
     lines = text.splitlines()
     assert lines[0].startswith("train: 200 validation prompts")
     assert lines[2].split() == ["sft", "0.282", "0.416", "0.00", "24.0"]

@@ -256,7 +256,7 @@ class WarpRecipe:
         return metrics
 
 
-def summary(metrics: dict, out_dir: Path) -> str:
+def result_lines(metrics: dict, out_dir: Path) -> str:
     """What the console shows when `train` ends: SFT against the final policy, the paired gains, what was written."""
     def cell(key: str, digits: int = 3) -> str:
         value = metrics.get(key)
