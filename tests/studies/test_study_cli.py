@@ -92,3 +92,15 @@ def test_report_from_the_results_alone_is_provisional_and_refuses_other_numerics
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: cannot pool the results of study smoke: warp-s0 (numerics ") and "jobs=[warp-s0]" in line
     assert "warp-s0        stale" in cli(*study_args(root, tiny_models), cwd=root).stdout
+
+
+def test_a_failing_job_is_told_and_the_others_still_run(tiny_models, tmp_path):
+    """Under the multirun of `action=run`, a job that fails says why in one line and the launcher goes on with the
+    next; the command then exits 2 naming the jobs that did not land."""
+    args = study_args(tmp_path, tiny_models, "action=run", "jobs=[T2-s0,T2-s1]")
+    args[5] = f'extra=["paths.models_dir={tiny_models / "models"}","warp.lr=-1"]'
+    proc = cli(*args, f"hydra.sweep.dir={tmp_path / 'multirun'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "error: job T2-s0: T2-s0 train failed: warp.lr=-1 is invalid" in proc.stderr
+    assert "error: job T2-s1: T2-s1 train failed: warp.lr=-1 is invalid" in proc.stderr  # the launcher went on
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 2 of 2 jobs did not land (T2-s0, T2-s1;")

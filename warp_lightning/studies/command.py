@@ -125,10 +125,24 @@ def run_job(cfg, job: Job) -> dict:
     return {"job": job.name, "result": str(path), "seconds": round(sum(seconds.values()), 1)}
 
 
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def run(cfg) -> dict:
     rows = states(cfg)
     if cfg.job is not None:
-        return run_job(cfg, find_job([j for j, _, _ in rows], str(cfg.job)))
+        job = find_job([j for j, _, _ in rows], str(cfg.job))
+        if not in_multirun():
+            return run_job(cfg, job)
+        try:  # one job of `action=run`: a failure is told, and the launcher goes on with the other jobs
+            return run_job(cfg, job)
+        except UserError as err:
+            print(f"error: job {job.name}: {err}", file=sys.stderr, flush=True)
+            return {"job": job.name, "failed": str(err)}
     if cfg.action == "report":
         return verdicts.write_report(cfg.study, read_results(cfg.results_dir, str(cfg.study.name)),
                                      Path(str(cfg.report_dir)) / str(cfg.study.name))
@@ -142,7 +156,10 @@ def run(cfg) -> dict:
     cmd = multirun_command(cfg, jobs)
     print("running: python " + " ".join(cmd[1:]), flush=True)
     code = signals.run_child(cmd)
-    if code != 0:
-        raise UserError(f"the jobs' multirun ended with exit status {code}: `python -m warp_lightning study "
-                        f"study={cfg.study.name}` lists what landed; run again to go on")
+    after = {j.name: s for j, s, _ in states(cfg)}
+    failed = [j.name for j in jobs if after[j.name] != DONE]
+    if code != 0 or failed:
+        raise UserError(f"{len(failed)} of {len(jobs)} jobs did not land ({', '.join(failed)}; exit status {code}): "
+                        "their errors are above; run the same command again to go on (finished jobs are skipped, a "
+                        "job cut in the middle resumes)")
     return {"started": [j.name for j in jobs], **{"config": OmegaConf.to_container(cfg.study, resolve=True)}}
