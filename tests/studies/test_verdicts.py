@@ -46,7 +46,7 @@ def result(job, rng, front=None, metrics=None):
             "train_metrics": metrics or {}, "front": front}
 
 
-def landed(seeds=1):
+def landed(seeds=1, iterations=2):
     rng = np.random.default_rng(0)
     out = {}
     for job in study_jobs(study()):
@@ -56,6 +56,9 @@ def landed(seeds=1):
         if job.arm == "warp":
             rows = [point("WARP i2", "liti", s, 0.3 + 0.05 * eta * 8, eta * 8, eta=eta, iteration=2) for eta in (0.0, 0.5, 1.0, 1.5)]
             rows += [point("WARP i1", "liti", s, 0.3 + 0.04 * eta * 6, eta * 6, eta=eta) for eta in (0.0, 0.5, 1.0)]
+            if iterations == 3:  # a third iteration below the second: more iterations do not keep helping
+                rows += [point("WARP i3", "liti", s, 0.3 + 0.045 * eta * 8, eta * 8, eta=eta, iteration=3)
+                         for eta in (0.0, 0.5, 1.0)]
             front = front_of(rows, rng)
             front["examples"] = [{"curve": "WARP i2", "seed": s, "eta": eta, "step": None, "prompt_index": i,
                                   "sample": 0, "text": f"prompt {i} {who} answer", "completion": f" {who} answer"}
@@ -112,6 +115,15 @@ def test_report_from_results_alone(tmp_path):
     assert "EMA_anchor ends at KL 14.0" in text and "does not reach that KL" in text
     assert "4 jobs on cpu (Test CPU)" not in text and "8 jobs on cpu (Test CPU)" in text
     assert (tmp_path / "front.png").exists() and (tmp_path / "sweep_T.png").exists()
+
+
+def test_with_more_than_two_iterations_each_further_one_is_judged(tmp_path):
+    two = write_report(study(), landed(2), tmp_path / "two")["claims"]
+    assert "more iterations keep improving the front" not in two  # I = 2: the claim of iteration 2 says it all
+    three = write_report(study(), landed(2, iterations=3), tmp_path / "three")["claims"]
+    assert three["more iterations keep improving the front"]["reward"] == "contradicted"  # i3 below i2
+    text = (tmp_path / "three" / "README.md").read_text()
+    assert "WARP i3 over WARP i2" in text and "WARP i3 over WARP i1" in text
 
 
 def test_the_sweep_objective_is_reward_minus_beta_kl():

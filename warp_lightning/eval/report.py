@@ -451,6 +451,16 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
         comparisons = [(f"{n2} over {n1}", compare(matched_kl_difference, f2, f1, paired=True))]
     add("iteration 2 improves on iteration 1", criterion, comparisons, "needs a run with I >= 2")
 
+    if len(warp_by_iteration) > 2:  # I > 2: every further iteration, and the last against the first
+        last = max(warp_by_iteration)
+        pairs = [(i + 1, i) for i in range(2, last)] + [(last, 1)]
+        criterion = (f"each LITI front from iteration 3 to {last} lies above the one before, and iteration {last}'s "
+                     "above iteration 1's, at matched KL (the same runs)")
+        comparisons = [(f"{warp_by_iteration[a][0]} over {warp_by_iteration[b][0]}",
+                        compare(matched_kl_difference, warp_by_iteration[a][1], warp_by_iteration[b][1], paired=True))
+                       for a, b in pairs if a in warp_by_iteration and b in warp_by_iteration]
+        add("more iterations keep improving the front", criterion, comparisons)
+
     criterion = ("the last theta_slerp extrapolated (ExPO: eta from 1 up to the largest eta > 1 evaluated) lies above "
                  "every RL training curve at matched KL")
     comparisons = []
