@@ -412,28 +412,19 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
                        for name, pts in sft.items()]
     add("EMA anchor beats the fixed SFT anchor", criterion, comparisons, "needs EMA- and SFT-anchor baselines")
 
-    criterion = "the SLERP merge (eta = 1) has a higher mean reward than the linear merge of the same runs, at every iteration"
-    comparisons = []
-    for name, pts in linear.items():
-        i = int(pts[0]["iteration"])
-        if i in warp_by_iteration:
-            slerp_name, slerp = warp_by_iteration[i]
-            comparisons.append((f"{slerp_name} over {name} (eta = 1)",
-                                compare(endpoint_difference, slerp, by_seed(pts), paired=True)))
-    add("SLERP beats linear merging in reward", criterion, comparisons,
-        "needs the linear-merge fronts (train with warp.snapshot_every > 0)")
+    def slerp_over_linear(fn, where: str) -> list:
+        """SLERP's front of each iteration against the linear merge of the same runs (paired seeds)."""
+        return [(f"{warp_by_iteration[i][0]} over {name} ({where})",
+                 compare(fn, warp_by_iteration[i][1], by_seed(pts), paired=True))
+                for name, pts in linear.items() if (i := int(pts[0]["iteration"])) in warp_by_iteration]
 
+    missing = "needs the linear-merge fronts (train with warp.snapshot_every > 0)"
+    criterion = "the SLERP merge (eta = 1) has a higher mean reward than the linear merge of the same runs, at every iteration"
+    add("SLERP beats linear merging in reward", criterion, slerp_over_linear(endpoint_difference, "eta = 1"), missing)
     criterion = ("the SLERP front lies above the linear merge's front of the same runs at matched KL (SLERP's larger "
                  "KL at eta = 1 is not counted as a gain), at every iteration")
-    comparisons = []
-    for name, pts in linear.items():
-        i = int(pts[0]["iteration"])
-        if i in warp_by_iteration:
-            slerp_name, slerp = warp_by_iteration[i]
-            comparisons.append((f"{slerp_name} over {name} (matched KL)",
-                                compare(matched_kl_difference, slerp, by_seed(pts), paired=True)))
-    add("SLERP beats linear merging at matched KL", criterion, comparisons,
-        "needs the linear-merge fronts (train with warp.snapshot_every > 0)")
+    add("SLERP beats linear merging at matched KL", criterion, slerp_over_linear(matched_kl_difference, "matched KL"),
+        missing)
 
     criterion = "the last iteration's LITI front lies above every RL training curve at matched KL"
     comparisons = []
