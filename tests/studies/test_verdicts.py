@@ -100,8 +100,30 @@ def test_verdicts_are_provisional_until_every_front_arm_has_its_seeds():
     assert provisional(spec, landed(2)) == ""
 
 
+def test_each_claim_is_provisional_by_the_seeds_of_the_arms_it_compares(tmp_path):
+    results = landed(2)
+    del results["sft_anchor-s1"]  # the fixed-anchor arm lags: only the claims comparing it stay provisional
+    spec = study()
+    spec.seeds_needed = 2
+    found = write_report(spec, results, tmp_path)["claims"]
+    assert found["EMA anchor beats the fixed SFT anchor"]["status"] == "provisional (1 of 2 seeds)"
+    assert found["the LITI front lies above the RL training curve"]["status"] == "provisional (1 of 2 seeds)"
+    assert found["iteration 2 improves on iteration 1"]["status"] == "final"  # WARP's own seeds are all there
+    assert found["SLERP beats linear merging in reward"]["status"] == "not measured"
+    text = (tmp_path / "README.md").read_text()
+    assert "| iteration 2 improves on iteration 1 | holds | holds |" in text
+    assert "| EMA anchor beats the fixed SFT anchor | unresolved at this sample size (provisional (1 of 2 seeds))" in text
+
+
 def test_report_from_results_alone(tmp_path):
-    found = write_report(study(), landed(2), tmp_path)
+    readme = tmp_path / "PROJECT.md"
+    readme.write_text("intro\n<!-- study:smoke -->\nold table\n<!-- /study:smoke -->\noutro\n")
+    found = write_report(study(), landed(2), tmp_path, readme=readme)
+    block = readme.read_text()
+    assert found["readme"] == str(readme) and block.startswith("intro\n<!-- study:smoke -->\n**Study `smoke`**: 8 of")
+    assert "old table" not in block and block.endswith("\n<!-- /study:smoke -->\noutro\n")
+    assert "| **the LITI front lies above the RL training curve** | holds | holds | provisional (2 of 3 seeds) |" in block
+    assert block.index("| **the LITI front") < block.index("| 2 | 2 | 0.405 ± 0.064 |")  # then the T sweep
     text = (tmp_path / "README.md").read_text()
     assert found["status"] == "provisional (2 of 3 seeds)" and "**provisional (2 of 3 seeds)**" in text
     assert found["claims"]["EMA anchor beats the fixed SFT anchor"]["reward"].startswith("unresolved")  # same slope

@@ -396,9 +396,10 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
         out.append({"claim": claim, "criterion": criterion, "verdict": verdicts["reward"],
                     "verdict_judge": verdicts["judge"],
                     "evidence": "; ".join(_comparison_text(what, found) for what, found in comparisons),
-                    "comparisons": [{"what": what, **{m: {**c["diff"].as_dict(), "seed_t": c.get("seed_t")}
-                                                      if c["diff"] else {"why": c["why"]}
-                                                      for m, c in found.items()}} for what, found in comparisons]})
+                    "comparisons": [{"what": what, "points": next(iter(found.values())).get("points"),
+                                     **{m: {**c["diff"].as_dict(), "seed_t": c.get("seed_t")}
+                                        if c["diff"] else {"why": c["why"]}
+                                        for m, c in found.items()}} for what, found in comparisons]})
 
     def compare(fn, a, b, paired=False) -> dict[str, dict]:
         return {m: fn(a, b, m, scores, paired) for m in METRICS

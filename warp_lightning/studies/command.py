@@ -145,7 +145,8 @@ def run(cfg) -> dict:
             return {"job": job.name, "failed": str(err)}
     if cfg.action == "report":
         return verdicts.write_report(cfg.study, read_results(cfg.results_dir, str(cfg.study.name)),
-                                     Path(str(cfg.report_dir)) / str(cfg.study.name))
+                                     Path(str(cfg.report_dir)) / str(cfg.study.name),
+                                     readme=Path(str(cfg.readme)) if cfg.get("readme") else None)
     print(listing(rows), flush=True)
     if cfg.action == "list":
         return {"jobs": len(rows), "done": sum(s == DONE for _, s, _ in rows)}
