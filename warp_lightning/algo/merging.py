@@ -108,11 +108,6 @@ def _slerp_task_vectors(delta_1: torch.Tensor, delta_2: torch.Tensor, lam: float
     return math.sin((1 - lam) * omega) / sin_omega * delta_1 + math.sin(lam * omega) / sin_omega * delta_2
 
 
-def task_vector(theta_init: StateDict, theta: StateDict) -> StateDict:
-    """delta = theta - theta_init, per floating tensor (non-floating tensors copied from theta_init)."""
-    return _merge(theta_init, [theta], lambda init, ts: ts[0] - init)
-
-
 def slerp(
     theta_init: StateDict, thetas: Sequence[StateDict], lam: float | None = None, *, eps: float = 1e-6
 ) -> StateDict:
