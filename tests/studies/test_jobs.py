@@ -22,7 +22,7 @@ def load(name: str):
     return OmegaConf.load(CONF_DIR / "study" / f"{name}.yaml")
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "smollm2", "chat"])
+@pytest.mark.parametrize("name", ["default", "smoke", "smollm2", "chat", "merges"])
 def test_arms_are_independent(name):
     """No two jobs of a study share a seed of any run (derive_seed(warp.seed, i, m), which also orders the run's
     prompts and seeds its sampling): the EMA-anchor baseline is not WARP's run (1, 1) continued."""
@@ -33,7 +33,7 @@ def test_arms_are_independent(name):
         cfg = OmegaConf.from_dotlist([o for o in job.train if not o.startswith("+")])
         iterations = int(cfg.get("warp", {}).get("iterations", 5 if job.arm == "warp" else 1))
         for i in range(1, iterations + 1):
-            for m in (1, 2):
+            for m in range(1, int(cfg.get("warp", {}).get("runs", 2)) + 1):
                 seed = derive_seed(job.warp_seed, i, m)
                 assert seen.setdefault(seed, job.name) == job.name, f"{job.name} and {seen[seed]} share run seed {seed}"
     names = [j.name for j in study_jobs(study)]

@@ -73,8 +73,8 @@ def check_evaluate(cfg) -> None:
 
 
 def check_etas(cfg, top: float = MAX_ETA) -> None:
-    """front's `etas` (at least one) and `linear_etas` (may be empty): LITI coefficients in [0, top]."""
-    for key in ("etas", "linear_etas"):
+    """front's `etas` (at least one), `linear_etas` and `merge_etas` (may be empty): LITI coefficients in [0, top]."""
+    for key in ("etas", "linear_etas", "merge_etas"):
         values = plain(cfg.get(key)) or []
         check(all(is_number(v) and 0 <= v <= top for v in values) and (values or key != "etas"), key, values,
               f"give values in [0, {top:g}]")

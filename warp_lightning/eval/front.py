@@ -2,8 +2,10 @@
 
 For each iteration i of a WARP run, the LITI front (1 - eta) * theta_sft + eta * theta_slerp_i over `etas`;
 when the run saved its runs' last weights (`warp.snapshot_every > 0`), the same front for the linear merge
-of the same runs. Each baseline run adds curves: a single RL run (I = M = 1) its training curve (theta_m at
-each snapshot along training), a merged run the LITI fronts of its merges. `run` and each baseline may be a
+of the same runs, and for each of `merges` (METHOD:RUNS, e.g. `slerp:3-2-1`: any method of MERGES applied to a
+subset of the iteration's runs in a given order; `merge_endpoint` makes each of these merges). Each baseline run
+adds curves: a single RL run (I = M = 1) its training curve (theta_m at each snapshot along training), a merged
+run the LITI fronts of its merges. `run` and each baseline may be a
 list of runs that differ by their seed (an arm with several seeds): each run gives its own curves, with its
 seed in the `seed` column. Every point is evaluated with the protocol of `evaluate` (the same prompts and
 sampling random numbers for all) into front.csv (means with 95% intervals, reward and judge) and
@@ -30,12 +32,13 @@ from warp_lightning.eval.protocol import load_protocol, write_csv
 from warp_lightning.eval.stats import per_prompt
 from warp_lightning.policy.models import load_state, model_from_state
 from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.validate import check
 
 log = logging.getLogger(__name__)
 
 StateDict = merging.StateDict
-COLUMNS = ["curve", "arm", "seed", "kind", "merge", "anchor", "kl_coef", "iteration", "eta", "extrapolation", "step",
-           "reward_mean",
+COLUMNS = ["curve", "arm", "seed", "kind", "merge", "runs", "anchor", "kl_coef", "iteration", "eta", "extrapolation",
+           "step", "reward_mean",
            "reward_ci95", "judge_mean", "judge_ci95", "kl_mean", "kl_ci95", "kl_k1_mean", "completion_length_mean",
            "source"]
 PROMPT_COLUMNS = ["curve", "seed", "eta", "step", "prompt_index", "reward", "judge", "kl"]
@@ -56,6 +59,7 @@ class Curve:
     points: Callable[[], Iterator[tuple[dict, StateDict | None]]]
     arm: str = ""  # the run's name (`name` of the WARP run, or a baseline's key): its curves over seeds
     seed: int = 0  # the run's warp.seed
+    runs: str = ""  # a `merges` curve: the runs merged, in their order ("3-2-1"); "" for the iteration's own merges
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -89,20 +93,48 @@ def training_points(steps: dict[int, Path]) -> Iterator:
         yield {"step": step}, load_state(folder)
 
 
-def linear_endpoint(run_dir: Path, w: dict, iteration: int, theta_sft: StateDict) -> Callable[[], StateDict]:
-    """The linear merge of iteration i's runs (their last snapshots) from that iteration's theta_init."""
+def parse_merge(spec: str) -> tuple[str, tuple[int, ...]]:
+    """`METHOD:RUNS` of front's `merges` (e.g. `slerp:3-2-1`): a method of MERGES and at least 2 distinct runs
+    (1-based), in the order they are merged (it matters for the recursive SLERP, not for the symmetric means)."""
+    method, _, runs = str(spec).partition(":")
+    words = runs.split("-")
+    ok = (method in merging.MERGES and all(w.isdigit() and int(w) >= 1 for w in words)
+          and len({int(w) for w in words if w.isdigit()}) == len(words) >= 2)
+    check(ok, "merges", spec, f"give METHOD:RUNS, e.g. slerp:3-2-1: a method of {', '.join(merging.MERGES)} and "
+          "at least 2 distinct runs (1-based) joined by '-', in the order they are merged")
+    return method, tuple(int(w) for w in words)
+
+
+def merge_endpoint(run_dir: Path, w: dict, iteration: int, theta_sft: StateDict, method: str,
+                   order) -> Callable[[], StateDict]:
+    """Iteration i's runs `order` (their last snapshots, in that order) merged by MERGES[method] from that
+    iteration's theta_init, as WarpState merges: lambda = warp.slerp_lambda between 2 runs for the pairwise
+    methods; the options of warp.merge_options where warp.merge is `method`, else the method's defaults (TIES:
+    density 0.2)."""
     def merge() -> StateDict:
         theta_init = theta_sft if iteration == 1 else load_state(run_dir / f"iter_{iteration - 1}" / "init")
-        runs = [load_state(snapshots(run_dir, iteration, m)[w["steps"]]) for m in range(1, w["runs"] + 1)]
-        lam = w["slerp_lambda"] if w["runs"] == 2 else None  # as WarpState merges
-        return merging.linear(theta_init, runs, lam)
+        runs = [load_state(snapshots(run_dir, iteration, m)[w["steps"]]) for m in order]
+        options = dict(w.get("merge_options") or {}) if method == w["merge"] else {}
+        return merging.merge_runs(method, theta_init, runs, w["slerp_lambda"], **options)
 
     return merge
 
 
-def run_curves(name: str, run_dir: Path, theta_sft: StateDict, etas, linear_etas=None) -> list[Curve]:
+def merge_name(method: str, order: tuple[int, ...]) -> str:
+    """`slerp M3` (runs 1..M in order), `slerp M3 reversed` (M..1), else `slerp runs 2-4`."""
+    size = len(order)
+    if order == tuple(range(1, size + 1)):
+        return f"{method} M{size}"
+    if order == tuple(range(size, 0, -1)):
+        return f"{method} M{size} reversed"
+    return f"{method} runs {'-'.join(map(str, order))}"
+
+
+def run_curves(name: str, run_dir: Path, theta_sft: StateDict, etas, linear_etas=None, merges=(),
+               merge_etas=()) -> list[Curve]:
     """The curves of one train run: its training curve (I = M = 1) or the LITI front of each merge (and with
-    `linear_etas`, of the linear merge of the same runs)."""
+    `linear_etas`, of the linear merge of the same runs; with `merges`, [(method, runs in order)], of each of those
+    merges of the same runs over `merge_etas`)."""
     w = read_run(run_dir)["warp"]
     meta = {"arm": name, "seed": int(w["seed"]), "anchor": w["anchor"], "kl_coef": float(w["kl_coef"]),
             "source": str(run_dir)}
@@ -112,19 +144,26 @@ def run_curves(name: str, run_dir: Path, theta_sft: StateDict, etas, linear_etas
             raise UserError(f"{run_dir} has no snapshots (iter_1/run_1/step_*): train the baseline with "
                             "warp.snapshot_every=N to get its training curve")
         return [Curve(name, "training", "none", iteration=1, points=lambda: training_points(steps), **meta)]
+    for method, order in merges:
+        check(max(order) <= w["runs"], "merges", f"{method}:{'-'.join(map(str, order))}",
+              f"{run_dir} has {w['runs']} runs per iteration (warp.runs)")
+    everything = tuple(range(1, w["runs"] + 1))
     curves = []
     for i in range(1, w["iterations"] + 1):
         merged = run_dir / f"iter_{i}" / "slerp"
         curves.append(Curve(f"{name} i{i}", "liti", w["merge"], iteration=i, **meta,
                             points=lambda merged=merged: liti_points(theta_sft, lambda: load_state(merged), etas)))
-        if linear_etas and w["merge"] == "slerp":
-            if any(w["steps"] not in snapshots(run_dir, i, m) for m in range(1, w["runs"] + 1)):
-                log.warning("%s: no snapshot of each run's last step in iter_%d: no linear-merge front (train "
-                            "with warp.snapshot_every > 0)", run_dir, i)
-                continue
-            endpoint = linear_endpoint(run_dir, w, i, theta_sft)
-            curves.append(Curve(f"{name} linear i{i}", "liti", "linear", iteration=i, **meta,
-                                points=lambda endpoint=endpoint: liti_points(theta_sft, endpoint, linear_etas)))
+        extra = [("linear", everything, "linear", "", linear_etas)] if linear_etas and w["merge"] == "slerp" else []
+        extra += [(method, order, merge_name(method, order), "-".join(map(str, order)), merge_etas)
+                  for method, order in merges if merge_etas]
+        if extra and any(w["steps"] not in snapshots(run_dir, i, m) for m in range(1, w["runs"] + 1)):
+            log.warning("%s: no snapshot of each run's last step in iter_%d: no front of %s (train with "
+                        "warp.snapshot_every > 0)", run_dir, i, ", ".join(label for _, _, label, _, _ in extra))
+            continue
+        for method, order, label, runs, these in extra:
+            endpoint = merge_endpoint(run_dir, w, i, theta_sft, method, order)
+            curves.append(Curve(f"{name} {label} i{i}", "liti", method, iteration=i, runs=runs, **meta,
+                                points=lambda endpoint=endpoint, these=these: liti_points(theta_sft, endpoint, these)))
     return curves
 
 
@@ -154,7 +193,8 @@ def evaluate_curves(curves: list[Curve], protocol) -> tuple[list[dict], list[dic
                      "step": where.get("step", "")}
             # eta > 1: beyond theta_slerp, theta_sft + eta (theta_slerp - theta_sft) (ExPO, alpha = eta - 1)
             extrapolated = curve.kind == "liti" and float(where.get("eta", 0)) > 1
-            row = {**point, "extrapolation": extrapolated, "arm": curve.arm, "kind": curve.kind, "merge": curve.merge, "anchor": curve.anchor,
+            row = {**point, "extrapolation": extrapolated, "arm": curve.arm, "kind": curve.kind, "merge": curve.merge,
+                   "runs": curve.runs, "anchor": curve.anchor,
                    "kl_coef": curve.kl_coef, "iteration": curve.iteration,
                    **{k: metrics[k] for k in COLUMNS if k in metrics}, "source": curve.source,
                    **{k: v for k, v in metrics.items() if k.startswith("reward/") and k.endswith(("_mean", "_ci95"))}}
@@ -190,6 +230,8 @@ def run(cfg) -> dict:
     started = time.time()
     check_etas(cfg)
     etas, linear_etas = [float(e) for e in cfg.etas], [float(e) for e in cfg.linear_etas or []]
+    merges = [parse_merge(m) for m in cfg.get("merges") or []]
+    merge_etas = [float(e) for e in cfg.get("merge_etas") or []]
     # curve names: "SFT_anchor_beta_0.1" (a Hydra dict key has no spaces) reads "SFT anchor beta 0.1"
     arms = {cfg.name: run_dirs(cfg.run),
             **{str(k).replace("_", " "): run_dirs(v) for k, v in (cfg.baselines or {}).items()}}
@@ -202,7 +244,8 @@ def run(cfg) -> dict:
     protocol = load_protocol(cfg)
     theta_sft = clone_state(protocol.sft.state_dict())  # in CPU memory, where the fronts interpolate
     curves = [c for name, dirs in arms.items() for run_dir in dirs
-              for c in run_curves(name, run_dir, theta_sft, etas, linear_etas if name == cfg.name else None)]
+              for c in (run_curves(name, run_dir, theta_sft, etas, linear_etas, merges, merge_etas) if name == cfg.name
+                        else run_curves(name, run_dir, theta_sft, etas))]
     rows, prompt_rows, example_rows = evaluate_curves(curves, protocol)
     out = Path(cfg_output_dir())
     terms = list(dict.fromkeys(k for r in rows for k in r if k.startswith("reward/")))  # a sum reward's terms

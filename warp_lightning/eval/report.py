@@ -372,6 +372,28 @@ def _comparison_text(what: str, found: dict[str, dict]) -> str:
     return f"{what}: " + ", ".join(parts) + (f" ({', '.join(design)})" if design else "")
 
 
+def claim_record(claim: str, criterion: str, comparisons: list[tuple[str, dict[str, dict]]], missing: str = "") -> dict:
+    """A claim: its criterion, a verdict per metric (every comparison's, combined: `combine_verdicts`), the evidence
+    in words and each comparison's differences; *not measured* (with `missing`: why) without a comparison."""
+    if not comparisons:
+        return {"claim": claim, "criterion": criterion, "verdict": NOT_MEASURED, "verdict_judge": NOT_MEASURED,
+                "evidence": missing, "comparisons": []}
+    verdicts = {m: combine_verdicts([combined_verdict(found[m]["diff"], found[m].get("seed_t"))
+                                     for _, found in comparisons if m in found]) for m in METRICS}
+    return {"claim": claim, "criterion": criterion, "verdict": verdicts["reward"], "verdict_judge": verdicts["judge"],
+            "evidence": "; ".join(_comparison_text(what, found) for what, found in comparisons),
+            "comparisons": [{"what": what, "points": next(iter(found.values())).get("points"),
+                             **{m: {**c["diff"].as_dict(), "seed_t": c.get("seed_t")} if c["diff"] else {"why": c["why"]}
+                                for m, c in found.items()}} for what, found in comparisons]}
+
+
+def compare_metrics(fn, a: dict[int, list[dict]], b: dict[int, list[dict]], rows: list[dict], scores: dict | None,
+                    paired: bool = False) -> dict[str, dict]:
+    """`fn` (`matched_kl_difference`, `endpoint_difference`) of A over B on each metric the rows have."""
+    return {m: fn(a, b, m, scores, paired) for m in METRICS
+            if m == "reward" or any(r.get("judge_mean") not in ("", None) for r in rows)}
+
+
 def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
     """The paper's claims (WARP.md), each with its criterion, a verdict on the proxy reward and one on the judge
     (holds / contradicted / unresolved at this sample size / not measured) and the paired differences behind it.
@@ -387,23 +409,10 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
     out = []
 
     def add(claim: str, criterion: str, comparisons: list[tuple[str, dict[str, dict]]], missing: str = "") -> None:
-        if not comparisons:
-            out.append({"claim": claim, "criterion": criterion, "verdict": NOT_MEASURED,
-                        "verdict_judge": NOT_MEASURED, "evidence": missing, "comparisons": []})
-            return
-        verdicts = {m: combine_verdicts([combined_verdict(found[m]["diff"], found[m].get("seed_t"))
-                                         for _, found in comparisons if m in found]) for m in METRICS}
-        out.append({"claim": claim, "criterion": criterion, "verdict": verdicts["reward"],
-                    "verdict_judge": verdicts["judge"],
-                    "evidence": "; ".join(_comparison_text(what, found) for what, found in comparisons),
-                    "comparisons": [{"what": what, "points": next(iter(found.values())).get("points"),
-                                     **{m: {**c["diff"].as_dict(), "seed_t": c.get("seed_t")}
-                                        if c["diff"] else {"why": c["why"]}
-                                        for m, c in found.items()}} for what, found in comparisons]})
+        out.append(claim_record(claim, criterion, comparisons, missing))
 
     def compare(fn, a, b, paired=False) -> dict[str, dict]:
-        return {m: fn(a, b, m, scores, paired) for m in METRICS
-                if m == "reward" or any(r.get("judge_mean") not in ("", None) for r in rows)}
+        return compare_metrics(fn, a, b, rows, scores, paired)
 
     criterion = "the EMA-anchor RL curve lies above each fixed-anchor RL curve at matched KL"
     comparisons = []

@@ -346,10 +346,14 @@ def seed_t_interval(per_seed_a, per_seed_b, paired: bool = False) -> dict:
     return {"mean": diff, "low": diff - half, "high": diff + half, "df": float(df)}
 
 
+def wider_interval(diff: Difference | None, seed_t: dict | None) -> Difference | None:
+    """The bootstrap interval widened to the seeds' t interval where that exists (what the verdicts judge by)."""
+    if diff is None or seed_t is None or math.isnan(seed_t["low"]):
+        return diff
+    return Difference(diff.mean, min(diff.low, seed_t["low"]), max(diff.high, seed_t["high"]), diff.se, diff.n,
+                      diff.seeds)
+
+
 def combined_verdict(diff: Difference | None, seed_t: dict | None) -> str:
     """The verdict of the wider of the bootstrap interval and the seeds' t interval (where the t interval exists)."""
-    if diff is None or seed_t is None or math.isnan(seed_t["low"]):
-        return verdict(diff)
-    wider = Difference(diff.mean, min(diff.low, seed_t["low"]), max(diff.high, seed_t["high"]), diff.se, diff.n,
-                       diff.seeds)
-    return verdict(wider)
+    return verdict(wider_interval(diff, seed_t))

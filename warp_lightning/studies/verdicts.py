@@ -3,10 +3,11 @@ T sweep, the fronts' plot, and what is provisional.
 
 - Pooling: every result must have the code's `NUMERICS` and its job's current definition; otherwise the report
   refuses, naming the jobs to re-run. bf16 and fp32 results pool (independent seeds); the report states the mix.
-- Each claim is judged by `eval.report.claims` on the pooled points (the same test prompts and sampling random
-  numbers in every job): paired over prompts, a two-level bootstrap over prompts and seeds with the KL matching
-  re-estimated in every resample, and beside it a Student-t interval over the seeds' own means
-  (`eval.stats.seed_t_interval`, why there); the verdict takes the wider of the two.
+- Each claim is judged by `eval.report.claims` (a study with `claims: merges`: `studies/merges.py`) on the pooled
+  points (the same test prompts and sampling random numbers in every job): paired over prompts, a two-level
+  bootstrap over prompts and seeds with the KL matching re-estimated in every resample, and beside it a Student-t
+  interval over the seeds' own means (`eval.stats.seed_t_interval`, why there); the verdict takes the wider of the
+  two.
 - A verdict is *provisional (n of N seeds)* until every arm its comparisons pool has the seeds its study declares
   (the report's headline: until every arm with a front has them).
 """
@@ -30,6 +31,7 @@ from warp_lightning.eval.stats import (
     paired_difference,
     seed_t_interval,
 )
+from warp_lightning.studies import merges
 from warp_lightning.studies.jobs import DONE, job_state, study_jobs
 from warp_lightning.studies.results import NUMERICS
 from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
@@ -68,6 +70,17 @@ def pooled_front(results: dict[str, dict]) -> tuple[list[dict], dict]:
             scores[point_key(p)] = {"ids": np.asarray(p["prompt_index"])[order],
                                     **{m: np.asarray(p[m], float)[order] for m in ("reward", "judge", "kl") if m in p}}
     return rows, scores
+
+
+def main_curves(rows: list[dict]) -> list[dict]:
+    """Every curve but front's `merges` ones (those with `runs`): the iterations' own merges and the RL curves, which
+    the paper's claims, SFT against WARP and the reach sentence read."""
+    return [r for r in rows if not r.get("runs")]
+
+
+# the claims a study is judged by (its file's `claims`; the paper's when absent), and the table each set adds
+CLAIMS = {"paper": lambda rows, scores: claims(main_curves(rows), scores), "merges": merges.claims}
+TABLES = {"merges": ("The merge methods at each M", merges.methods_table)}
 
 
 def seeds_per_arm(study, results: dict[str, dict]) -> dict[str, int]:
@@ -283,6 +296,9 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
         raise UserError(f"study {study.name} has no result yet (no file in the results folder): run some of its "
                         f"jobs first (`python -m warp_lightning study study={study.name} action=run`)")
     check_pooling(study, results)
+    judged_by = str(study.get("claims") or "paper")
+    if judged_by not in CLAIMS:
+        raise UserError(f"study.claims={judged_by!r} is invalid: choose one of {', '.join(CLAIMS)}")
     out.mkdir(parents=True, exist_ok=True)
     counts = seeds_per_arm(study, results)
     status = provisional(study, results)
@@ -297,8 +313,8 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
     parts: list[str] = []  # the README's block
     rows, scores = pooled_front(results)
     if rows:
-        found = claims(rows, scores)
-        first = sft_against_final(rows, scores)
+        found = CLAIMS[judged_by](rows, scores)
+        first = sft_against_final(main_curves(rows), scores)
         if first:
             text += ["## SFT against WARP", "", first, "", side_by_side(results), ""]
             parts.append(first)
@@ -310,11 +326,13 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
                                 [[c["claim"], *(marked(c[v], "" if c["status"] == "final" else c["status"])
                                                 for v in ("verdict", "verdict_judge")),
                                   c["evidence"]] for c in found]), ""]
+        extra = TABLES[judged_by][1](found, rows) if judged_by in TABLES else ""
+        text += [f"## {TABLES[judged_by][0]}", "", extra, ""] if extra else []
         plot_front(rows, out / "front.png")
-        text += [reach_sentence(rows), "", "![fronts](front.png)", ""]
+        text += [reach_sentence(main_curves(rows)), "", "![fronts](front.png)", ""]
         parts += [markdown_table(["claim · its comparisons", "proxy reward (paired, 95%)", "held-out judge",
                                   "status · seeds per side", "prompts", "matched points"], verdict_rows(found)),
-                  reach_sentence(rows)]
+                  extra, reach_sentence(main_curves(rows))]
     sweep = sweep_rows(study, results)
     if sweep:
         plot_sweep(sweep, out / "sweep_T.png")
