@@ -76,7 +76,7 @@ MAIN_FIGURES = ("reward_mean", "judge_mean", "kl_mean", "completion_length_mean"
 
 class WarpRecipe:
     """The `train` command: `setup` (models, prompts, the WarpState, what an interrupted attempt finished), `loop`
-    (WARP.md's I x M loop), `evaluate` (SFT against the final theta_slerp on held-out prompts)."""
+    (WARP.md's I x M loop), `write_final` (final/, the end-of-run check of SFT against it, manifest.json)."""
 
     def __init__(self, cfg):
         self.cfg, self.w = cfg, cfg.warp
@@ -222,8 +222,9 @@ class WarpRecipe:
         if self.rank == 0:
             ckpt.save_loop(self.ckpt_dir, self.state, (i, self.w.runs if self.parallel else m), records, self.config)
 
-    def evaluate(self, started: float) -> dict:
-        """theta_slerp of the last iteration, saved as `final/`, against the SFT policy (manifest.json)."""
+    def write_final(self, started: float) -> dict:
+        """theta_slerp of the last iteration saved as `final/`, the end-of-run check of the SFT policy against it
+        on held-out prompts, and manifest.json (config, runs, merges, the check); returns the metrics."""
         cfg, w, state = self.cfg, self.w, self.state
         save_policy(self.skeleton, state.theta_slerp, self.tokenizer, self.out_dir / "final")
         # matmuls in the training precision; log-probs, KL and rewards are float32 either way
@@ -283,4 +284,4 @@ def run(cfg) -> dict | None:
     recipe = WarpRecipe(cfg)
     recipe.setup()
     recipe.loop()
-    return recipe.evaluate(started) if recipe.rank == 0 else None  # rank 0 writes the outputs
+    return recipe.write_final(started) if recipe.rank == 0 else None  # rank 0 writes the outputs
