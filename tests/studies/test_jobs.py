@@ -22,7 +22,7 @@ def load(name: str):
     return OmegaConf.load(CONF_DIR / "study" / f"{name}.yaml")
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "smollm2", "chat", "merges"])
+@pytest.mark.parametrize("name", ["default", "smoke", "smollm2", "chat", "merges", "warm"])
 def test_arms_are_independent(name):
     """No two jobs of a study share a seed of any run (derive_seed(warp.seed, i, m), which also orders the run's
     prompts and seeds its sampling): the EMA-anchor baseline is not WARP's run (1, 1) continued."""

@@ -200,13 +200,12 @@ def evaluate_curves(curves: list[Curve], protocol) -> tuple[list[dict], list[dic
                    **{k: v for k, v in metrics.items() if k.startswith("reward/") and k.endswith(("_mean", "_ci95"))}}
             rows.append(row)
             ids = None
-            for key in ("reward", "judge", "kl"):
-                if key in completions[0]:
-                    ids, values = per_prompt(completions, key)
-                    point[key] = values
-            prompt_rows += [{**{k: v for k, v in point.items() if k not in ("reward", "judge", "kl")},
-                             "prompt_index": i, **{k: float(point[k][j]) for k in ("reward", "judge", "kl")
-                                                   if k in point}} for j, i in enumerate(ids)]
+            measured = [k for k in completions[0] if k in ("reward", "judge", "kl") or k.startswith("reward/")]
+            for key in measured:  # a sum reward's terms (`reward/NAME`) per prompt too
+                ids, values = per_prompt(completions, key)
+                point[key] = values
+            prompt_rows += [{**{k: v for k, v in point.items() if k not in measured},
+                             "prompt_index": i, **{k: float(point[k][j]) for k in measured}} for j, i in enumerate(ids)]
             # the first EXAMPLES prompts' completions (in the evaluation's order, not chosen), for side-by-side reading
             first = sorted({c["prompt_index"] for c in completions})[:EXAMPLES]
             example_rows += [{"curve": curve.name, "seed": curve.seed, "eta": where.get("eta", ""),
@@ -250,7 +249,8 @@ def run(cfg) -> dict:
     out = Path(cfg_output_dir())
     terms = list(dict.fromkeys(k for r in rows for k in r if k.startswith("reward/")))  # a sum reward's terms
     write_csv(out / "front.csv", [{k: r.get(k, "") for k in COLUMNS + terms} for r in rows])
-    write_csv(out / "front_prompts.csv", [{k: r.get(k, "") for k in PROMPT_COLUMNS} for r in prompt_rows])
+    per_term = list(dict.fromkeys(k for r in prompt_rows for k in r if k.startswith("reward/")))
+    write_csv(out / "front_prompts.csv", [{k: r.get(k, "") for k in PROMPT_COLUMNS + per_term} for r in prompt_rows])
     write_csv(out / "front_examples.csv", example_rows)
     plot_front(rows, out / "front.png")
     best = {c.name: max((r for r in rows if r["curve"] == c.name), key=lambda r: r["reward_mean"]) for c in curves}

@@ -95,29 +95,51 @@ def run_step(name: str, cmd: list[str]) -> float:
     return time.time() - started
 
 
+def train_record(folder: Path, with_front: bool) -> dict:
+    """What a train job's result keeps of its `train` run (manifest.json) and of its `front`."""
+    manifest = json.loads((folder / "train" / "manifest.json").read_text())
+    return {"compute": manifest["compute"], "precision": manifest["config"]["trainer"].get("precision"),
+            "bf16": "bf16-mixed" in manifest["compute"], "config": manifest["config"], "runs": manifest["runs"],
+            "merges": manifest["merges"], "train_metrics": manifest["metrics"],
+            "front": front_data(folder / "front") if with_front else None}
+
+
+def reward_record(run_dir: Path) -> dict:
+    """What a reward job's result keeps of its `reward` run: its metrics.json (WARM: every member's, the weight
+    average's and the prediction average's figures) and resolved config, its device and precision."""
+    from warp_lightning.utils.precision import describe
+    from warp_lightning.utils.trainer import trainer_device, trainer_precision
+
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    compute = describe(trainer_device(config.trainer), trainer_precision(config.trainer))  # as the run logged it
+    return {"compute": compute, "precision": config.trainer.get("precision"), "bf16": "bf16-mixed" in compute,
+            "config": OmegaConf.to_container(config), "reward": json.loads((run_dir / "metrics.json").read_text()),
+            "front": None}
+
+
 def run_job(cfg, job: Job) -> dict:
     """One job: train (skipped when finished, resumed when cut), front (skipped when written), the result."""
     folder = job_dir(cfg.work_dir, job)
     extra = [str(e) for e in cfg.extra or []]
     cmds = commands(job, cfg.work_dir, extra)
     seconds = {}
-    if not (folder / "train" / "manifest.json").exists():
-        seconds["train"] = run_step(f"{job.name} train", cmds["train"])
-    if cmds["front"] is not None and not (folder / "front" / "front_prompts.csv").exists():
-        seconds["front"] = run_step(f"{job.name} front", cmds["front"])
-    manifest = json.loads((folder / "train" / "manifest.json").read_text())
+    if job.reward is not None:
+        if not (folder / "reward" / "metrics.json").exists():
+            seconds["reward"] = run_step(f"{job.name} reward", cmds["reward"])
+    else:
+        if not (folder / "train" / "manifest.json").exists():
+            seconds["train"] = run_step(f"{job.name} train", cmds["train"])
+        if cmds["front"] is not None and not (folder / "front" / "front_prompts.csv").exists():
+            seconds["front"] = run_step(f"{job.name} front", cmds["front"])
     earlier = folder / "seconds.json"  # the seconds of steps finished by an earlier attempt of this job
     seconds = {**(json.loads(earlier.read_text()) if earlier.exists() else {}), **seconds}
     atomic_write_json(earlier, seconds)
     commit, dirty = git_commit()
     record = {"study": job.study, "job": job.name, "arm": job.arm, "label": job.label, "seed": job.seed,
               "warp_seed": job.warp_seed, "sweep": job.sweep, "definition": job.definition(), "numerics": NUMERICS,
-              "commit": commit, "dirty": dirty, "compute": manifest["compute"],
-              "precision": manifest["config"]["trainer"].get("precision"),
-              "bf16": "bf16-mixed" in manifest["compute"], "seconds": seconds, "config": manifest["config"],
-              "runs": manifest["runs"], "merges": manifest["merges"], "train_metrics": manifest["metrics"],
-              "front": front_data(folder / "front") if cmds["front"] is not None else None,
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "commit": commit, "dirty": dirty, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              **(reward_record(folder / "reward") if job.reward is not None
+                 else train_record(folder, cmds["front"] is not None))}
     path = write_result(result_path(cfg.results_dir, job), record)
     log.info("%s: result written to %s (%.0f s)", job.name, path, sum(seconds.values()))
     if not cfg.keep_models:

@@ -2,7 +2,10 @@
 
 A job is one seed s of one arm: `train <common> <arm.train> warp.seed=<arm.seed_base + s>` into
 WORK_DIR/STUDY/JOB/train, then `front <front_common> <arm.front>` on that run alone into WORK_DIR/STUDY/JOB/front
-(an arm whose `front` is null has none: the T sweep reads the end-of-train check), then its result file. Each
+(an arm whose `front` is null has none: the T sweep reads the end-of-train check), then its result file. An arm with
+`reward` overrides instead (a reward arm) runs `reward <arm.reward> reward_training.seed=<arm.seed_base + s>` into
+WORK_DIR/STUDY/JOB/reward (its model saved there, never to the models cache), and its result keeps the run's
+metrics.json (e.g. WARM's members', weight average's and prediction average's accuracies). Each
 step is skipped when its output is complete and resumes from its checkpoint when it was cut in the middle, so a
 job run again after a stop goes on where it stopped.
 """
@@ -32,6 +35,7 @@ class Job:
     front: tuple[str, ...] | None  # the overrides of `front`, or None: no front
     minutes: float  # expected minutes on 2 cores with native bf16
     sweep: dict = field(default_factory=dict, hash=False, compare=False)  # e.g. {"steps": 50}: a T-sweep point
+    reward: tuple[str, ...] | None = None  # a reward arm: the overrides of `reward` (then no train, no front)
 
     @property
     def name(self) -> str:
@@ -39,6 +43,8 @@ class Job:
 
     def definition(self) -> dict:
         """What defines the job's numbers (a result whose definition differs is stale)."""
+        if self.reward is not None:
+            return {"reward": list(self.reward)}
         return {"train": list(self.train), "front": None if self.front is None else list(self.front)}
 
     def digest(self) -> str:
@@ -68,6 +74,10 @@ def study_jobs(study) -> list[Job]:
             if s >= seeds:
                 continue
             warp_seed = int(a.seed_base) + s
+            if a.get("reward") is not None:  # a reward arm: its seed is reward_training.seed
+                jobs.append(Job(str(study.name), str(arm), s, warp_seed, str(a.get("label") or arm), (), None,
+                                float(a.minutes), reward=(*_strings(a.reward), f"reward_training.seed={warp_seed}")))
+                continue
             train = tuple(merge_experiments([*_strings(study.common), *_strings(a.train)]) + [f"warp.seed={warp_seed}"])
             front = None if a.get("front") is None else tuple([*_strings(study.get("front_common")),
                                                                *_strings(a.front)])
@@ -118,9 +128,13 @@ def job_state(job: Job, results: dict[str, dict], numerics: int) -> tuple[str, s
 
 
 def commands(job: Job, work_dir: str | Path, extra: list[str]) -> dict[str, list[str] | None]:
-    """The two commands of a job (`front`: None for an arm without one), each with its fixed run folder."""
+    """The two commands of a job (`front`: None for an arm without one), each with its fixed run folder; a reward
+    arm's one command, `reward`, its model saved in its own folder."""
     folder = job_dir(work_dir, job)
     base = [sys.executable, "-m", "warp_lightning"]
+    if job.reward is not None:
+        return {"reward": [*base, "reward", *job.reward, *extra, f"save_to={folder / 'reward' / 'model'}",
+                           f"hydra.run.dir={folder / 'reward'}"]}
     train = [*base, "train", *job.train, *extra, f"hydra.run.dir={folder / 'train'}"]
     front = None if job.front is None else [
         *base, "front", f"run={folder / 'train'}", f"name={job.label.replace(' ', '_')}", *job.front, *extra,

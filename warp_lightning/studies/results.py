@@ -3,9 +3,10 @@
 A result holds what every table, interval and verdict of the study needs, and nothing heavy (never weights):
 - the job's header: study, arm, seed, its definition (the overrides of its commands), `NUMERICS`, the commit
   (and whether the tree had uncommitted changes), the device and precision, the seconds of each command;
-- the resolved config of its `train` run, its per-run records and merge statistics, its end-of-train check;
-- its front (`front`): every point (front.csv's row) and the per-prompt reward, judge score and KL of every point,
-  on the prompts and sampling random numbers that every job of the study shares.
+- the resolved config of its `train` run, its per-run records and merge statistics, its end-of-train check (a
+  reward arm's job: its `reward` run's resolved config and metrics.json, under `reward`);
+- its front (`front`): every point (front.csv's row) and the per-prompt reward, judge score and KL of every point
+  (and each term of a sum reward, `reward/NAME`), on the prompts and sampling random numbers that every job of the study shares.
 
 `NUMERICS` names what the numbers mean: the training and evaluation arithmetic. A change of code that changes
 what a job computes (a smoke `train` no longer giving its golden figures: tests/studies/test_golden.py) bumps it,
@@ -57,6 +58,11 @@ def _number(v):
     return round(x, DIGITS)
 
 
+def measured(row: dict) -> list[str]:
+    """The per-prompt values of a front_prompts.csv row: reward, judge, KL, and a sum reward's terms `reward/NAME`."""
+    return [m for m in row if m in ("reward", "judge", "kl") or m.startswith("reward/")]
+
+
 def front_data(front_dir: Path) -> dict:
     """A front run's points (front.csv), per point its prompts and their values (front_prompts.csv), and its
     completions of the first prompts (front_examples.csv)."""
@@ -67,7 +73,7 @@ def front_data(front_dir: Path) -> dict:
         p = points.setdefault(key, {"curve": r["curve"], "seed": int(float(r["seed"])), "eta": _number(r["eta"]),
                                     "step": _number(r["step"]), "prompt_index": []})
         p["prompt_index"].append(int(r["prompt_index"]))
-        for m in ("reward", "judge", "kl"):
+        for m in measured(r):
             if r.get(m) not in ("", None):
                 p.setdefault(m, []).append(round(float(r[m]), DIGITS))
     examples = front_dir / "front_examples.csv"  # a front of an older version has none

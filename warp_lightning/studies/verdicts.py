@@ -31,9 +31,9 @@ from warp_lightning.eval.stats import (
     paired_difference,
     seed_t_interval,
 )
-from warp_lightning.studies import merges
+from warp_lightning.studies import merges, warm
 from warp_lightning.studies.jobs import DONE, job_state, study_jobs
-from warp_lightning.studies.results import NUMERICS
+from warp_lightning.studies.results import NUMERICS, measured
 from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
 
 
@@ -68,8 +68,15 @@ def pooled_front(results: dict[str, dict]) -> tuple[list[dict], dict]:
         for p in front["prompts"]:
             order = np.argsort(p["prompt_index"])
             scores[point_key(p)] = {"ids": np.asarray(p["prompt_index"])[order],
-                                    **{m: np.asarray(p[m], float)[order] for m in ("reward", "judge", "kl") if m in p}}
+                                    **{m: np.asarray(p[m], float)[order] for m in measured(p)}}
     return rows, scores
+
+
+def first_arm(study, rows: list[dict]) -> list[dict]:
+    """The points of the study's first arm with a front (SFT against WARP reads that arm's fronts alone: a study of
+    several WARP arms, e.g. `warm`'s, does not pool them)."""
+    first = next((spec.get("label") or arm for arm, spec in study.arms.items() if spec.get("front") is not None), "")
+    return [r for r in rows if r.get("arm", "") in ("", str(first).replace(" ", "_"))]
 
 
 def main_curves(rows: list[dict]) -> list[dict]:
@@ -78,9 +85,17 @@ def main_curves(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("runs")]
 
 
-# the claims a study is judged by (its file's `claims`; the paper's when absent), and the table each set adds
-CLAIMS = {"paper": lambda rows, scores: claims(main_curves(rows), scores), "merges": merges.claims}
-TABLES = {"merges": ("The merge methods at each M", merges.methods_table)}
+# the claims a study is judged by (its file's `claims`; the paper's when absent), and the tables each set adds:
+# (title, fn(claims found, front rows, per-prompt scores, results)); a table with nothing to show returns ""
+CLAIMS = {"paper": lambda rows, scores: claims(main_curves(rows), scores), "merges": merges.claims,
+          "warm": warm.claims}
+TABLES = {"merges": [("The merge methods at each M", lambda found, rows, scores, results: merges.methods_table(found, rows))],
+          "warm": [("The proxy-judge gap as KL grows", lambda found, rows, scores, results: warm.gap_table(rows, scores)),
+                   ("The reward models' accuracies", lambda found, rows, scores, results: warm.accuracy_table(results))]}
+
+# the two verdict columns of each set of claims (the warm study's: its claims' two readings, see studies/warm.py)
+HEADERS = {"paper": ("proxy reward", "held-out judge"),
+           "warm": ("at matched KL (the gap: own proxy)", "second reading (the gap: common proxy; the judge: eta = 1)")}
 
 
 def seeds_per_arm(study, results: dict[str, dict]) -> dict[str, int]:
@@ -314,25 +329,29 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
     rows, scores = pooled_front(results)
     if rows:
         found = CLAIMS[judged_by](rows, scores)
-        first = sft_against_final(main_curves(rows), scores)
+        first = sft_against_final(first_arm(study, main_curves(rows)), scores)
         if first:
             text += ["## SFT against WARP", "", first, "", side_by_side(results), ""]
             parts.append(first)
         label = f"**{status}** (each claim marked by the seeds its own arms have)" if status else "final"
         for c in found:
             c["status"] = (claim_status(c, int(study.seeds_needed)) or "final") if c["comparisons"] else NOT_MEASURED
+        first_column, second_column = HEADERS.get(judged_by, HEADERS["paper"])
         text += ["## Claims", "", f"Verdicts: {label}.", "",
-                 markdown_table(["claim", "proxy reward", "held-out judge", "paired differences, 95% intervals"],
+                 markdown_table(["claim", first_column, second_column, "paired differences, 95% intervals"],
                                 [[c["claim"], *(marked(c[v], "" if c["status"] == "final" else c["status"])
                                                 for v in ("verdict", "verdict_judge")),
                                   c["evidence"]] for c in found]), ""]
-        extra = TABLES[judged_by][1](found, rows) if judged_by in TABLES else ""
-        text += [f"## {TABLES[judged_by][0]}", "", extra, ""] if extra else []
+        parts.append(markdown_table(["claim · its comparisons", f"{first_column} (paired, 95%)", second_column,
+                                     "status · seeds per side", "prompts", "matched points"], verdict_rows(found)))
+    for title, table in TABLES.get(judged_by, []):  # a reward arm's table shows before any front has landed
+        extra = table(found, rows, scores, results)
+        text += [f"## {title}", "", extra, ""] if extra else []
+        parts.append(extra)
+    if rows:
         plot_front(rows, out / "front.png")
         text += [reach_sentence(main_curves(rows)), "", "![fronts](front.png)", ""]
-        parts += [markdown_table(["claim · its comparisons", "proxy reward (paired, 95%)", "held-out judge",
-                                  "status · seeds per side", "prompts", "matched points"], verdict_rows(found)),
-                  extra, reach_sentence(main_curves(rows))]
+        parts.append(reach_sentence(main_curves(rows)))
     sweep = sweep_rows(study, results)
     if sweep:
         plot_sweep(sweep, out / "sweep_T.png")

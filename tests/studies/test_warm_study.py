@@ -1,0 +1,185 @@
+"""The `warm` study: its declaration (equal RL compute, each front scored by both reward models, reward arms with
+WARM's recipe and seeds of their own), a reward job's result, and its verdicts on synthetic result files (the
+proxy-judge gap at matched KL, the judge, the accuracies of the members and of the two averages)."""
+
+import json
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from warp_lightning.cli import CONF_DIR
+from warp_lightning.studies import command, warm
+from warp_lightning.studies.jobs import commands, study_jobs
+from warp_lightning.studies.results import NUMERICS, front_data, read_result
+from warp_lightning.studies.verdicts import write_report
+
+P = 40  # prompts
+ETAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+TOP_KL = 8.0  # KL at eta = 1
+
+
+def load(name="warm"):
+    return OmegaConf.load(CONF_DIR / "study" / f"{name}.yaml")
+
+
+def test_both_arms_run_the_same_warp_and_differ_by_their_reward_model_alone():
+    jobs = {j.name: j for j in study_jobs(load())}
+    assert list(jobs)[:4] == ["single-s0", "warm-s0", "rm_clean-s0", "rm_noisy-s0"] and len(jobs) == 12
+    single, warm_job = jobs["single-s0"], jobs["warm-s0"]
+    differs = set(single.train) ^ set(warm_job.train)
+    assert differs == {"reward_model=minilm_rt_warm", "warp.seed=5000", "warp.seed=5100"}  # equal RL compute
+    assert "warp.iterations=3" in single.train and single.train[0] == "+experiment=study"
+    # every front scored by both reward models, its total the arm's own proxy
+    assert "reward_model=minilm_rt_both" in single.front
+    assert {"reward_model.terms.single.weight=1", "reward_model.terms.warm.weight=0"} <= set(single.front)
+    assert {"reward_model.terms.single.weight=0", "reward_model.terms.warm.weight=1"} <= set(warm_job.front)
+    assert single.label.replace(" ", "_") == warm.SINGLE and warm_job.label == warm.WARM  # front's `name=`
+
+
+def test_the_reward_arms_train_warms_recipe_with_seeds_of_their_own(tmp_path):
+    jobs = {j.name: j for j in study_jobs(load())}
+    clean, noisy = jobs["rm_clean-s1"], jobs["rm_noisy-s2"]
+    recipe = OmegaConf.load(CONF_DIR / "reward_model" / "minilm_rt_warm.yaml").build_overrides
+    assert set(recipe) <= set(clean.reward) and set(recipe) <= set(noisy.reward)
+    assert clean.reward[-1] == "reward_training.seed=5201" and noisy.reward[-1] == "reward_training.seed=5302"
+    assert "reward_training.label_noise=0.25" in noisy.reward and not any("label_noise" in o for o in clean.reward)
+    assert clean.train == () and clean.front is None and clean.definition() == {"reward": list(clean.reward)}
+    cmds = commands(clean, tmp_path, ["trainer.precision=bf16-mixed"])
+    assert list(cmds) == ["reward"]
+    cmd = cmds["reward"]
+    assert cmd[3] == "reward" and cmd[-2:] == [f"save_to={tmp_path / 'warm' / 'rm_clean-s1' / 'reward' / 'model'}",
+                                               f"hydra.run.dir={tmp_path / 'warm' / 'rm_clean-s1' / 'reward'}"]
+    assert "trainer.precision=bf16-mixed" in cmd  # the machine's `extra` too
+
+
+def test_a_reward_job_keeps_its_metrics_in_its_result(tmp_path, monkeypatch):
+    """run_job on a reward arm: the `reward` command (faked here), then one result with its metrics.json."""
+    job = next(j for j in study_jobs(load()) if j.name == "rm_noisy-s0")
+    ran = []
+
+    def fake(name, cmd):
+        out = tmp_path / "work" / "warm" / job.name / "reward"
+        (out / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "32-true"}}),
+                       out / ".hydra" / "config.yaml")
+        (out / "metrics.json").write_text(json.dumps(accuracies(0.8, flipped=True)))
+        ran.append(name)
+        return 12.0
+
+    monkeypatch.setattr(command, "run_step", fake)
+    cfg = OmegaConf.create({"work_dir": str(tmp_path / "work"), "results_dir": str(tmp_path / "results"),
+                            "extra": [], "keep_models": False})
+    command.run_job(cfg, job)
+    result = read_result(tmp_path / "results" / "warm" / "rm_noisy-s0.json.gz")
+    assert ran == ["rm_noisy-s0 reward"] and result["seconds"] == {"reward": 12.0}
+    assert result["reward"]["weight_average"]["memorised"] == 0.1 and result["front"] is None
+    assert result["definition"] == {"reward": list(job.reward)} and result["numerics"] == NUMERICS
+    assert not (tmp_path / "work" / "warm" / job.name).exists()  # its models removed once the result is written
+
+
+def test_a_front_keeps_each_term_of_a_sum_reward_per_prompt(tmp_path):
+    (tmp_path / "front.csv").write_text("curve,seed,eta,step,reward_mean,reward/single_mean\nWARM i1,0,1.0,,0.6,0.7\n")
+    (tmp_path / "front_prompts.csv").write_text("curve,seed,eta,step,prompt_index,reward,judge,kl,reward/single,"
+                                                "reward/warm\nWARM i1,0,1.0,,1,0.6,0.5,2.0,0.7,0.6\n"
+                                                "WARM i1,0,1.0,,0,0.4,0.5,2.0,0.3,0.4\n")
+    point, = front_data(tmp_path)["prompts"]
+    assert point["reward/single"] == [0.7, 0.3] and point["reward/warm"] == [0.6, 0.4] and point["judge"] == [0.5, 0.5]
+
+
+def accuracies(level, flipped=False):
+    """A WARM run's metrics.json: members a little below the weight average, the prediction average between."""
+    def figures(acc):
+        return {"val_pair_accuracy": acc, "sentences_accuracy": acc - 0.1, **({"memorised": 0.1} if flipped else {})}
+
+    return {"members": [{"seed": k, "lr": lr, "dropout": d, **figures(level - 0.02)}
+                        for k, (lr, d) in enumerate(((1e-5, 0.05), (4e-5, 0.1), (1e-4, 0.05), (1e-5, 0.1)))],
+            "weight_average": figures(level), "prediction_average": figures(level - 0.01)}
+
+
+def arm_front(curve, seed, proxy, judge, common, rng, offset=0.0):
+    """The last front (iteration 3) of one job: own proxy 0.5 + proxy x KL, judge and the common proxy likewise,
+    each with per-prompt noise, and a seed-level `offset` on the judge."""
+    rows, prompts = [], []
+    for eta in ETAS:
+        kl = eta * TOP_KL
+        own, j, c = 0.5 + proxy * kl, 0.5 + judge * kl + offset, 0.5 + common * kl
+        rows.append({"curve": curve, "arm": curve.split(" i")[0], "seed": seed, "kind": "liti", "merge": "slerp",
+                     "runs": "", "anchor": "ema", "kl_coef": 0.1, "iteration": 3, "eta": eta, "step": None,
+                     "extrapolation": eta > 1, "reward_mean": own, "reward_ci95": 0.01, "judge_mean": j,
+                     "judge_ci95": 0.01, "kl_mean": kl, "kl_ci95": 0.1, "completion_length_mean": 24.0})
+        noise = rng.normal(0, 0.01, P)
+        noise -= noise.mean()
+        terms = {"reward/single": c, "reward/warm": own} if curve.startswith("WARM") else {"reward/single": own,
+                                                                                            "reward/warm": c}
+        prompts.append({"curve": curve, "seed": seed, "eta": eta, "step": None, "prompt_index": list(range(P)),
+                        "reward": list(own + noise), "judge": list(j + noise * 0.5), "kl": [kl] * P,
+                        **{k: list(v + noise) for k, v in terms.items()}})
+    return {"rows": rows, "prompts": prompts, "examples": []}
+
+
+def landed(warm_slopes, seeds=3, spread=0.0):
+    """Results of the warm study. The single arm: proxy 0.04 / nat, judge 0.01 (a gap growing 0.03 / nat); WARM's
+    (proxy, judge, common proxy) slopes given; `spread`: the sd of a seed-level offset of every judge score."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for job in study_jobs(load()):
+        if job.seed >= seeds:
+            continue
+        header = {"study": job.study, "job": job.name, "arm": job.arm, "label": job.label, "seed": job.seed,
+                  "warp_seed": job.warp_seed, "sweep": job.sweep, "definition": job.definition(),
+                  "numerics": NUMERICS, "commit": "0" * 40, "dirty": False,
+                  "compute": "cpu (Test CPU), precision 32-true", "seconds": {"train": 60.0}, "config": {},
+                  "runs": [], "merges": [], "train_metrics": {}, "front": None}
+        if job.reward is not None:
+            out[job.name] = {**header, "reward": accuracies(0.85 - 0.1 * (job.arm == "rm_noisy") + 0.01 * job.seed,
+                                                            flipped=job.arm == "rm_noisy")}
+            continue
+        offset = rng.normal(0, spread) if spread else 0.0
+        slopes = (0.04, 0.01, 0.04) if job.arm == "single" else warm_slopes
+        out[job.name] = {**header, "front": arm_front(f"{job.label.replace(' ', '_')} i3", job.warp_seed, *slopes,
+                                                      rng, offset)}
+    return out
+
+
+def test_a_warm_gap_clearly_smaller_helps(tmp_path):
+    """WARM: proxy 0.03 / nat, judge 0.02 (a gap of 0.01 / nat against the single arm's 0.03), and the single RM
+    scores WARM's policy at 0.035 / nat (a common-proxy gap of 0.015 / nat)."""
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- study:warm -->\nold\n<!-- /study:warm -->\nafter\n")
+    found = write_report(load(), landed((0.03, 0.02, 0.035)), tmp_path / "report", readme=readme)
+    gap, judge = found["claims"][warm.GAP_CLAIM], found["claims"][warm.JUDGE_CLAIM]
+    assert gap == {"reward": "helps", "judge": "helps", "status": "final"}
+    assert judge == {"reward": "holds", "judge": "holds", "status": "final"}
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert "| at matched KL (the gap: own proxy) |" in text.split("## Claims")[1]
+    table = text.split("## The proxy-judge gap as KL grows")[1].split("##")[0]
+    # eta 1: KL 8 for both, own proxy 0.82 / 0.74, common 0.82 / 0.78, judge 0.58 / 0.66, gap 0.24 / 0.08
+    assert "| 1 | 8.00 / 8.00 | 0.820 / 0.740 | 0.820 / 0.780 | 0.580 / 0.660 | 0.240 / 0.080 | -0.160 [" in table
+    assert "SFT against WARP" in text and "WARP final (iteration 3)" in text  # the first arm's fronts alone
+    block = readme.read_text().split("<!-- study:warm -->")[1]
+    assert "| · WARM i3 over single_RM i3 (gap: own proxy \\| common proxy) | -0.160 [" in block
+    assert "WARM i3 over single_RM i3: gap (own proxy) -0.160 [" in text and "after" in readme.read_text()
+
+
+def test_an_equal_gap_is_unresolved_with_the_smallest_detectable_effect_or_not_narrowed(tmp_path):
+    spread = write_report(load(), landed((0.04, 0.01, 0.04), spread=0.05), tmp_path / "wide")["claims"]
+    verdict = spread[warm.GAP_CLAIM]["reward"]
+    assert verdict.startswith("unresolved (smallest detectable effect ") and float(verdict[-6:-1]) > warm.MARGIN
+    assert spread[warm.JUDGE_CLAIM]["reward"] == "unresolved at this sample size"
+    tight = write_report(load(), landed((0.04, 0.01, 0.04)), tmp_path / "tight")["claims"]
+    assert tight[warm.GAP_CLAIM]["reward"] == warm.NOT_NARROWED  # the interval excludes a narrowing of 0.02
+    wider = write_report(load(), landed((0.05, 0.005, 0.05)), tmp_path / "wider")["claims"]
+    assert wider[warm.GAP_CLAIM] == {"reward": warm.WIDENS, "judge": warm.WIDENS, "status": "final"}
+
+
+def test_few_seeds_are_provisional_and_the_accuracies_show_before_any_front(tmp_path):
+    found = write_report(load(), landed((0.03, 0.02, 0.035), seeds=2), tmp_path / "two")
+    assert found["claims"][warm.GAP_CLAIM]["status"] == "provisional (2 of 3 seeds)"
+    only_rm = {k: v for k, v in landed((0.03, 0.02, 0.035), seeds=2).items() if k.startswith("rm_")}
+    found = write_report(load(), only_rm, tmp_path / "rm")
+    assert found["claims"] == {}
+    table = (tmp_path / "rm" / "README.md").read_text().split("## The reward models' accuracies")[1]
+    # means over seeds 0 and 1: clean 0.855 (weight average), members 0.835; flipped 0.755, memorised 0.1
+    assert "| WARM members, clean labels | 2 | **weight average (WARM)** | 0.855 | 0.755 | — |" in table
+    assert "| WARM members, clean labels | 2 | member 2 (lr 4e-05, dropout 0.1) | 0.835 | 0.735 | — |" in table
+    assert "| WARM members, 25% flipped | 2 | **prediction average** | 0.745 | 0.645 | 0.100 |" in table

@@ -1,0 +1,197 @@
+"""The verdicts of the `warm` study (conf/study/warm.yaml): does WARM narrow the gap between the proxy reward RL
+optimises and the held-out judge?
+
+Two RL arms run the same WARP (equal RL compute) against the single reward model (`single RM`) and against WARM
+(the weight average of 4 members); every front point is scored by both reward models (front_prompts.csv's
+`reward/single`, `reward/warm`; `reward` is the arm's own proxy) and by the judge, on the same prompts and random
+numbers. The arms are independent (seeds of their own), so the comparisons pair prompts, not seeds: the two-level
+bootstrap with the KL matching re-estimated in every resample, and Welch's t over the seeds' own means beside it;
+every verdict takes the wider of the two (`eval.stats.wider_interval`). The curves compared are each arm's last
+iteration's front, ExPO points included (the highest KL reached, where a proxy is hacked most), theta_sft left out.
+
+- **WARM narrows the proxy-judge gap at matched KL**: the per-prompt gap = own proxy - judge; WARM's front is
+  interpolated at the KL of each point of the single arm's front, and d = gap(WARM) - gap(single) averaged over
+  those points. *helps* when the interval lies below 0; *does not narrow* when it excludes every narrowing of
+  `MARGIN` or more (its low end above -MARGIN; *widens* when above 0); otherwise *unresolved* with the smallest
+  effect the design detects (MDE, 2.80 standard errors of the wider interval). The second reading scores both arms
+  with one common proxy, the single reward model (a WARM proxy that is merely less confident would narrow the
+  own-proxy gap without any less hacking; the common proxy cannot).
+- **WARM's policy scores higher on the held-out judge**: the judge alone, at matched KL (holds / contradicted /
+  unresolved, as the paper's claims) and, second reading, at eta = 1 of the last iteration (the policies equal RL
+  compute gives, whatever their KL).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from warp_lightning.eval.report import (
+    _comparison_text,
+    by_seed,
+    claim_record,
+    endpoint_difference,
+    matched_kl_difference,
+    point_key,
+)
+from warp_lightning.eval.stats import NOT_MEASURED, fmt_interval, markdown_table, mde_factor, wider_interval
+
+SINGLE, WARM = "single_RM", "WARM"  # the arms' names in front.csv (`name=`: the study's labels, spaces as _)
+MARGIN = 0.02  # the smallest narrowing of the proxy-judge gap worth having (both are probabilities in [0, 1])
+HELPS, WIDENS, NOT_NARROWED = "helps", "does not narrow (widens)", f"does not narrow (by {MARGIN:g} or more)"
+GAP_CLAIM = "WARM narrows the proxy-judge gap at matched KL"
+JUDGE_CLAIM = "WARM's policy scores higher on the held-out judge"
+Z975 = 1.959963984540054  # the two-sided 95% normal quantile: a half-width over it is a standard error
+
+
+def last_fronts(rows: list[dict]) -> dict[str, tuple[str, dict[int, list[dict]]]]:
+    """{arm: (curve name, {seed: points})} of each arm's last iteration's LITI front (ExPO points included)."""
+    fronts = [r for r in rows if r["kind"] == "liti" and not r.get("runs")]
+    out = {}
+    for arm in (SINGLE, WARM):
+        mine = [r for r in fronts if r["arm"] == arm]
+        if mine:
+            last = max(int(r["iteration"]) for r in mine)
+            points = [r for r in mine if int(r["iteration"]) == last]
+            out[arm] = (points[0]["curve"], by_seed(points))
+    return out
+
+
+def with_gaps(scores: dict) -> dict:
+    """Every point's per-prompt values with the derived ones: `gap` = own proxy - judge, `common` = the single
+    reward model's score (`reward/single`) and `gap_common` = common - judge."""
+    out = {}
+    for key, s in scores.items():
+        extra = {}
+        if "reward" in s and "judge" in s:
+            extra["gap"] = s["reward"] - s["judge"]
+        if "reward/single" in s:
+            extra["common"] = s["reward/single"]
+            if "judge" in s:
+                extra["gap_common"] = s["reward/single"] - s["judge"]
+        out[key] = {**s, **extra}
+    return out
+
+
+def gap_verdict(found: dict | None) -> str:
+    """helps / does not narrow / unresolved (with the MDE) from d = gap(WARM) - gap(single) (see the module)."""
+    if found is None:
+        return NOT_MEASURED
+    d = wider_interval(found["diff"], found.get("seed_t"))
+    if d is None or math.isnan(d.low) or math.isnan(d.high):
+        return f"unresolved ({found.get('why', 'no interval')})"
+    if d.high < 0:
+        return HELPS
+    if d.low > 0:
+        return WIDENS
+    if d.low > -MARGIN:
+        return NOT_NARROWED
+    mde = max(found["diff"].mde, mde_factor() * d.half_width / Z975)
+    return f"unresolved (smallest detectable effect {mde:.3f})"
+
+
+def up_to_eta_1(points: dict[int, list[dict]]) -> dict[int, list[dict]]:
+    return {s: [r for r in pts if r["eta"] <= 1] for s, pts in points.items()}
+
+
+def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
+    """The warm study's claims, in the format of `eval.report.claims` (WARM's front as A, the single arm's as B)."""
+    fronts = last_fronts(rows)
+    scores = with_gaps(scores or {})
+    both = SINGLE in fronts and WARM in fronts
+    missing = "needs the fronts of both arms (single RM and WARM)"
+    what = f"{fronts[WARM][0]} over {fronts[SINGLE][0]}" if both else ""
+    a, b = (fronts[WARM][1], fronts[SINGLE][1]) if both else ({}, {})
+
+    gap = ({"reward": matched_kl_difference(a, b, "gap", scores),
+            "judge": matched_kl_difference(a, b, "gap_common", scores)} if both else {})
+    record = claim_record(GAP_CLAIM, "d = gap(WARM) - gap(single) at matched KL, gap = proxy - judge per prompt: "
+                          f"helps when the interval lies below 0, does not narrow when it excludes a narrowing of "
+                          f"{MARGIN:g} or more; first the arm's own proxy, then the common proxy (the single RM)",
+                          [(f"{what} (gap: own proxy | common proxy)", gap)] if both else [], missing)
+    if both:
+        record["verdict"], record["verdict_judge"] = gap_verdict(gap["reward"]), gap_verdict(gap["judge"])
+        record["evidence"] = _comparison_text(what, {"gap (own proxy)": gap["reward"],
+                                                     "gap (common proxy)": gap["judge"]})
+
+    judge = ({"reward": matched_kl_difference(a, b, "judge", scores),
+              "judge": endpoint_difference(up_to_eta_1(a), up_to_eta_1(b), "judge", scores)} if both else {})
+    judged = claim_record(JUDGE_CLAIM, "WARM's front lies above the single arm's on the held-out judge at matched KL; "
+                          "second reading: at eta = 1 (equal RL compute)",
+                          [(f"{what} (judge: matched KL | eta = 1)", judge)] if both else [], missing)
+    if both:
+        judged["evidence"] = _comparison_text(what, {"judge at matched KL": judge["reward"],
+                                                     "judge at eta = 1": judge["judge"]})
+    return [record, judged]
+
+
+def _mean(points: dict[int, list[dict]], eta: float, key: str, scores: dict) -> float:
+    """The mean over seeds and prompts of `key` at the points at `eta`."""
+    values = [scores.get(point_key(r), {}).get(key) for pts in points.values() for r in pts if r["eta"] == eta]
+    return float(np.mean(values)) if values and all(v is not None for v in values) else math.nan
+
+
+def _interval(found: dict) -> str:
+    d = wider_interval(found["diff"], found.get("seed_t"))
+    return found.get("why", "—") if d is None else fmt_interval(d.mean, d.low, d.high)
+
+
+def gap_table(rows: list[dict], scores: dict) -> str:
+    """The proxy, the judge and their gap as KL grows: per eta of the last fronts, each arm's means (KL, own proxy,
+    the common proxy, judge, gap), and WARM - single at the single arm's KL of that eta (matched, 95%: the wider of
+    the bootstrap and Welch's t)."""
+    fronts = last_fronts(rows)
+    if SINGLE not in fronts or WARM not in fronts:
+        return ""
+    scores = with_gaps(scores)
+    (_, single), (_, warm) = fronts[SINGLE], fronts[WARM]
+    etas = sorted({r["eta"] for pts in single.values() for r in pts if r["eta"] > 0})
+    table = []
+    for eta in etas:
+        at = {s: [r for r in pts if r["eta"] == eta] for s, pts in single.items()}
+        cells = [f"{eta:g}"]
+        for key, digits in (("kl", 2), ("reward", 3), ("common", 3), ("judge", 3), ("gap", 3)):
+            cells.append(" / ".join(f"{_mean(p, eta, key, scores):.{digits}f}" for p in (single, warm)))
+        for metric in ("gap", "gap_common", "judge"):
+            cells.append(_interval(matched_kl_difference(warm, at, metric, scores)))
+        table.append(cells)
+    return (markdown_table(["eta", "KL: single / WARM", "own proxy: single / WARM", "common proxy (single RM)",
+                            "judge", "gap: own proxy - judge", "WARM - single: gap (own), matched KL",
+                            "gap (common proxy)", "judge"], table)
+            + "\n\nEach arm's last front (eta > 1: ExPO), means over seeds and the same test prompts; the differences "
+            "interpolate WARM's front at the single arm's KL of that eta (per prompt) and pair the prompts (95%: "
+            "the wider of the two-level bootstrap and Welch's t over seeds).")
+
+
+def _accuracy_cells(models: list[dict]) -> list[str]:
+    cells = []
+    for key in ("val_pair_accuracy", "sentences_accuracy", "memorised"):
+        values = [m[key] for m in models if m.get(key) is not None]
+        cells.append(f"{np.mean(values):.3f}" if values else "—")
+    return cells
+
+
+def accuracy_table(results: dict[str, dict]) -> str:
+    """The reward jobs' figures: per arm (clean labels, 25% flipped), every member (its learning rate and dropout),
+    the weight average and the prediction average: held-out pair accuracy, sign accuracy on Pang & Lee's sentences
+    and (flipped labels) the fraction of the flipped training pairs scored as flipped (memorised); means over the
+    seeds landed."""
+    by_arm: dict[str, list[dict]] = {}
+    for r in results.values():
+        if r.get("reward"):
+            by_arm.setdefault(r["label"], []).append(r["reward"])
+    table = []
+    for label, runs in by_arm.items():
+        for k, member in enumerate(runs[0]["members"]):
+            table.append([label, len(runs), f"member {k + 1} (lr {member['lr']:g}, dropout {member['dropout']})",
+                          *_accuracy_cells([run["members"][k] for run in runs])])
+        for key, name in (("weight_average", "weight average (WARM)"), ("prediction_average", "prediction average")):
+            table.append([label, len(runs), f"**{name}**", *_accuracy_cells([run[key] for run in runs])])
+    if not table:
+        return ""
+    return (markdown_table(["training labels", "seeds", "model", "held-out pair accuracy", "sentences accuracy",
+                            "flipped pairs memorised"], table)
+            + "\n\nMeans over the reward jobs landed (WARM's recipe, reward_training.seed of each job's own; `—`: not "
+            "measured). Memorised: the fraction of the flipped training pairs that the model orders as the flipped "
+            "labels say (lower: less memorisation of the noise).")
