@@ -183,3 +183,20 @@ def test_few_seeds_are_provisional_and_the_accuracies_show_before_any_front(tmp_
     assert "| WARM members, clean labels | 2 | **weight average (WARM)** | 0.855 | 0.755 | — |" in table
     assert "| WARM members, clean labels | 2 | member 2 (lr 4e-05, dropout 0.1) | 0.835 | 0.735 | — |" in table
     assert "| WARM members, 25% flipped | 2 | **prediction average** | 0.745 | 0.645 | 0.100 |" in table
+
+
+def test_front_scores_each_term_of_a_sum_reward_per_prompt():
+    """evaluate_curves: a sum reward's terms (`reward/NAME`, as the protocol reports them) per prompt, beside the
+    total, in every point's prompt rows (front_prompts.csv): the warm study's common proxy."""
+    from types import SimpleNamespace
+
+    from warp_lightning.eval.front import Curve, evaluate_curves
+
+    completions = [{"prompt_index": i, "sample": 0, "text": f"p{i} c", "completion": " c", "reward": 0.5 + i,
+                    "reward/single": 0.5 + i, "reward/warm": 0.25 * i, "judge": 0.4, "kl": 1.0} for i in (1, 0)]
+    metrics = {"reward_mean": 1.0, "reward_ci95": 0.1, "kl_mean": 1.0, "kl_ci95": 0.1}
+    protocol = SimpleNamespace(sft="sft", evaluate=lambda model: (metrics, completions))
+    curve = Curve("WARM i1", "liti", "slerp", "ema", 0.1, 1, "run", lambda: iter([({"eta": 0.0}, None)]), "WARM")
+    _, prompt_rows, _ = evaluate_curves([curve], protocol)
+    assert [(r["prompt_index"], r["reward"], r["reward/single"], r["reward/warm"]) for r in prompt_rows] == [
+        (0, 0.5, 0.5, 0.0), (1, 1.5, 1.5, 0.25)]
