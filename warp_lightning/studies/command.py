@@ -35,6 +35,8 @@ from warp_lightning.studies.jobs import (
 from warp_lightning.studies.results import NUMERICS, front_data, git_commit, read_results, write_result
 from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
+from warp_lightning.utils.precision import describe
+from warp_lightning.utils.trainer import trainer_device, trainer_precision
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,6 @@ def train_record(folder: Path, with_front: bool) -> dict:
 def reward_record(run_dir: Path) -> dict:
     """What a reward job's result keeps of its `reward` run: its metrics.json (WARM: every member's, the weight
     average's and the prediction average's figures) and resolved config, its device and precision."""
-    from warp_lightning.utils.precision import describe
-    from warp_lightning.utils.trainer import trainer_device, trainer_precision
-
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     compute = describe(trainer_device(config.trainer), trainer_precision(config.trainer))  # as the run logged it
     return {"compute": compute, "precision": config.trainer.get("precision"), "bf16": "bf16-mixed" in compute,
