@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WHEELS ?= $(shell $(PY) -m pip config list 2>/dev/null | sed -n "s/^global.find-links='\(.*\)'/\1/p")
 UV_FLAGS := --python $(BIN)/python --compile-bytecode $(if $(WHEELS),--find-links $(WHEELS))
 
-.PHONY: install test train lint bench gpu-check reproduce clean
+.PHONY: install test test-slow test-all train lint bench gpu-check reproduce clean
 
 install:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,9 +13,17 @@ install:
 	$(BIN)/uv pip install $(UV_FLAGS) torch==2.13.0
 	$(BIN)/uv pip install $(UV_FLAGS) -e ".[dev]"
 
-# the whole suite, one process per core (at most 8; whole files per process: tests/conftest.py)
+# `make test`: the suite's first tier (every test not marked slow); `make test-slow`: the second tier (whole
+# commands that train, several processes, kills and resumes); `make test-all`: both, as .ci/run does. One process
+# per core (at most 8; whole files per process: tests/conftest.py).
+PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 8 --dist loadfile --no-loadscope-reorder --durations 15
 test:
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 8 --dist loadfile --no-loadscope-reorder --durations 15
+	$(PYTEST) -m "not slow"
+
+test-slow:
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 train:
 	$(BIN)/python -m warp_lightning train
@@ -25,6 +33,8 @@ lint:
 
 # `make bench`: our RL step against TRL's RLOOTrainer, tiny and small GPT-2 (benchmarks/RESULTS.md);
 # BENCH_ARGS passes options, e.g. `make bench BENCH_ARGS=--scaling` for the table of cost against work.
+# `make bench BENCH_ARGS="--shape chat --ks 4,8"`: the chat experiment (SmolLM2-135M-Instruct, film prompts), prompt
+# computed once per k samples against once per sample, and against TRL, on 1 thread (about 25 minutes).
 bench:
 	$(BIN)/uv pip install $(UV_FLAGS) -e ".[dev,bench]"
 	$(BIN)/python benchmarks/rl_step.py $(BENCH_ARGS)

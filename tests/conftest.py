@@ -1,7 +1,9 @@
 """Shared fixtures: one asset cache per machine (each registry file is downloaded at most once), and a
 tiny SFT policy and reward model trained through the CLI once per test session.
 
-`make test` runs the suite in parallel (pytest-xdist, one process per core, whole files per process, the
+Two tiers: `make test` (the README's test command) runs the tests not marked `slow`; `make test-slow` the second
+tier (whole commands that train, several processes, kills and resumes: `SECOND_TIER_FIXTURES` and the marks in the
+files); `.ci/run` runs both. Each tier runs in parallel (pytest-xdist, one process per core, whole files per process, the
 longest files first: `LONGEST_FIRST`). The session fixtures that build something (`tiny_models`, `smoke_run`,
 `smoke_run_i2`) build it once for all the processes: the first takes a lock and builds into the session's common
 folder, the others wait and reuse it. Every process computes with one thread (its CLI children too): tiny models
@@ -36,7 +38,18 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# The second tier (marker `slow`, `make test-slow`; `.ci/run` runs both tiers): whole commands in subprocesses that
+# train or build, several processes, kills and resumes. Every test that needs the tiny models (trained through the
+# CLI on first use, `tiny_models`) is second tier by that alone; the others are marked in their files.
+SECOND_TIER_FIXTURES = ("tiny_models",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(name in item.fixturenames for name in SECOND_TIER_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
     def rank(item) -> int:
         path = item.path.as_posix()
         return next((k for k, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)), len(LONGEST_FIRST))

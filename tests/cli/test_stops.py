@@ -16,6 +16,8 @@ import pytest
 
 from warp_lightning.utils.io import atomic_dir, exchange
 
+pytestmark = pytest.mark.slow  # second tier: builds, kills and stops of several processes
+
 # A parent that needs the model folder MODELS/sft_gpt2 and builds it with a stub instead of `python -m
 # warp_lightning sft`: the stub (a child tied to its parent as the CLI's children are) starts a grandchild in its
 # own group and one in its process group, records the pids, sleeps (until PIDS.release exists, at most SLEEP
@@ -299,7 +301,6 @@ def test_a_stop_reaches_every_process_without_deadlock(tmp_path, scenario):
         assert results[1].startswith("stopped at step "), results
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sft", "reward"])
 def test_a_command_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path, asset_cache, command):
     """`sft` and `reward` (one mechanism, utils/resume.py): SIGTERM finishes the step, writes

@@ -187,6 +187,7 @@ def ensemble_run(tmp_path_factory, asset_cache):
     return root
 
 
+@pytest.mark.slow  # second tier: reads a whole `reward` command's ensemble
 def test_the_ensemble_command_writes_members_average_and_metrics(ensemble_run):
     metrics = json.loads((ensemble_run / "run" / "metrics.json").read_text())
     figures = {"val_pair_accuracy", "sentences_accuracy"}
@@ -205,6 +206,7 @@ def test_the_ensemble_command_writes_members_average_and_metrics(ensemble_run):
     assert not list((ensemble_run / "run" / "checkpoints").glob("*.ckpt"))  # removed once each member is saved
 
 
+@pytest.mark.slow  # second tier: reads a whole `reward` command's ensemble
 def test_the_saved_average_is_the_mean_of_the_saved_members_centred(ensemble_run):
     """Every weight is the members' mean; the head's bias too, less the offset that centred the average as a single
     reward model is (balanced texts score 0 on average), recorded in metrics.json."""
@@ -221,6 +223,7 @@ def test_the_saved_average_is_the_mean_of_the_saved_members_centred(ensemble_run
     torch.testing.assert_close(average[bias[0]], merged[bias[0]] - offset)
 
 
+@pytest.mark.slow  # second tier: reads a whole `reward` command's ensemble
 def test_members_with_different_seeds_differ(ensemble_run):
     metrics = json.loads((ensemble_run / "run" / "metrics.json").read_text())
     assert [m["seed"] for m in metrics["members"]] == [0, 1000]
