@@ -4,6 +4,7 @@
     python benchmarks/rl_step.py --device cuda --bf16 # tiny, small and the GPT-2 124M shape on the first GPU
     python benchmarks/rl_step.py --scaling            # our step against completions per step and model size
     python benchmarks/rl_step.py --sizes smollm2,smollm2-lora --steps 3   # the SmolLM2-135M shape, full and LoRA
+    python benchmarks/rl_step.py --shape chat --ks 4,8 # the chat experiment, prompt once per k samples or not
 
 A step: 16 prompts of 5-20 tokens, k = 4 completions each of exactly 32 new tokens sampled at temperature 1
 (EOS masked until then on both sides: `min_new_tokens` = 32, so that both do the same work),
@@ -28,6 +29,22 @@ Printed per size: completions/s, our phases, generation milliseconds per new tok
 generation call over the new tokens: prefill included; TRL's `model.generate` timed), each side's FLOPs as a share
 of the machine's matmul rate (measured in the same run: fp32, or bf16 with --bf16), peak memory; then the lines
 `speedup_vs_trl size=...`, `decode_ms_per_token size=...` (ours) and `trl_decode_ms_per_token size=...`.
+
+`--shape chat` times the step of `train +experiment=chat_smollm2` (composed by Hydra, as `train` composes it):
+the real SmolLM2-135M-Instruct (its folder built once from the gguf, as `train` builds it), 4 prompts of the
+film_reviews train split (the project's data code renders them through the tokenizer's chat template; TRL gets
+the same messages and renders them itself, to the same ids, which is checked), k samples each (`--ks`) of up
+to 32 new tokens: EOS may end an answer (min_new_tokens 0 on both sides), so each side's mean answer length is
+printed with its figure. Beta, mu, the learning rate and grad clip are the experiment's. Three sides alternate
+in one process, after each TRL step one step of each of ours (in turn first): "after" is today's code, which
+runs each distinct prompt once for its k samples (`sampling.prompt_forward`, in sampling and in the log-prob
+forwards); "before" is the same code with `sampling._repeated_rows` patched to return None (unittest.mock, for
+that step only), so every row's prompt runs on its own, as before the sharing. The reward is the random
+DistilBERT above reading SmolLM2's tokenizer (the same module on both sides, through TRL's own reward-model
+path): the experiment's reward (a MiniLM classifier plus a Python length rule) would need a Python reward
+function on TRL's side only, and either costs well under 1% of a step at this size. One torch thread unless
+`--threads` says otherwise: the comparison stays fair beside other work on a 2-core machine. One line per k,
+`chat k=K: ...`, gives completions/s of the three sides, the ratios after/before and after/TRL, and the CPU.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ import functools
 import json
 import logging
 import os
+import platform
 import random
 import re
 import statistics
@@ -50,8 +68,10 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils import flop_counter
 from transformers import (
@@ -64,8 +84,12 @@ from transformers import (
 )
 
 from warp_lightning.algo import rl
+from warp_lightning.builds import ensure_model
+from warp_lightning.cli import CONF_DIR
 from warp_lightning.data.assets import fetch
+from warp_lightning.data.prompt_datasets import MESSAGES, prompt_columns, prompt_dataset_splits
 from warp_lightning.data.prompts import left_pad
+from warp_lightning.policy import sampling
 from warp_lightning.policy.lora import DenseEMA, add_lora
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer
 from warp_lightning.policy.sampling import decode_texts, sample
@@ -90,6 +114,7 @@ class Work:
     prompts: int = 16
     k: int = 4
     new_tokens: int = 32
+    min_new_tokens: int = 32  # EOS has probability 0 before this many (= new_tokens: exactly that many)
     min_prompt: int = 5
     max_prompt: int = 20
     beta: float = 0.1  # KL coefficient (WARP.md's default): both sides score the anchor / reference model
@@ -289,10 +314,10 @@ class WarpStep:
         w, tok = self.work, self.tokenizer
         with autocast(self.device, self.bf16):
             with probe("generation"):
-                # exactly `new_tokens` tokens: EOS has probability 0 until then (TRL: min_new_tokens)
+                # EOS has probability 0 for `min_new_tokens` tokens (TRL: min_new_tokens)
                 rollout = sample(self.policy, self.prompt_ids, self.prompt_mask, w.new_tokens, temperature=1.0,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                 generator=self.generator, keep_logits=True, min_new_tokens=w.new_tokens,
+                                 generator=self.generator, keep_logits=True, min_new_tokens=w.min_new_tokens,
                                  cuda_graphs=self.cuda_graphs)
             with probe("reward"):
                 reward = torch.as_tensor(self.reward_model(decode_texts(tok, rollout))).float().to(self.device)
@@ -308,7 +333,8 @@ class WarpStep:
                 self.dense_ema.update_(w.mu)
             else:
                 rl.ema_update_(list(self.anchor.parameters()), [p.detach() for p in self.policy.parameters()], w.mu)
-        assert rollout.completion_mask.all() and rollout.completion_ids.shape[1] == w.new_tokens
+        assert rollout.completion_ids.shape[1] >= w.min_new_tokens and rollout.completion_mask[:, : w.min_new_tokens].all()
+        self.completion_tokens = int(rollout.completion_mask.sum())  # of the last step
         return probe
 
     def count_flops(self) -> dict:
@@ -327,20 +353,23 @@ class WarpStep:
 
 
 def trl_trainer(model_dir: Path, reward: RewardModel, prompts, work: Work, max_steps: int, bf16: bool, seed: int,
-                callback, device: str = "cpu", lora: bool = False):
-    """RLOOTrainer doing our step's work: one update per batch of 16 prompts x 4, exactly 32 new tokens."""
+                callback, device: str = "cpu", lora: bool = False, messages: list | None = None,
+                output_dir: Path | None = None):
+    """RLOOTrainer doing our step's work: one update per batch of `work.prompts` prompts x k, of `work.new_tokens`
+    new tokens (exactly that many with the default `work.min_new_tokens`). TRL reads the prompt ids as text, or
+    `messages`, the same prompts as chat messages, which it renders with the tokenizer's chat template."""
     from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
 
     tokenizer = load_tokenizer(model_dir)
-    texts = [tokenizer.decode(p) for p in prompts]
+    texts = messages or [tokenizer.decode(p) for p in prompts]
     args = RLOOConfig(
-        output_dir=str(model_dir / "trl"), report_to="none", save_strategy="no", logging_steps=10**6,
+        output_dir=str(output_dir or model_dir / "trl"), report_to="none", save_strategy="no", logging_steps=10**6,
         disable_tqdm=True, use_cpu=device == "cpu", seed=seed, data_seed=seed, shuffle_dataset=False, dataloader_num_workers=0,
         bf16=bf16, gradient_checkpointing=False,  # TRL turns checkpointing on by default: off, to do our work only
         per_device_train_batch_size=work.completions, gradient_accumulation_steps=1, num_generations=work.k,
         num_iterations=1, max_completion_length=work.new_tokens,
-        generation_kwargs={"min_new_tokens": work.new_tokens},  # EOS masked until 32 tokens: exactly 32
+        generation_kwargs={"min_new_tokens": work.min_new_tokens},  # EOS masked until then, as on our side
         temperature=1.0, top_p=1.0, top_k=0, beta=work.beta, learning_rate=work.lr, lr_scheduler_type="constant",
         max_grad_norm=work.grad_clip, max_steps=max_steps, disable_dropout=True,
         # the reference model moves like our EMA anchor: ref <- alpha * policy + (1 - alpha) * ref every step
@@ -388,6 +417,16 @@ def step_callback(after_step=None, flops_step: int = -1, device: str = "cpu"):
                 after_step(state.global_step - 1)
 
     return Steps()
+
+
+def trl_alternating(model_dir: Path, reward: RewardModel, prompts, work: Work, steps: int, args, our_step,
+                    flops_step: int = -1, **trl_options):
+    """TRL's trainer for `steps` steps, `our_step(step)` run after each (the two sides alternate in this
+    process). Returns the trainer, still to `train()`, its step timer and the list of its `generate` times."""
+    callback = step_callback(our_step, flops_step=flops_step, device=args.device)
+    trainer = trl_trainer(model_dir, reward, prompts, work, steps, args.bf16, args.seed, callback, args.device,
+                          **trl_options)
+    return trainer, callback, time_generate(trainer.model, args.device)
 
 
 # -------------------------------------------------------------------------------------------- runs and reporting
@@ -472,11 +511,9 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> tup
             else:
                 ours()  # warm-up (compiles the kernels)
 
-        callback = step_callback(our_step, flops_step=timed.stop, device=args.device)
-        trainer = trl_trainer(model_dir, reward, prompts, work, timed.stop + 1, args.bf16, args.seed, callback,
-                              args.device, lora=lora)
-        trl_generate = time_generate(trainer.model, args.device)  # one call per step
-        trainer.train()
+        trainer, callback, trl_generate = trl_alternating(model_dir, reward, prompts, work, timed.stop + 1, args,
+                                                          our_step, flops_step=timed.stop, lora=lora)
+        trainer.train()  # one `generate` call per step
     trl_s = callback.seconds[timed.start : timed.stop]
     ours_s = [sum(p.values()) for p in phases]
     memory = {side: run_child(side, size, args) for side in ("ours", "trl")}
@@ -508,6 +545,116 @@ def compare(size: str, args, tokenizer, reward: RewardModel, rate: float) -> tup
     return statistics.median(trl_s) / statistics.median(ours_s), decode["warp_lightning"], decode["trl"]
 
 
+# ------------------------------------------------------------------------------------- the chat experiment's shape
+
+CHAT_EXPERIMENT = "chat_smollm2"  # conf/experiment/chat_smollm2.yaml
+# our two variants: today's code (each distinct prompt runs once for its k samples, then its KV cache is
+# expanded), and the same code with every row's prompt run on its own, as before that sharing
+OURS = {
+    "after": contextlib.nullcontext,
+    "before": lambda: mock.patch.object(sampling, "_repeated_rows", lambda ids, mask: None),
+}
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector unit (AVX-512 BF16 runs bf16 matmuls at about twice fp32's rate)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    first = info.split("\n\n")[0]  # the first processor's block
+    fields = {key.strip(): value.strip() for key, value in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
+    name, flags = fields.get("model name", platform.processor()), fields.get("flags", "").split()
+    unit = ("AVX-512 BF16" if "avx512_bf16" in flags else "AVX-512, no AVX-512 BF16" if "avx512f" in flags
+            else "AVX2, no AVX-512 BF16" if "avx2" in flags else "no AVX2")
+    return f"{name} ({unit})"
+
+
+def chat_setup(args):
+    """`train +experiment=chat_smollm2` as Hydra composes it: its policy folder (built once from the gguf, as
+    `train` builds it), a `Work` maker (k to give) with its step's settings, and `--prompts` prompts (default its
+    prompts_per_step) drawn from its train split: as messages (what TRL reads) and as the ids our side trains on."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"+experiment={CHAT_EXPERIMENT}"])
+    ensure_model("policy", cfg.policy, cfg.paths.cache_dir)
+    model_dir = Path(cfg.policy.name_or_path)
+    tokenizer = load_tokenizer(model_dir)
+    train = prompt_dataset_splits(cfg.data, tokenizer, cfg.paths.cache_dir)[0]
+    rows = random.Random(args.seed).sample(range(len(train)), args.prompts or cfg.warp.prompts_per_step)
+    messages = [prompt_columns(train)[MESSAGES][r] for r in rows]
+    prompts = [train[r]["input_ids"] for r in rows]
+    trl_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert trl_ids["input_ids"] == prompts, "TRL would tokenize the chat prompts differently from our data code"
+    w = cfg.warp
+    assert w.temperature == 1.0 and w.optimizer._target_ == "torch.optim.Adam"  # as both sides here
+    work = functools.partial(Work, prompts=len(rows), new_tokens=w.max_new_tokens, min_new_tokens=w.min_new_tokens,
+                             beta=w.kl_coef, mu=w.ema_rate, lr=w.lr, grad_clip=w.grad_clip)
+    return model_dir, tokenizer, messages, prompts, work
+
+
+def chat_compare(model_dir: Path, reward: RewardModel, messages, prompts, work: Work, args) -> dict:
+    """Our two variants (`OURS`) and TRL alternating on the chat shape: after each TRL step one step of each of
+    ours, in turn first. Returns, per side, the timed steps' seconds and mean answer lengths (new tokens, EOS
+    included), and our variants' phases."""
+    ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device)
+    timed = range(args.warmup, args.warmup + args.steps)
+    sides = {side: {"seconds": [], "tokens": [], "phases": []} for side in (*OURS, "trl")}
+
+    def our_step(step: int) -> None:
+        if step in timed:  # TRL's own count of its last step's answer lengths
+            sides["trl"]["tokens"].append(trainer._metrics["train"]["completions/mean_length"][-1])
+        for variant in list(OURS)[:: 1 if step % 2 == 0 else -1]:
+            with OURS[variant]():
+                probe = ours()
+            if step in timed:
+                sides[variant]["phases"].append(probe.seconds)
+                sides[variant]["seconds"].append(sum(probe.seconds.values()))
+                sides[variant]["tokens"].append(ours.completion_tokens / work.completions)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer, callback, trl_generate = trl_alternating(model_dir, reward, prompts, work, timed.stop, args,
+                                                          our_step, messages=messages, output_dir=Path(tmp))
+        trainer.train()
+    sides["trl"]["seconds"] = callback.seconds[timed.start : timed.stop]
+    sides["trl"]["generation"] = trl_generate[timed.start : timed.stop]
+    return sides
+
+
+def chat(args) -> None:
+    """`--shape chat`: the three sides for each k of `--ks`, then one summary line per k."""
+    import trl
+
+    model_dir, tokenizer, messages, prompts, make_work = chat_setup(args)
+    reward = random_reward_model(tokenizer, args.seed, args.device)
+    machine = (f"{cpu_name()}, {torch.get_num_threads()} thread(s), {'bf16 autocast' if args.bf16 else 'fp32'}, "
+               f"torch {torch.__version__}, trl {trl.__version__}")
+    lengths = sorted(len(p) for p in prompts)
+    print(f"chat shape (+experiment={CHAT_EXPERIMENT}): {model_dir.name}, {len(prompts)} film prompts of "
+          f"{lengths[0]}-{lengths[-1]} tokens (chat template), e.g. {messages[0][-1]['content']!r}")
+    print("reward: a random 2-layer DistilBERT (width 128) reading the SmolLM2 tokenizer, raw score; the same "
+          "model on both sides")
+    print(f"all three sides alternate in this one process with {torch.get_num_threads()} torch thread(s); "
+          f"{args.warmup} warm-up + {args.steps} timed steps per side and k")
+    summary = []
+    for k in (int(k) for k in args.ks.split(",")):
+        work = make_work(k=k)
+        sides = chat_compare(model_dir, reward, messages, prompts, work, args)
+        rate = {side: work.completions / statistics.median(s["seconds"]) for side, s in sides.items()}
+        print(f"\n== chat, k={k}: {work.prompts} prompts x {k} = {work.completions} answers of up to "
+              f"{work.new_tokens} new tokens (min_new_tokens {work.min_new_tokens}), beta={work.beta}, "
+              f"EMA mu={work.mu}, Adam lr={work.lr}, grad clip {work.grad_clip} ==")
+        print(f"completions/s, median (min-max) over {args.steps} alternating steps; s/step; mean answer tokens:")
+        for side, s in sides.items():
+            print(f"  {side:6s} {spread([work.completions / t for t in s['seconds']])}   "
+                  f"{statistics.median(s['seconds']):.3f} s/step   {statistics.mean(s['tokens']):.1f} tokens")
+        for variant in OURS:
+            med = {ph: statistics.median(p[ph] for p in sides[variant]["phases"]) for ph in PHASES}
+            print(f"our step ({variant}), median s:  " + " | ".join(f"{ph} {med[ph]:.3f}" for ph in PHASES))
+        print(f"trl generate, median s: {statistics.median(sides['trl']['generation']):.3f}")
+        summary.append(f"chat k={k}: after {rate['after']:.2f} | before {rate['before']:.2f} | trl {rate['trl']:.2f} "
+                       f"completions/s | after/before {rate['after'] / rate['before']:.2f}x | after/trl "
+                       f"{rate['after'] / rate['trl']:.2f}x | {machine}, load average {os.getloadavg()[0]:.2f}")
+        print(summary[-1], flush=True)
+    print("\n" + "\n".join(summary))
+
+
 def scaling(args) -> None:
     """Our step's time and peak memory against completions per step and model size, as a markdown table."""
     rows = [f"| model | completions/step | s/step (median) | completions/s | {memory_kind(args.device)} GiB "
@@ -536,11 +683,17 @@ def main(argv=None) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where both sides run (cuda: the first GPU; the CPU figures are the reference)")
     p.add_argument("--scaling", action="store_true", help="only our step: a table over sizes x completions/step")
+    p.add_argument("--shape", choices=("random", "chat"), default="random",
+                   help="chat: the chat experiment (SmolLM2-135M-Instruct, film prompts) before/after the prompt "
+                   "computed once per k samples, against TRL (default: random models of --sizes)")
+    p.add_argument("--ks", default="4,8", help="samples per prompt for --shape chat")
+    p.add_argument("--prompts", type=int, help="prompts per step for --shape chat (default the experiment's)")
+    p.add_argument("--threads", type=int, help="torch threads (default torch's; 1 with --shape chat)")
     p.add_argument("--completions-list", default="16,64,256", help="completions per step for --scaling")
     p.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)
     p.add_argument("--completions", type=int, default=64, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.steps = args.steps or (2 if args.scaling else 5)
+    args.steps = args.steps or (2 if args.scaling else 3 if args.shape == "chat" else 5)
     args.sizes = args.sizes or ("tiny,small,gpt2" if args.scaling or args.device == "cuda" else "tiny,small")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False); leave --device out")
@@ -548,13 +701,19 @@ def main(argv=None) -> None:
     use_compiled_kernels(not args.no_compile)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    threads = args.threads or (1 if args.shape == "chat" else None)
+    if threads:
+        torch.set_num_threads(threads)
     if args.child:
         child(args)
+        return
+    if args.shape == "chat":
+        chat(args)
         return
     import trl
 
     precision = "bf16 autocast" if args.bf16 else "fp32"
-    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
     print(f"rl_step {datetime.datetime.now():%Y-%m-%d %H:%M}: torch {torch.__version__}, trl {trl.__version__}, "
           f"{where}, {precision}, load average {os.getloadavg()[0]:.2f}")
     rate, n = matmul_rate(args.device, args.bf16)
