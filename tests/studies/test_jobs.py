@@ -88,3 +88,24 @@ def test_run_takes_the_missing_jobs_within_the_budget():
     cfg = OmegaConf.create({"jobs": ["warp-s0", "T50-s1"], "budget_minutes": None})
     assert [j.name for j in to_run(cfg, rows)] == ["warp-s0", "T50-s1"]  # named: run again even if done
     assert "1 of 24 done; 23 to run" in listing(rows)
+
+
+def test_a_job_whose_result_has_landed_is_not_run_again(tmp_path, monkeypatch, capsys):
+    """Two launches that overlap (or `jobs=[...]` naming a landed job): the job sees its current result and stops."""
+    from hydra import compose, initialize_config_dir
+
+    from warp_lightning.studies import command
+    from warp_lightning.studies.results import NUMERICS, write_result
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("study", overrides=["study=smoke", "job=T2-s0", f"results_dir={tmp_path}"])
+    job = next(j for j in study_jobs(cfg.study) if j.name == "T2-s0")
+    monkeypatch.setattr(command, "run_job", lambda cfg, job: pytest.fail(f"{job.name} ran again"))
+    write_result(tmp_path / "smoke" / "T2-s0.json.gz", {"job": job.name, "numerics": NUMERICS,
+                                                        "definition": job.definition()})
+    assert command.run(cfg) == {"job": "T2-s0", "landed": True}
+    assert "T2-s0 has landed" in capsys.readouterr().out
+    write_result(tmp_path / "smoke" / "T2-s0.json.gz", {"job": job.name, "numerics": NUMERICS + 1,
+                                                        "definition": job.definition()})
+    with pytest.raises(pytest.fail.Exception, match="T2-s0 ran again"):  # stale: it runs
+        command.run(cfg)

@@ -157,6 +157,11 @@ def run(cfg) -> dict:
     rows = states(cfg)
     if cfg.job is not None:
         job = find_job([j for j, _, _ in rows], str(cfg.job))
+        if next(s for j, s, _ in rows if j is job) == DONE:  # landed meanwhile (another launch ran it): not again
+            print(f"study: job {job.name} has landed (its result file is current): nothing to run; delete "
+                  f"{Path(str(cfg.results_dir)) / str(cfg.study.name) / (job.name + '.json.gz')} to run it again",
+                  flush=True)
+            return {"job": job.name, "landed": True}
         if not in_multirun():
             return run_job(cfg, job)
         try:  # one job of `action=run`: a failure is told, and the launcher goes on with the other jobs
