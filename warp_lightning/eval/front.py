@@ -31,7 +31,7 @@ from warp_lightning.eval.plots import plot_front
 from warp_lightning.eval.protocol import load_protocol, write_csv
 from warp_lightning.eval.stats import per_prompt
 from warp_lightning.policy.models import load_state, model_from_state
-from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.paths import RunLayout, cfg_output_dir
 from warp_lightning.utils.validate import check
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Curve:
 
 def read_run(run_dir: str | Path) -> dict:
     """The resolved config of a finished `train` run (its manifest.json)."""
-    manifest = Path(run_dir) / "manifest.json"
+    manifest = RunLayout(Path(run_dir)).manifest
     if not manifest.exists():
         raise UserError(f"{run_dir} is not a finished train run (no manifest.json): pass a train run folder")
     return json.loads(manifest.read_text())["config"]
@@ -72,9 +72,7 @@ def read_run(run_dir: str | Path) -> dict:
 
 def snapshots(run_dir: Path, iteration: int, run: int) -> dict[int, Path]:
     """{step: folder} of the theta_m snapshots `iter_i/run_m/step_TTTT/` (train with warp.snapshot_every > 0)."""
-    folder = Path(run_dir) / f"iter_{iteration}" / f"run_{run}"
-    return {int(p.name.removeprefix("step_")): p for p in sorted(folder.glob("step_*"))
-            if (p / "config.json").exists()}
+    return RunLayout(Path(run_dir)).snapshots(iteration, run)
 
 
 def liti_points(theta_sft: StateDict, endpoint: Callable[[], StateDict], etas) -> Iterator:
@@ -112,7 +110,7 @@ def merge_endpoint(run_dir: Path, w: dict, iteration: int, theta_sft: StateDict,
     methods; the options of warp.merge_options where warp.merge is `method`, else the method's defaults (TIES:
     density 0.2)."""
     def merge() -> StateDict:
-        theta_init = theta_sft if iteration == 1 else load_state(run_dir / f"iter_{iteration - 1}" / "init")
+        theta_init = theta_sft if iteration == 1 else load_state(RunLayout(run_dir).init(iteration - 1))
         runs = [load_state(snapshots(run_dir, iteration, m)[w["steps"]]) for m in order]
         options = dict(w.get("merge_options") or {}) if method == w["merge"] else {}
         return merging.merge_runs(method, theta_init, runs, w["slerp_lambda"], **options)
@@ -150,7 +148,7 @@ def run_curves(name: str, run_dir: Path, theta_sft: StateDict, etas, linear_etas
     everything = tuple(range(1, w["runs"] + 1))
     curves = []
     for i in range(1, w["iterations"] + 1):
-        merged = run_dir / f"iter_{i}" / "slerp"
+        merged = RunLayout(run_dir).merged(i)
         curves.append(Curve(f"{name} i{i}", "liti", w["merge"], iteration=i, **meta,
                             points=lambda merged=merged: liti_points(theta_sft, lambda: load_state(merged), etas)))
         extra = [("linear", everything, "linear", "", linear_etas)] if linear_etas and w["merge"] == "slerp" else []

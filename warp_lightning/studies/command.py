@@ -35,6 +35,7 @@ from warp_lightning.studies.jobs import (
 from warp_lightning.studies.results import NUMERICS, front_data, git_commit, read_results, write_result
 from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
+from warp_lightning.utils.paths import RunLayout
 from warp_lightning.utils.precision import describe
 from warp_lightning.utils.trainer import trainer_device, trainer_precision
 
@@ -99,7 +100,7 @@ def run_step(name: str, cmd: list[str]) -> float:
 
 def train_record(folder: Path, with_front: bool) -> dict:
     """What a train job's result keeps of its `train` run (manifest.json) and of its `front`."""
-    manifest = json.loads((folder / "train" / "manifest.json").read_text())
+    manifest = json.loads(RunLayout(folder / "train").manifest.read_text())
     return {"compute": manifest["compute"], "precision": manifest["config"]["trainer"].get("precision"),
             "bf16": "bf16-mixed" in manifest["compute"], "config": manifest["config"], "runs": manifest["runs"],
             "merges": manifest["merges"], "train_metrics": manifest["metrics"],
@@ -126,7 +127,7 @@ def run_job(cfg, job: Job) -> dict:
         if not (folder / "reward" / "metrics.json").exists():
             seconds["reward"] = run_step(f"{job.name} reward", cmds["reward"])
     else:
-        if not (folder / "train" / "manifest.json").exists():
+        if not RunLayout(folder / "train").manifest.exists():
             seconds["train"] = run_step(f"{job.name} train", cmds["train"])
         if cmds["front"] is not None and not (folder / "front" / "front_prompts.csv").exists():
             seconds["front"] = run_step(f"{job.name} front", cmds["front"])

@@ -12,6 +12,7 @@ from warp_lightning.policy.sharding import full_state
 from warp_lightning.train.strategies import IndependentRunsStrategy, ShardedStrategy, gather_states
 from warp_lightning.utils import signals
 from warp_lightning.utils.io import save_hf_folder
+from warp_lightning.utils.paths import RunLayout
 
 
 class EMAAnchor(L.Callback):
@@ -102,7 +103,7 @@ class Snapshots(L.Callback):
         t = trainer.global_step
         if t % self.every and t != trainer.max_steps:
             return
-        path = self.folder / f"step_{t:04d}"
+        path = RunLayout.snapshot(self.folder, t)
         if isinstance(trainer.strategy, ShardedStrategy):
             state = full_state(module.policy)  # a collective: every process gathers
             if trainer.is_global_zero:

@@ -47,7 +47,7 @@ from warp_lightning.train.strategies import start_processes, strategy_for
 from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
 from warp_lightning.utils.loggers import build_logger, finish_logger, trim_logs
-from warp_lightning.utils.paths import cfg_output_dir
+from warp_lightning.utils.paths import RunLayout, cfg_output_dir
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.progress import ProgressLog
 from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device, trainer_precision
@@ -81,7 +81,8 @@ class WarpRecipe:
     def __init__(self, cfg):
         self.cfg, self.w = cfg, cfg.warp
         self.out_dir = Path(cfg_output_dir())
-        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.layout = RunLayout(self.out_dir)
+        self.ckpt_dir = self.layout.checkpoints
         self.parallel = cfg.trainer.get("strategy") == "ddp_runs"  # run m trains in process m - 1
         self.rank, self.world = 0, 1
         self.run_records: list[dict] = []
@@ -176,7 +177,7 @@ class WarpRecipe:
         checkpoints = ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m, every_rank=self.parallel)
         callbacks.append(checkpoints)
         if w.snapshot_every:
-            callbacks.append(Snapshots(w.snapshot_every, self.out_dir / f"iter_{i}" / f"run_{m}", self.tokenizer,
+            callbacks.append(Snapshots(w.snapshot_every, self.layout.run(i, m), self.tokenizer,
                                        self.skeleton))
         trainer = build_run_trainer(cfg, self.out_dir, f"i{i}_m{m}", callbacks, w.steps)
         resume_from = checkpoints.resume_from(trainer)  # this run's checkpoint, if an attempt left one
@@ -208,8 +209,8 @@ class WarpRecipe:
         """After run m of iteration i (rank 0 writes): the merged folders once iteration i merged, then loop.pt.
         Then, if the command was asked to stop (any process), it stops here (every process at once)."""
         if self.rank == 0 and self.state.merged(i):
-            save_policy(self.skeleton, self.state.theta_slerp, self.tokenizer, self.out_dir / f"iter_{i}" / "slerp")
-            save_policy(self.skeleton, self.state.theta_init, self.tokenizer, self.out_dir / f"iter_{i}" / "init")
+            save_policy(self.skeleton, self.state.theta_slerp, self.tokenizer, self.layout.merged(i))
+            save_policy(self.skeleton, self.state.theta_init, self.tokenizer, self.layout.init(i))
             log.info("iteration %d merged: %s", i, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                               for k, v in self.state.merge_stats[-1].items()
                                                               if k != "iteration"))
@@ -226,7 +227,7 @@ class WarpRecipe:
         """theta_slerp of the last iteration saved as `final/`, the end-of-run check of the SFT policy against it
         on held-out prompts, and manifest.json (config, runs, merges, the check); returns the metrics."""
         cfg, w, state = self.cfg, self.w, self.state
-        save_policy(self.skeleton, state.theta_slerp, self.tokenizer, self.out_dir / "final")
+        save_policy(self.skeleton, state.theta_slerp, self.tokenizer, self.layout.final)
         # matmuls in the training precision; log-probs, KL and rewards are float32 either way
         judge = load_judge(cfg.get("judge"), cfg.paths.cache_dir)
         eval_prompts = self.splits.get(cfg.eval.get("split", "validation"))
@@ -253,7 +254,7 @@ class WarpRecipe:
                     "processes": self.world,
                     "compute": self.compute, "evaluation": evaluation, "metrics": metrics}
 
-        atomic_write_json(self.out_dir / "manifest.json", manifest)
+        atomic_write_json(self.layout.manifest, manifest)
         return metrics
 
 
