@@ -169,10 +169,11 @@ def test_a_dataset_column_named_like_an_argument_of_the_reward_is_refused_before
     """A column `completions` would replace the policy's completions in fn(prompts=..., completions=..., **columns):
     one line at the config check, naming data.path, the column and the fix; the reward call refuses it too."""
     from warp_lightning.cli import check_overrides
+    from warp_lightning.train.checks import TRAIN
 
     data = prompts_with_a_completions_column(tmp_path / "prompts.jsonl")
     with pytest.raises(UserError) as caught:
-        check_overrides("train", [*SMOKE_RUN[1:], "data=prompts", f"data.path={data}", "reward_model=function",
+        check_overrides(TRAIN, [*SMOKE_RUN[1:], "data=prompts", f"data.path={data}", "reward_model=function",
                                   f"reward_model.function={rule_module}:words", f"paths.models_dir={tmp_path / 'm'}"])
     assert str(caught.value) == (f"data.path='{data}' is invalid: its column completions has the name of an argument "
                                  "that reward_model.function='my_rules:words' gets from the reward itself (prompts, "
@@ -296,9 +297,10 @@ BAD = [
 @pytest.mark.parametrize(("overrides", "message"), BAD)
 def test_a_bad_reward_config_is_one_line_before_the_command_starts(overrides, message, rule_module, tiny_models):
     from warp_lightning.cli import check_overrides
+    from warp_lightning.train.checks import TRAIN
 
     with pytest.raises(UserError, match="^" + message) as caught:
-        check_overrides("train", [*SMOKE_RUN[1:], f"paths.models_dir={tiny_models / 'models'}", *overrides])
+        check_overrides(TRAIN, [*SMOKE_RUN[1:], f"paths.models_dir={tiny_models / 'models'}", *overrides])
     assert "\n" not in str(caught.value)
 
 

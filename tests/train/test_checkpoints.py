@@ -7,6 +7,7 @@ import torch
 from warp_lightning import UserError
 from warp_lightning.algo.state import WarpState
 from warp_lightning.train.checkpoint import LOOP, load_loop, run_path, save_loop
+from warp_lightning.train.checks import SFT, TRAIN
 from warp_lightning.utils.resume import FORMAT, StopCheckpoint, read_checkpoint
 
 CONFIG = {"warp": {"kl_coef": 0.1, "steps": 3}, "paths": {"output_dir": "a"}}
@@ -26,7 +27,7 @@ def test_loop_pt_round_trips_the_warp_state_and_removes_the_recorded_runs_checkp
     assert not run_path(tmp_path, 1).exists() and run_path(tmp_path, 2).exists()
     restored = WarpState({"w": torch.zeros(2)}, 2)
     other_paths = {**CONFIG, "paths": {"output_dir": "b"}}  # where outputs go does not change the result
-    assert load_loop(tmp_path, restored, other_paths) == ((2, 1), [{"run": 1}])
+    assert load_loop(tmp_path, restored, other_paths, TRAIN.resume) == ((2, 1), [{"run": 1}])
     assert torch.equal(restored.theta_init["w"], torch.full((2,), 3.0))
     assert torch.equal(restored.theta_slerp["w"], torch.full((2,), 4.0))
     assert torch.equal(restored.runs[0]["w"], torch.full((2,), 5.0))
@@ -51,6 +52,19 @@ def test_another_config_is_refused_naming_the_first_difference(tmp_path):
         load_loop(tmp_path, WarpState({"w": torch.zeros(2)}, 2), changed)
 
 
+def test_a_resume_may_change_the_keys_of_the_commands_record_and_no_other(tmp_path):
+    """train's record: where outputs go, how it logs and evaluates, and the checkpoint cadence (a dotted key)."""
+    config = {**CONFIG, "warp": {**CONFIG["warp"], "checkpoint_every": 10}}
+    save_loop(tmp_path, state(0.0), (1, 1), [], config)
+    cadence = {**config, "warp": {**config["warp"], "checkpoint_every": 3}, "logger": {"name": "wandb"}}
+    assert load_loop(tmp_path, WarpState({"w": torch.zeros(2)}, 2), cadence, TRAIN.resume) == ((1, 1), [])
+    with pytest.raises(UserError, match=r"^warp.checkpoint_every \(10 then, 3 now\) differs"):  # sft's record: no
+        load_loop(tmp_path, WarpState({"w": torch.zeros(2)}, 2), cadence, SFT.resume)
+    with pytest.raises(UserError, match=r"^warp.steps \(3 then, 4 now\) differs"):
+        load_loop(tmp_path, WarpState({"w": torch.zeros(2)}, 2), {**config, "warp": {**config["warp"], "steps": 4}},
+                  TRAIN.resume)
+
+
 def test_the_reader_names_a_file_it_cannot_read(tmp_path):
     (tmp_path / "x.ckpt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=r"checkpoint .*x.ckpt cannot be read .*; delete it to start that run again"):
@@ -64,7 +78,8 @@ def test_an_sft_checkpoint_of_the_earlier_layout_resumes_and_its_config_is_compa
     path = tmp_path / "checkpoints" / "resume.ckpt"
     path.parent.mkdir()
     torch.save({"global_step": 4, "warp_resume": {"config": {"sft": {"lr": 1}}}}, path)
-    assert StopCheckpoint(path, config={"sft": {"lr": 1}, "save_to": "elsewhere"}).resume_from() == path
+    assert StopCheckpoint(path, config={"sft": {"lr": 1}, "save_to": "elsewhere"},
+                          may_change=SFT.resume).resume_from() == path
     resumed = StopCheckpoint(path, config={"sft": {"lr": 1}})
     resumed.resume_from()
     assert resumed.resumed_at == 4

@@ -190,7 +190,11 @@ def test_bad_input_is_refused_at_once_with_nothing_built_or_written(tmp_path):
 
 # --- types: the YAML defaults are the schema --------------------------------------------------------------------
 
-from warp_lightning.utils.validate import DECLARED_TYPES, check_value_type  # noqa: E402
+from warp_lightning.utils.commands import commands  # noqa: E402
+from warp_lightning.utils.validate import check_value_type  # noqa: E402
+
+# every command's declared types (its record's and the shared groups')
+DECLARED = {key: kinds for record in commands().values() for key, kinds in record.declared_types().items()}
 
 
 @pytest.mark.parametrize(("key", "value", "default"), [
@@ -201,7 +205,7 @@ from warp_lightning.utils.validate import DECLARED_TYPES, check_value_type  # no
 ])
 def test_a_value_of_the_wrong_type_is_refused(key, value, default):
     with pytest.raises(UserError, match=rf"^{key}=.* is invalid: must be|^{key}=.* every element must be"):
-        check_value_type(key, value, default)
+        check_value_type(key, value, default, declared=DECLARED)
 
 
 @pytest.mark.parametrize(("key", "value", "default"), [
@@ -211,7 +215,7 @@ def test_a_value_of_the_wrong_type_is_refused(key, value, default):
     ("warp.new_key_added_later", "anything", None), ("warp.lr", "${warp.kl_coef}", 5e-4),
 ])
 def test_a_value_of_the_right_type_passes(key, value, default):
-    check_value_type(key, value, default, has_default=default is not None)
+    check_value_type(key, value, default, has_default=default is not None, declared=DECLARED)
 
 
 def _leaves(node, prefix=""):
@@ -230,10 +234,10 @@ def _leaves(node, prefix=""):
 
 
 def test_every_key_without_a_typed_default_has_a_declared_type():
-    """A key whose default is null or ??? says nothing about its type: it needs an entry in DECLARED_TYPES
-    (utils/validate.py), or a wrong value for it would pass the type check."""
-    from warp_lightning.cli import COMMANDS
-
+    """A key whose default is null or ??? says nothing about its type: it needs a declared type, in its command's
+    record (utils/commands.py) or, for the groups every command shares, in utils/validate.py's SHARED_TYPES; or a
+    wrong value for it would pass the type check."""
+    COMMANDS = commands()
     undeclared = set()
     groups = [d.name for d in CONF_DIR.iterdir() if d.is_dir()]
     # every command as it is, and train (which has every config group) with each option of each group
@@ -246,5 +250,6 @@ def test_every_key_without_a_typed_default_has_a_declared_type():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for name, overrides in variants:
             cfg = compose(name, overrides=overrides)
-            undeclared |= {key for key, _ in _leaves(cfg) if key not in DECLARED_TYPES}
-    assert not undeclared, f"add these keys to DECLARED_TYPES in utils/validate.py: {sorted(undeclared)}"
+            declared = COMMANDS[name].declared_types()
+            undeclared |= {(name, key) for key, _ in _leaves(cfg) if key not in declared}
+    assert not undeclared, f"declare the types of these keys in their command's record: {sorted(undeclared)}"

@@ -1,5 +1,5 @@
-"""The checks of `evaluate`, `front` and `report`, before they start (utils/validate.py runs them);
-`check_etas` is also the one rule `front` applies when it is called without the CLI."""
+"""The records of `evaluate`, `front` and `report` (utils/commands.py) and their checks, run once before they
+start."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from warp_lightning import UserError
 from warp_lightning.data.checks import check_data, data_source
 from warp_lightning.eval.judge import READS
 from warp_lightning.reward.rewards import check_reward_columns, check_reward_config, classifier_configs
+from warp_lightning.utils.commands import Command
 from warp_lightning.utils.validate import (
     check,
     check_folder,
@@ -22,6 +23,8 @@ from warp_lightning.utils.validate import (
     validate_one_process,
     writable,
 )
+
+NOT_A_RUN = "{path} is not a finished train run (no manifest.json): pass a train run folder"  # also eval/front.py's
 
 # The largest LITI coefficient of a front: (1 - eta) * theta_sft + eta * theta_slerp interpolates up to 1
 # (an eta above 1 would extrapolate past the merged policy, as ExPO does).
@@ -47,11 +50,12 @@ def check_reward_data(cfg) -> None:
 def check_evaluation(cfg) -> None:
     """What evaluate and front read: the SFT reference (not built by these commands), eval.*."""
     sft = str(cfg.sft)
-    if not Path(sft).expanduser().exists():  # the words of eval/protocol.py
+    if not Path(sft).expanduser().exists():
         raise UserError(f"sft={sft} does not exist: pass the SFT policy's Hugging Face folder"
                         + (" (`python -m warp_lightning train` or `sft` builds it)" if cfg.policy.get("build") else ""))
     e = cfg.eval
-    int_at_least(e, "eval", ("subsamples", "prompts", "samples_per_prompt", "max_new_tokens", "batch_size"), 1)
+    int_at_least(e, "eval", ("subsamples", "prompts", "samples_per_prompt", "max_new_tokens", "batch_size"), 1,
+                 nullable=("prompts",))  # null: the whole split
     positive(e, "eval", ("temperature",))
     check_min_new_tokens(e, "eval")
     check_reward_config(cfg.reward_model)
@@ -65,7 +69,7 @@ def check_evaluate(cfg) -> None:
     validate_one_process(cfg, "evaluate")
     given = plain(cfg.model)
     for path in given.values() if isinstance(given, dict) else given if isinstance(given, list) else [given]:
-        if not Path(str(path)).expanduser().exists():  # the words of eval/evaluate.py
+        if not Path(str(path)).expanduser().exists():
             raise UserError(f"model={path} does not exist: pass a Hugging Face folder, e.g. "
                             "model=outputs/train/.../final")
     check_reward_data(cfg)
@@ -85,9 +89,8 @@ def check_front(cfg) -> None:
     validate_one_process(cfg, "front")
     runs = {"run": plain(cfg.run), **{f"baselines.{k}": v for k, v in (plain(cfg.baselines) or {}).items()}}
     for key, paths in runs.items():  # a folder, or a list of folders (one arm, several seeds)
-        for path in paths if isinstance(paths, list) else [paths]:  # the words of eval/front.py
-            check_folder(path, key, "manifest.json", "a train run folder",
-                         f"{path} is not a finished train run (no manifest.json): pass a train run folder")
+        for path in paths if isinstance(paths, list) else [paths]:
+            check_folder(path, key, "manifest.json", "a train run folder", NOT_A_RUN.format(path=path))
     check_reward_data(cfg)
     check_evaluation(cfg)
     check_etas(cfg)
@@ -102,7 +105,23 @@ def check_report(cfg) -> None:
              "of `train -m hparams_search=steps`"), "front": ("front.csv", "a `front` run folder"),
              "run": ("manifest.json", "a finished train run folder")}
     for key, value in given.items():
-        if value:  # the words of eval/report.py
+        if value:
             needed, what = needs[key]
             check_folder(value, key, needed, what, f"{key}={value} has no {needed}: pass {what}")
     writable(str(cfg.out), "out", "the reports are written there")
+
+
+# the keys of evaluate's config that front and report share take the same types
+_MODELS = {"eval.prompts": (int, None),  # null: the whole split
+           "model": (str, list, dict, None)}  # a folder, a list of them or {name: folder}; front: unused
+COMMANDS = (
+    Command("evaluate", "proxy reward, held-out judge and KL to the SFT policy; paired gains, 95% intervals",
+            "warp_lightning.eval.evaluate", check_evaluate, types=_MODELS),
+    Command("front", "reward vs KL fronts of a run (LITI over eta; eta > 1 extrapolates, ExPO) and of baselines",
+            "warp_lightning.eval.front", check_front,
+            types={**_MODELS, "run": (str, list),  # a train run folder or a list of them (seeds of one arm)
+                   "baselines": (dict, None)}),  # {name: a run folder or a list of them}
+    Command("report", "tables, plots and the paper's claims from the experiments, in reports/",
+            "warp_lightning.eval.report", check_report,
+            types={key: (str, None) for key in ("evaluation", "sweep", "front", "run")}),
+)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from warp_lightning import UserError
 from warp_lightning.eval.protocol import load_protocol, named_models, paired_gains, write_csv
 from warp_lightning.eval.stats import results_table
 from warp_lightning.policy.models import load_causal_lm
@@ -27,9 +26,6 @@ def run(cfg) -> dict:
 
     models = {}
     for name, path in named_models(cfg.model).items():
-        if not Path(path).exists():
-            raise UserError(f"model={path} does not exist: pass a Hugging Face folder, e.g. "
-                            "model=outputs/train/.../final")
         models["SFT" if is_sft(path) else name] = path
     protocol = load_protocol(cfg)
     if cfg.with_sft and not any(map(is_sft, models.values())):

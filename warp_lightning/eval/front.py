@@ -26,7 +26,7 @@ from pathlib import Path
 from warp_lightning import UserError
 from warp_lightning.algo import merging
 from warp_lightning.algo.state import clone_state
-from warp_lightning.eval.checks import check_etas
+from warp_lightning.eval.checks import NOT_A_RUN
 from warp_lightning.eval.plots import plot_front
 from warp_lightning.eval.protocol import load_protocol, write_csv
 from warp_lightning.eval.stats import per_prompt
@@ -66,7 +66,7 @@ def read_run(run_dir: str | Path) -> dict:
     """The resolved config of a finished `train` run (its manifest.json)."""
     manifest = RunLayout(Path(run_dir)).manifest
     if not manifest.exists():
-        raise UserError(f"{run_dir} is not a finished train run (no manifest.json): pass a train run folder")
+        raise UserError(NOT_A_RUN.format(path=run_dir))
     return json.loads(manifest.read_text())["config"]
 
 
@@ -225,7 +225,6 @@ def run_dirs(value) -> list[Path]:
 
 def run(cfg) -> dict:
     started = time.time()
-    check_etas(cfg)
     etas, linear_etas = [float(e) for e in cfg.etas], [float(e) for e in cfg.linear_etas or []]
     merges = [parse_merge(m) for m in cfg.get("merges") or []]
     merge_etas = [float(e) for e in cfg.get("merge_etas") or []]

@@ -32,7 +32,6 @@ from warp_lightning.reward.rewards import check_reward_columns, checked_scores, 
 from warp_lightning.utils.io import atomic_write_bytes
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
-from warp_lightning.utils.validate import check_min_new_tokens
 
 
 @torch.no_grad()
@@ -194,9 +193,6 @@ class Protocol:
 
 def load_protocol(cfg) -> Protocol:
     """The Protocol of an `evaluate`-like config (`sft`, `reward_model`, `data`, `eval`, `trainer`)."""
-    check_min_new_tokens(cfg.eval, "eval")
-    if not Path(str(cfg.sft)).exists():
-        raise UserError(f"sft={cfg.sft} does not exist: pass the SFT policy's Hugging Face folder")
     ensure_reward(cfg.reward_model, cfg.paths.cache_dir)
     device = trainer_device(cfg.trainer)
     log_device(cfg.trainer)

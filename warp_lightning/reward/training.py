@@ -20,6 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from warp_lightning.data.texts import load_texts, preference_pairs
 from warp_lightning.reward import warm
+from warp_lightning.reward.checks import REWARD
 from warp_lightning.reward.scorer import RewardModel, resolve_pretrained
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
@@ -154,7 +155,7 @@ def run(cfg) -> dict:
     out_dir = Path(cfg_output_dir())
     device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
     log_device(cfg.trainer)
-    stop = command_checkpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
+    stop = command_checkpoint(out_dir, cfg, REWARD.resume)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
     trainer = fit_bradley_terry(cfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop)
     model = model.float().eval().to(device)
 

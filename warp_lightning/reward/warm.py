@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from warp_lightning.algo.merging import linear
+from warp_lightning.reward.checks import REWARD
 from warp_lightning.reward.scorer import RewardModel
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.paths import cfg_output_dir
@@ -133,7 +134,7 @@ def linear_probe(cfg, stage: Stage, model, tokenizer, train_pairs, val_pairs, ou
     encoder = model.base_model.requires_grad_(False)
     try:
         stop = StopCheckpoint(out_dir / "checkpoints" / f"{name}_probe.ckpt",
-                              config=OmegaConf.to_container(pcfg, resolve=True))
+                              config=OmegaConf.to_container(pcfg, resolve=True), may_change=REWARD.resume)
         trainer = stage.fit(pcfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, f"{name}_probe")
     finally:
         encoder.requires_grad_(True)
@@ -171,7 +172,8 @@ def train_member(cfg, stage: Stage, start, tokenizer, train_texts, train_pairs, 
     model = copy.deepcopy(start)
     set_dropout(model, s.dropout)
     L.seed_everything(s.seed, workers=True)  # the member's dropout noise
-    stop = StopCheckpoint(out_dir / "checkpoints" / f"{name}.ckpt", config=OmegaConf.to_container(mcfg, resolve=True))
+    stop = StopCheckpoint(out_dir / "checkpoints" / f"{name}.ckpt", config=OmegaConf.to_container(mcfg, resolve=True),
+                          may_change=REWARD.resume)
     trainer = stage.fit(mcfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, name)
     device, precision = trainer_device(cfg.trainer), trainer_precision(cfg.trainer)
     model = model.float().eval().to(device)

@@ -63,14 +63,15 @@ def save_loop(ckpt_dir: Path, state, done: tuple[int, int], runs: list[dict], co
         run_path(ckpt_dir, m).unlink(missing_ok=True)
 
 
-def load_loop(ckpt_dir: Path, state, config: dict) -> tuple[tuple[int, int], list[dict]]:
-    """Restore `state` from loop.pt; returns the last finished (i, m) and the run records ((1, 0), [] if none)."""
+def load_loop(ckpt_dir: Path, state, config: dict, may_change=frozenset()) -> tuple[tuple[int, int], list[dict]]:
+    """Restore `state` from loop.pt; returns the last finished (i, m) and the run records ((1, 0), [] if none).
+    `config` must be loop.pt's but for the (dotted) keys of `may_change`."""
     for stale in Path(ckpt_dir).glob(".*.tmp"):  # left by a kill during a write; never read
         stale.unlink(missing_ok=True)
     path = Path(ckpt_dir) / LOOP
     if not path.exists():
         return (1, 0), []
     saved = read_checkpoint(path)
-    check_same_config(saved["config"], config, path.parent.parent)
+    check_same_config(saved["config"], config, path.parent.parent, may_change)
     state.load_state_dict(saved)
     return tuple(saved["done"]), saved["runs"]

@@ -41,7 +41,7 @@ from warp_lightning.reward.rewards import check_reward_columns, load_reward
 from warp_lightning.train import checkpoint as ckpt
 from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots, merge_iteration
 from warp_lightning.train.checkpoint import AtomicCheckpointIO
-from warp_lightning.train.checks import check_train_config
+from warp_lightning.train.checks import TRAIN
 from warp_lightning.train.module import RLOOModule
 from warp_lightning.train.strategies import start_processes, strategy_for
 from warp_lightning.utils import signals
@@ -61,13 +61,6 @@ def build_run_trainer(cfg, out_dir: Path, run_name: str | None, callbacks: list,
     return build_trainer(cfg.trainer, max_steps=max_steps, max_epochs=1, strategy=strategy_for(cfg), logger=logger,
                          callbacks=callbacks, plugins=[AtomicCheckpointIO()], log_every_n_steps=1,
                          gradient_clip_val=cfg.warp.grad_clip or None, limit_val_batches=0)
-
-
-def resume_config(cfg) -> dict:
-    """The resolved config a resumed run must share with the interrupted one (checkpoint cadence aside)."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config["warp"].pop("checkpoint_every", None)
-    return config
 
 
 # the figures of the end-of-run check copied into metrics.json, for the SFT policy and the final theta_slerp
@@ -113,8 +106,8 @@ class WarpRecipe:
         check_reward_columns(cfg.reward_model, set(self.train_columns), source=data_source(cfg.data))
         self.state = WarpState(clone_state(self.skeleton.state_dict()), w.runs, w.merge, w.slerp_lambda, w.liti_eta,
                                merge_options=dict(w.get("merge_options") or {}))
-        self.config = resume_config(cfg)
-        done, self.run_records = ckpt.load_loop(self.ckpt_dir, self.state, self.config)
+        self.config = OmegaConf.to_container(cfg, resolve=True)  # a resume may change only TRAIN.resume's keys
+        done, self.run_records = ckpt.load_loop(self.ckpt_dir, self.state, self.config, TRAIN.resume)
         if done != (1, 0):
             log.info("resuming %s: iterations/runs up to (%d, %d) are done", self.out_dir, *done)
 
@@ -281,7 +274,6 @@ def result_lines(metrics: dict, out_dir: Path) -> str:
 
 def run(cfg) -> dict | None:
     started = time.time()
-    check_train_config(cfg)
     recipe = WarpRecipe(cfg)
     recipe.setup()
     recipe.loop()

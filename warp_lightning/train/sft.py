@@ -24,6 +24,7 @@ from warp_lightning.data.prompts import left_pad
 from warp_lightning.data.texts import load_texts
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer
 from warp_lightning.policy.sampling import sample
+from warp_lightning.train.checks import SFT
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir
@@ -137,7 +138,7 @@ def run(cfg) -> dict:
     module = CausalLMModule(model, s.optimizer, s.warmup_steps, s.max_steps, s.lr_floor)
     out_dir = Path(cfg_output_dir())
     log_device(cfg.trainer)
-    stop = command_checkpoint(out_dir, cfg)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
+    stop = command_checkpoint(out_dir, cfg, SFT.resume)  # SIGTERM/SIGINT: a checkpoint at the end of the step, then stop
     trainer = build_trainer(cfg.trainer, devices=1, num_nodes=1, strategy="auto", max_steps=s.max_steps,
                             logger=build_logger(cfg.logger, out_dir, "sft"), log_every_n_steps=10,
                             val_check_interval=min(s.val_every, s.max_steps), check_val_every_n_epoch=None,

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from warp_lightning import Preempted, UserError
 from warp_lightning.utils import internals, signals
+from warp_lightning.utils.commands import without
 from warp_lightning.utils.io import atomic_torch_save
 from warp_lightning.utils.loggers import trim_logs
 
@@ -36,9 +37,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 RESUME = "checkpoints/resume.ckpt"  # sft, reward
-# top-level config keys that may differ between the first attempt and the resumed one without changing what is
-# trained (`train` also drops `warp.checkpoint_every`: train/loop.py `resume_config`)
-RESUMABLE_KEYS = {"hydra", "logger", "paths", "eval", "save_to"}
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -63,10 +61,12 @@ def first_difference(a, b, key: str) -> str:
     return f"{key} ({a!r} then, {b!r} now)"
 
 
-def check_same_config(saved: dict, current: dict, run_dir: Path) -> None:
-    """Refuse (UserError, one line) to resume a run whose config differs, `RESUMABLE_KEYS` aside."""
+def check_same_config(saved: dict, current: dict, run_dir: Path, may_change=frozenset()) -> None:
+    """Refuse (UserError, one line) to resume a run whose config differs, the (dotted) keys of `may_change` aside
+    (the command's record says which: utils/commands.py `Command.resume`)."""
+    saved, current = without(saved, may_change), without(current, may_change)
     for key in sorted(set(saved) | set(current)):
-        if key not in RESUMABLE_KEYS and saved.get(key) != current.get(key):
+        if saved.get(key) != current.get(key):
             diff = first_difference(saved.get(key), current.get(key), key)
             raise UserError(f"{diff} differs from the run being resumed in {run_dir}: run the same config again "
                             "to resume, or choose a new hydra.run.dir")
@@ -101,14 +101,17 @@ class StopCheckpoint(L.Callback):
     `tags`: what the checkpoint belongs to (train: its iteration and run), checked by `resume_from` and named in
     the log lines. `exact`: restore every random stream (the module's `generator` too, if it has one) on resume.
     `last_step`: a stop at the last step is checkpointed too (False for train, whose loop stops after the run,
-    with loop.pt). `config`: kept in the checkpoint and compared on resume (train compares it in loop.pt).
+    with loop.pt). `config`: kept in the checkpoint and compared on resume but for the (dotted) keys of
+    `may_change` (train compares it in loop.pt).
     `every_rank`: each process writes its own file (trainer=ddp_runs) and reads the stop from the others without
     a collective; otherwise global rank 0 writes.
     """
 
     def __init__(self, path: Path, every: int = 0, tags: dict | None = None, exact: bool = False,
-                 last_step: bool = True, config: dict | None = None, every_rank: bool = False):
+                 last_step: bool = True, config: dict | None = None, every_rank: bool = False,
+                 may_change=frozenset()):
         self.path, self.every, self.tags, self.exact = Path(path), every, dict(tags or {}), exact
+        self.may_change = frozenset(may_change)
         self.last_step, self.config, self.every_rank = last_step, config, every_rank
         self.where = "".join(f"{k} {v} " for k, v in self.tags.items())  # "iteration 1 run 2 "
         self._pending = None
@@ -124,7 +127,7 @@ class StopCheckpoint(L.Callback):
         if any(warp.get(k) != v for k, v in self.tags.items()):
             return None
         if self.config is not None:
-            check_same_config(warp.get("config", {}), self.config, self.path.parent.parent)
+            check_same_config(warp.get("config", {}), self.config, self.path.parent.parent, self.may_change)
         self.resumed_at = int(warp["step"])
         log.info("resuming %sat step %d from %s%s", self.where, self.resumed_at, self.path, "" if self.exact else
                  " (the interrupted epoch's data order starts over: close to, not bit-identical with, an "
@@ -195,7 +198,8 @@ class StopCheckpoint(L.Callback):
             set_rng_states(checkpoint["warp"]["rng"], getattr(module, "generator", None))
 
 
-def command_checkpoint(out_dir: Path, cfg) -> StopCheckpoint:
+def command_checkpoint(out_dir: Path, cfg, may_change) -> StopCheckpoint:
     """`sft`'s and `reward`'s: `checkpoints/resume.ckpt` in the run folder, written at a stop, with the config
-    that a resume must share."""
-    return StopCheckpoint(Path(out_dir) / RESUME, config=OmegaConf.to_container(cfg, resolve=True))
+    that a resume must share but for the keys of `may_change` (the command's `Command.resume`)."""
+    return StopCheckpoint(Path(out_dir) / RESUME, config=OmegaConf.to_container(cfg, resolve=True),
+                          may_change=may_change)

@@ -320,7 +320,7 @@ def claim_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
 
 def _folder(path: str | Path) -> Path:
     """The run folder as one key however it is written (`runs/../x`, a symlink): Hydra normalizes it with
-    `os.path.abspath`, and the CLI claims it before Hydra (as given) and again from Hydra's `output_dir`."""
+    `os.path.abspath`; a process may be asked for it under two names."""
     return Path(os.path.realpath(path))
 
 

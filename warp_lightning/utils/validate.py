@@ -11,8 +11,9 @@ Hydra's run folder is created):
    in the composed config (int where an int is, a number where a float is, ...). Why this and not structured
    configs registered in Hydra's ConfigStore: the YAML files under conf/ are the schema, so a key added to a
    YAML file is typed from its default at once, with no dataclass to keep in step. Only keys whose default
-   says nothing (null, ???) or that take several types need an entry in `DECLARED_TYPES`
-   (tests/cli/test_validate.py checks that every such key of every config has one).
+   says nothing (null, ???) or that take several types need a declared type: `SHARED_TYPES` below for the
+   config groups every command shares, the command's record (utils/commands.py) for its own keys
+   (tests/utils/test_validate.py checks that every such key of every config has one).
 2. values, files and the machine (`validate_command`): a mandatory value left unset, the output folder, the
    accelerator and device count against this machine, then the command's own check (ranges and choices, the
    files and folders it reads, whether the folders it writes to can be created).
@@ -55,37 +56,23 @@ def plain(node):
 
 # --- types --------------------------------------------------------------------------------------------------
 
-# The accepted types of keys whose default is null or ??? (nothing to infer a type from) or that take several
-# types: python types, None (null allowed) or literal strings.
-DECLARED_TYPES: dict[str, tuple] = {
+# The accepted types of the keys of the config groups every command shares whose default is null or ??? (nothing
+# to infer a type from) or that take several types: python types, None (null allowed) or literal strings. A
+# command's own such keys are declared in its record (utils/commands.py `Command.types`, beside the command).
+SHARED_TYPES: dict[str, tuple] = {
     "trainer.devices": (int, list, "auto"),
     "trainer.precision": (str, int),
     "trainer.enable_progress_bar": (bool, None),
     "trainer.process_group_backend": (str, None),
-    "warp.grad_clip": (float, None),
     "policy.build": (str, None),
-    "sft.init.build": (str, None),
-    "sft.init": (dict, None),  # a pretrained model {name_or_path, build} to adapt, or null: GPT-2 from scratch
     "policy.lora.target_modules": (str, list),  # all-linear, or a list of module names
     "reward_model.build": (str, None),
     "reward_model.label": (int, str),  # a classifier's scored label: an index or a name of its id2label
+    "reward_model.train_data_path": (str, None),
     "data.path": (str, None),  # data=file needs it (???); data=imdb: a local copy, null for the hub
     "data.subset": (str, None),  # data=prompts: load_dataset's configuration
     "data.splits": (dict, None),  # data=prompts: {train: NAME, validation: NAME, test: NAME}
     "data.split_by": (str, None),  # data=prompts: the column whose rows stay in one split
-    "reward_model.train_data_path": (str, None),
-    "eval.prompts": (int, None),  # evaluate (main's eval-work): null is the whole split
-    "reward_training.max_train_texts": (int, None),
-    "reward_training.max_val_texts": (int, None),
-    "reward_training.max_eval_texts": (int, None),
-    "model": (str, list, dict, None),  # evaluate: a folder, a list of them or {name: folder}; front: unused
-    "run": (str, list, None),  # front: a train run folder or a list of them (seeds of one arm); report: a folder
-    "baselines": (dict, None),  # front: {name: a run folder or a list of them}
-    "evaluation": (str, None),  # report
-    "sweep": (str, None),
-    "front": (str, None),
-    "job": (str, None),  # study: the one job to run, or null
-    "budget_minutes": (int, float, None),  # study action=run: null is no budget
 }
 
 _NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", list: "a list [...]",
@@ -128,19 +115,21 @@ def _default_kinds(value) -> tuple:
     return ()
 
 
-def check_value_type(key: str, value, default, has_default: bool = True) -> None:
+def check_value_type(key: str, value, default, has_default: bool = True, declared: dict | None = None) -> None:
     """Raise UserError if `value` (a parsed override) does not have the type of `default` (or the declared
-    type of `key`). `has_default=False`: the key has no default value (null, ???, or a key added with +)."""
+    type of `key` in `declared`, by default `SHARED_TYPES`). `has_default=False`: the key has no default value
+    (null, ???, or a key added with +)."""
+    declared = SHARED_TYPES if declared is None else declared
     if isinstance(value, str) and "${" in value:
         return  # an interpolation: its target is checked where it is set
-    kinds = DECLARED_TYPES.get(key) or (_default_kinds(default) if has_default and default is not None else ())
+    kinds = declared.get(key) or (_default_kinds(default) if has_default and default is not None else ())
     if not kinds:
         return  # nothing known about this key (e.g. added with +key=...)
     if not any(_matches(value, k) for k in kinds):
         like = f", like its default {default!r}" if has_default and default is not None else ""
         raise UserError(f"{key}={value!r} is invalid: must be {_describe(kinds)}{like}")
     # the elements of a list whose default has elements of one type: that type
-    if isinstance(value, list | tuple) and isinstance(default, list | tuple) and default and key not in DECLARED_TYPES:
+    if isinstance(value, list | tuple) and isinstance(default, list | tuple) and default and key not in declared:
         element = _default_kinds(default[0])
         if element and all(any(_matches(d, k) for k in element) for d in default):
             for item in value:
@@ -162,13 +151,14 @@ def default_of(cfg, key: str) -> tuple[bool, object]:
     return value is not None, value
 
 
-def check_override_types(overrides: list[tuple[str, list]], base) -> None:
+def check_override_types(overrides: list[tuple[str, list]], base, declared: dict) -> None:
     """`overrides`: (key, the values it takes: one, or each value of a sweep); `base`: the command's config
-    composed without these value overrides (with the user's config-group choices)."""
+    composed without these value overrides (with the user's config-group choices); `declared`: the command's
+    declared types (`Command.declared_types`)."""
     for key, values in overrides:
         has_default, default = default_of(base, key)
         for value in values:
-            check_value_type(key, value, default, has_default)
+            check_value_type(key, value, default, has_default, declared)
 
 
 def check_missing(cfg) -> None:
@@ -185,12 +175,12 @@ _MISSING_HINTS = {"data.path": " (a .csv with a `text` column, a .jsonl or a tex
 
 # --- values, files, machine ---------------------------------------------------------------------------------
 
-def int_at_least(section, prefix: str, keys: Iterable[str], minimum: int) -> None:
-    """Each of `keys` present in `section` is an integer >= `minimum`, or null where DECLARED_TYPES allows it."""
+def int_at_least(section, prefix: str, keys: Iterable[str], minimum: int, nullable: Iterable[str] = ()) -> None:
+    """Each of `keys` present in `section` is an integer >= `minimum`, or null for those in `nullable`."""
     for key in keys:
         if key in section:
             value = section[key]
-            if value is None and None in DECLARED_TYPES.get(f"{prefix}.{key}", ()):
+            if value is None and key in nullable:
                 continue
             check(is_int(value) and value >= minimum, f"{prefix}.{key}", value, f"must be an integer >= {minimum}")
 

@@ -1,0 +1,93 @@
+"""What a command is: its record (`Command`), declared once beside the command, in the `checks.py` of its package,
+and the list of them that the CLI reads (`commands()`).
+
+A record names the command (`python -m warp_lightning NAME`, its config `conf/NAME.yaml`), says what it does, where
+its `run(cfg) -> dict` is, its check (run once, before anything starts), the config keys a resume may change (None:
+the command does not resume), and the types of its own keys whose default says nothing about their type
+(utils/validate.py, "types"; the keys of the config groups every command shares are typed there, in `SHARED_TYPES`).
+
+Called from Python, a record checks then runs: `commands()["evaluate"](cfg)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from types import MappingProxyType
+
+from warp_lightning.utils.validate import SHARED_TYPES, validate_command
+
+# the packages whose checks.py declares commands, in the order `python -m warp_lightning` lists them
+DECLARED_IN = ("warp_lightning.data.checks", "warp_lightning.train.checks", "warp_lightning.reward.checks",
+               "warp_lightning.eval.checks", "warp_lightning.studies.checks")
+
+# what a resume may change in the config of a command that trains (sft, reward, train): where the run folder and
+# the caches are, how it is logged and evaluated, where the result is saved; never what is trained
+WHERE_AND_HOW_LOGGED = frozenset({"hydra", "logger", "paths", "eval", "save_to"})
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # python -m warp_lightning NAME; its primary config is conf/NAME.yaml
+    summary: str  # one line, as `python -m warp_lightning` lists it
+    module: str  # the module whose `run(cfg) -> dict` the command is (imported when the command runs)
+    check: Callable[..., None]  # its own check (after validate_command's shared ones): UserError in one line
+    resume: frozenset[str] | None = None  # the config keys (dotted) a resume may change; None: not resumable
+    types: Mapping[str, tuple] = field(default_factory=dict)  # its keys whose default says nothing of their type
+
+    def __post_init__(self):
+        object.__setattr__(self, "types", MappingProxyType(dict(self.types)))
+        if self.resume is not None:
+            object.__setattr__(self, "resume", frozenset(self.resume))
+
+    @property
+    def resumable(self) -> bool:
+        return self.resume is not None
+
+    def declared_types(self) -> dict[str, tuple]:
+        """The declared types of every key of this command's config: the shared groups' and its own."""
+        return {**SHARED_TYPES, **self.types}
+
+    def validate(self, cfg, run_dir: str | None = None) -> None:
+        """The checks every command shares, then this command's (utils/validate.py `validate_command`)."""
+        validate_command(cfg, self.check, run_dir)
+
+    def body(self):
+        """The module of the command's `run(cfg)` (and of its `result_lines(metrics, out_dir)`, if it has one)."""
+        return importlib.import_module(self.module)
+
+    def run(self, cfg) -> dict | None:
+        """The command's body, unchecked (the CLI has checked the config before Hydra started)."""
+        return self.body().run(cfg)
+
+    def __call__(self, cfg) -> dict | None:
+        """From Python: check, then run."""
+        self.validate(cfg)
+        return self.run(cfg)
+
+
+@cache
+def commands() -> dict[str, Command]:
+    """{name: record} of every command, in the order of `DECLARED_IN` and of each package's `COMMANDS` (this imports every package's checks)."""
+    found: dict[str, Command] = {}
+    for module in DECLARED_IN:
+        for record in importlib.import_module(module).COMMANDS:
+            if record.name in found:
+                raise RuntimeError(f"two records declare the command {record.name!r} ({module})")
+            found[record.name] = record
+    return found
+
+
+def without(config: dict, keys: Iterable[str]) -> dict:
+    """A copy of the plain `config` without the dotted `keys` (those a resume may change)."""
+    out = dict(config)
+    for key in keys:
+        head, _, rest = key.partition(".")
+        if head in out:
+            if not rest:
+                del out[head]
+            elif isinstance(out[head], dict):
+                out[head] = without(out[head], [rest])
+    return out
