@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "warp_lightning"
 # lower layers never import higher ones; a layer's modules may import each other (without a cycle)
-LAYERS = {"utils": 0, "__init__": 0, "algo": 1, "data": 1, "policy": 2, "reward": 3, "builds": 4, "eval": 5,
+LAYERS = {"utils": 0, "runtime": 0, "__init__": 0, "algo": 1, "data": 1, "policy": 2, "reward": 3, "builds": 4, "eval": 5,
           "train": 6, "studies": 7, "cli": 8,
           "__main__": 9}
 

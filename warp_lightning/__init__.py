@@ -21,7 +21,7 @@ class NonFiniteError(UserError):
 
 
 class Preempted(BaseException):
-    """SIGTERM or SIGINT: the command stopped cleanly (utils/signals.py); exit status 128 + the signal's
+    """SIGTERM or SIGINT: the command stopped cleanly (runtime/signals.py); exit status 128 + the signal's
     number (143 for SIGTERM, 130 for SIGINT), one line saying how to resume.
 
     A BaseException, like KeyboardInterrupt, so that `except Exception` clauses (a checkpoint that fails

@@ -7,7 +7,7 @@ A model folder is built once, whatever the number of commands that need it at th
 - the folder appears only complete (it is written under a temporary name and renamed, `utils.io.atomic_dir`);
   what a killed build leaves (`.NAME.*.tmp`) is removed by the next build, under the lock;
 - the build command runs in its own process group, stopped with its whole group when the command that
-  started it stops, and it dies with its parent even when that one is SIGKILLed (utils/signals.py);
+  started it stops, and it dies with its parent even when that one is SIGKILLed (runtime/signals.py);
 - its run folder is `.NAME.build-HASH/` next to the model (HASH: of the build command), so that a build stopped
   by a signal resumes from its checkpoint the next time the same model is needed;
 - it reads its model and data from where the parent's config says (`SOURCES`: e.g. `reward_model.base=DIR` given
@@ -28,7 +28,7 @@ from pathlib import Path
 from warp_lightning import Preempted, UserError
 from warp_lightning.policy.smollm2 import build_smollm2
 from warp_lightning.reward.rewards import classifier_configs
-from warp_lightning.utils import signals
+from warp_lightning.runtime import signals
 from warp_lightning.utils.io import file_lock
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from warp_lightning import Preempted, UserError
 from warp_lightning.data.hub import check_hub
-from warp_lightning.utils import signals
+from warp_lightning.runtime import lock, signals
 from warp_lightning.utils.commands import Command, commands
 from warp_lightning.utils.console import figures_line, quiet_third_party
 from warp_lightning.utils.io import write_metrics
@@ -45,7 +45,7 @@ def run_command(record: Command, cfg) -> dict:
         module = record.body()
         quiet_third_party()  # after the imports: Lightning adds its own console handler when it is imported
         if record.resumable and HydraConfig.get().mode == RunMode.MULTIRUN:
-            signals.claim_run_dir(cfg_output_dir())  # a job's folder, once the launcher made it (see `main`)
+            lock.claim_run_dir(cfg_output_dir())  # a job's folder, once the launcher made it (see `main`)
         metrics = module.run(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -191,12 +191,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import hydra
 
-    signals.install()  # SIGTERM, SIGINT: a clean stop (utils/signals.py)
+    signals.install()  # SIGTERM, SIGINT: a clean stop (runtime/signals.py)
     try:
         signals.tie_to_parent()  # a child of another command (a build, a DDP process) dies with it
         run_dir = check_overrides(record, argv[1:])
         if run_dir is not None:  # a single run of a resumable command: its folder held before Hydra writes in it
-            signals.claim_run_dir(run_dir)  # (one command at a time in a run folder); a multirun job's: run_command
+            lock.claim_run_dir(run_dir)  # (one command at a time in a run folder); a multirun job's: run_command
             argv = [name, *(a for a in argv[1:] if not a.startswith("hydra.run.dir=")), f"hydra.run.dir={run_dir}"]
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

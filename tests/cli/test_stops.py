@@ -27,7 +27,7 @@ import logging, sys
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from omegaconf import OmegaConf
 from warp_lightning import Preempted, builds
-from warp_lightning.utils import signals
+from warp_lightning.runtime import signals
 signals.install()
 models, pids, sleep = sys.argv[1:4]
 builds.build_command = lambda kind, cfg, path, cache: [sys.executable, "-c", CHILD, str(path), pids, sleep]
@@ -40,7 +40,7 @@ print("parent done", flush=True)
 """
 CHILD = r"""
 import os, subprocess, sys, time
-from warp_lightning.utils import signals
+from warp_lightning.runtime import signals
 from warp_lightning.utils.io import atomic_dir
 signals.install()
 signals.tie_to_parent()
@@ -251,7 +251,7 @@ def _stop_worker(rank: int, port: int, scenario: str, out: str) -> None:
     import torch.distributed as dist
 
     from warp_lightning import Preempted
-    from warp_lightning.utils import signals
+    from warp_lightning.runtime import signals
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -303,7 +303,7 @@ def test_a_stop_reaches_every_process_without_deadlock(tmp_path, scenario):
 
 @pytest.mark.parametrize("command", ["sft", "reward"])
 def test_a_command_stopped_by_sigterm_resumes_from_its_checkpoint(tmp_path, asset_cache, command):
-    """`sft` and `reward` (one mechanism, utils/resume.py): SIGTERM finishes the step, writes
+    """`sft` and `reward` (one mechanism, runtime/resume.py): SIGTERM finishes the step, writes
     checkpoints/resume.ckpt and exits 143 naming the resume command; that command continues from the step (not
     from 0), saves the model and removes the checkpoint."""
     from conftest import TINY_REWARD, TINY_SFT, cli

@@ -1,18 +1,23 @@
 """The private attributes of Lightning, torch and transformers that warp_lightning relies on (all of them in
-utils/internals.py) still exist in the installed versions, and the functions that wrap them do their job."""
+runtime/internals.py: its functions' and its subclasses' members) still exist in the installed versions, and the
+functions that wrap them do their job."""
 
+import ast
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import textwrap
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 
 
 def tiny_trainer(**kwargs) -> L.Trainer:
@@ -33,7 +38,9 @@ def tensorboard_logger(tmp_path):
 # the first name of an attribute path in `internals.USES` -> an object that holds the rest
 ROOTS = {"Trainer": lambda tmp: tiny_trainer(), "TensorBoardLogger": tensorboard_logger,
          "Tensor": lambda tmp: torch.zeros(2), "UntypedStorage": lambda tmp: torch.zeros(2).untyped_storage(),
-         "GPT2LMHeadModel": lambda tmp: tiny_gpt2()}
+         "GPT2LMHeadModel": lambda tmp: tiny_gpt2(), "LightningModule": lambda tmp: L.LightningModule(),
+         "ModelParallelStrategy": lambda tmp: ModelParallelStrategy(tensor_parallel_size=1)}
+PACKAGE = Path(internals.__file__).resolve().parents[1]
 
 
 def resolve(path: str, tmp_path):
@@ -54,13 +61,14 @@ def resolve(path: str, tmp_path):
     return obj
 
 
-@pytest.mark.parametrize(("function", "package", "attribute"), internals.USES, ids=[u[2] for u in internals.USES])
+@pytest.mark.parametrize(("function", "package", "attribute"), internals.USES + internals.OVERRIDES,
+                         ids=[u[2] for u in internals.USES + internals.OVERRIDES])
 def test_each_private_attribute_we_use_still_exists(function, package, attribute, tmp_path):
     try:
         resolve(attribute, tmp_path)
     except (AttributeError, ImportError) as err:
         pytest.fail(f"{package} {importlib.metadata.version(package)} no longer has {attribute} ({err}): "
-                    f"warp_lightning/utils/internals.py `{function}` relies on it; adapt that function to this "
+                    f"warp_lightning/runtime/internals.py `{function}` relies on it; adapt that function to this "
                     "version (its docstring says what it is for)", pytrace=False)
 
 
@@ -152,3 +160,54 @@ def test_purge_tensorboard_from_drops_the_events_after_the_step(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("x")] == [(0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0),
                                                                (5, 2.0)]
+
+
+def _third_party_bases(cls) -> list[type]:
+    return [b for b in cls.__mro__[1:] if b.__module__.split(".")[0] in internals.PACKAGES]
+
+
+def _private_names_used(cls) -> set[str]:
+    """`_name` members that the source of `cls` defines, and `self._name` that its methods read, write or call
+    (dunders aside; what a metaclass adds, such as ABCMeta's `_abc_impl`, is not ours)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    names = {n.name for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    names |= {t.id for n in body if isinstance(n, ast.Assign | ast.AnnAssign)
+              for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    names |= {n.attr for part in body for n in ast.walk(part) if isinstance(n, ast.Attribute)
+              and isinstance(n.value, ast.Name) and n.value.id == "self"}
+    return {n for n in names if n.startswith("_") and not n.startswith("__")}
+
+
+def _owned_by(base: type, name: str) -> bool:
+    """Whether `name` is the base's (a member, or an attribute its code sets on self)."""
+    if name in vars(base):
+        return True
+    try:
+        return f"self.{name}" in inspect.getsource(base)
+    except (OSError, TypeError):
+        return False
+
+
+def test_every_private_member_of_a_third_party_base_that_our_subclasses_touch_is_registered():
+    """A subclass of a Lightning (torch, transformers) class that overrides, sets or calls a private member of its
+    base relies on that base's internals as much as a direct use does: it is listed in `internals.OVERRIDES`, so that
+    the test above checks it against the installed version."""
+    registered = {where for where, _, _ in internals.OVERRIDES}
+    unregistered = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = importlib.import_module(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+                                         .removesuffix(".__init__"))
+        for cls in [c for c in vars(module).values() if inspect.isclass(c) and c.__module__ == module.__name__]:
+            bases = _third_party_bases(cls)
+            for name in sorted(_private_names_used(cls)):
+                if any(_owned_by(b, name) for b in bases) and f"{cls.__name__}.{name}" not in registered:
+                    unregistered.append(f"{module.__name__}.{cls.__name__}.{name}")
+    assert not unregistered, f"register these in runtime/internals.py OVERRIDES: {unregistered}"
+
+
+def test_the_functions_that_wrap_module_internals_do_their_job():
+    module = L.LightningModule()
+    assert internals.attached_trainer(module) is None
+    trainer = tiny_trainer()
+    module.trainer = trainer
+    assert internals.attached_trainer(module) is trainer

@@ -1,4 +1,4 @@
-"""A run folder has one command at a time, and a run folder that cannot be made is one line (issue 21)."""
+"""A run folder has one command at a time, and a run folder that cannot be made is one line (issue 21; runtime/lock.py)."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ import pytest
 from conftest import cli
 
 from warp_lightning import UserError
-from warp_lightning.utils import signals
+from warp_lightning.runtime import lock, signals
 
 
 def train_args(tiny_models, run_dir):
@@ -18,11 +18,11 @@ def train_args(tiny_models, run_dir):
 
 def test_a_second_command_on_a_run_folder_in_use_refuses_at_once(tiny_models, tmp_path):
     run_dir = tmp_path / "run"
-    signals.claim_run_dir(run_dir)  # this process is the command that holds it
+    lock.claim_run_dir(run_dir)  # this process is the command that holds it
     try:
         refused = cli(*train_args(tiny_models, run_dir), cwd=tmp_path, check=False)
     finally:
-        signals.release_run_dir(run_dir)
+        lock.release_run_dir(run_dir)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
     assert refused.stderr.strip().splitlines() == [
         f"error: hydra.run.dir: {run_dir} is in use by another command (pid {os.getpid()}); wait for it to end or "
@@ -40,10 +40,10 @@ def test_a_run_folder_that_cannot_be_made_is_one_line(tiny_models, tmp_path):
 CLAIM = """
 import sys
 from warp_lightning import UserError
-from warp_lightning.utils import signals
+from warp_lightning.runtime import lock, signals
 signals.tie_to_parent()
 try:
-    signals.claim_run_dir(sys.argv[1])
+    lock.claim_run_dir(sys.argv[1])
 except UserError as err:
     print(err)
     sys.exit(2)
@@ -64,13 +64,13 @@ def test_the_processes_of_the_holder_share_its_run_folder(tmp_path):
     """A child of the holder (a DDP process Lightning's launcher started, which gets PARENT_ENV) is not refused by
     its parent's lock; another process is."""
     run_dir = tmp_path / "run"
-    signals.claim_run_dir(run_dir)
+    lock.claim_run_dir(run_dir)
     try:
         child = claim_in_child(run_dir, {signals.PARENT_ENV: str(os.getpid())})
         other = claim_in_child(run_dir)
         outs = [p.communicate(timeout=60)[0] for p in (child, other)]
     finally:
-        signals.release_run_dir(run_dir)
+        lock.release_run_dir(run_dir)
     assert (child.returncode, outs[0].strip()) == (0, "claimed")
     assert other.returncode == 2 and f"in use by another command (pid {os.getpid()})" in outs[1]
 
@@ -80,16 +80,16 @@ def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
     holder = claim_in_child(run_dir, sleep=120)
     assert holder.stdout.readline().strip() == "claimed"
     with pytest.raises(UserError, match=rf"in use by another command \(pid {holder.pid}\)"):
-        signals.claim_run_dir(run_dir)
+        lock.claim_run_dir(run_dir)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     holder.stdout.close()
-    assert (run_dir / signals.RUN_LOCK).read_text().strip() == str(holder.pid)  # its pid is still written there
-    signals.claim_run_dir(run_dir)
+    assert (run_dir / lock.RUN_LOCK).read_text().strip() == str(holder.pid)  # its pid is still written there
+    lock.claim_run_dir(run_dir)
     try:
-        assert (run_dir / signals.RUN_LOCK).read_text().strip() == str(os.getpid())
+        assert (run_dir / lock.RUN_LOCK).read_text().strip() == str(os.getpid())
     finally:
-        signals.release_run_dir(run_dir)
+        lock.release_run_dir(run_dir)
 
 
 def test_a_run_folder_is_one_folder_however_it_is_written(tmp_path):
@@ -97,13 +97,13 @@ def test_a_run_folder_is_one_folder_however_it_is_written(tmp_path):
     must not refuse itself, and another one is refused under either name."""
     (tmp_path / "elsewhere").mkdir()
     given = tmp_path / "elsewhere" / ".." / "run"
-    signals.claim_run_dir(given)
+    lock.claim_run_dir(given)
     try:
-        signals.claim_run_dir(os.path.abspath(given))
+        lock.claim_run_dir(os.path.abspath(given))
         other = claim_in_child(tmp_path / "run")
         out = other.communicate(timeout=60)[0]
     finally:
-        signals.release_run_dir(os.path.abspath(given))
+        lock.release_run_dir(os.path.abspath(given))
     assert other.returncode == 2 and f"in use by another command (pid {os.getpid()})" in out
     after = claim_in_child(tmp_path / "run")  # released under the other name too
     assert (after.communicate(timeout=60)[0].strip(), after.returncode) == ("claimed", 0)

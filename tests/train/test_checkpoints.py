@@ -1,14 +1,14 @@
 """loop.pt through `WarpState.state_dict`, in the layout earlier versions wrote; the one checkpoint reader; the
-config comparison of a resume (train/checkpoint.py, utils/resume.py)."""
+config comparison of a resume (train/checkpoint.py, runtime/resume.py)."""
 
 import pytest
 import torch
 
 from warp_lightning import UserError
 from warp_lightning.algo.state import WarpState
+from warp_lightning.runtime.resume import FORMAT, StopCheckpoint, read_checkpoint
 from warp_lightning.train.checkpoint import LOOP, load_loop, run_path, save_loop
 from warp_lightning.train.checks import SFT, TRAIN
-from warp_lightning.utils.resume import FORMAT, StopCheckpoint, read_checkpoint
 
 CONFIG = {"warp": {"kl_coef": 0.1, "steps": 3}, "paths": {"output_dir": "a"}}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 
 
 def sequence_logprob(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

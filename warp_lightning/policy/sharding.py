@@ -10,7 +10,7 @@ import types
 import torch
 from torch.distributed.tensor import DTensor
 
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 
 
 def gathers_weights(fn=None, *, all_blocks: bool = False):

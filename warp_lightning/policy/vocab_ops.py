@@ -14,7 +14,7 @@ import math
 import torch
 
 from warp_lightning.algo.rl import entropy_from_logprobs
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 
 # Vocabulary columns per slice of the head's projections h @ W^T: a slice's logits stay in cache while they
 # are reduced. On 2 cores, against one [N, V] matmul: 2x faster sampling (64 rows, projection + sampler) and

@@ -22,12 +22,12 @@ from warp_lightning.data.texts import load_texts, preference_pairs
 from warp_lightning.reward import warm
 from warp_lightning.reward.checks import REWARD
 from warp_lightning.reward.scorer import RewardModel, resolve_pretrained
+from warp_lightning.runtime.resume import command_checkpoint
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.precision import autocast
 from warp_lightning.utils.progress import ProgressLog
-from warp_lightning.utils.resume import command_checkpoint
 from warp_lightning.utils.schedules import warmup_schedule
 from warp_lightning.utils.trainer import build_trainer, log_device, trainer_device, trainer_precision
 

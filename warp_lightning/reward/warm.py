@@ -30,10 +30,10 @@ from transformers import AutoModelForSequenceClassification
 from warp_lightning.algo.merging import linear
 from warp_lightning.reward.checks import REWARD
 from warp_lightning.reward.scorer import RewardModel
+from warp_lightning.runtime.resume import StopCheckpoint
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.precision import autocast
-from warp_lightning.utils.resume import StopCheckpoint
 from warp_lightning.utils.trainer import log_device, trainer_device, trainer_precision
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,13 @@
 """Every use of a private (underscore) attribute of Lightning, torch or transformers, each in one named function.
 
 These are not part of those packages' API and may change in any release. Keeping them here makes that risk
-visible in one place, and `tests/test_internals.py` checks each one against the installed versions: an upgrade
+visible in one place, and `tests/runtime/test_internals.py` checks each one against the installed versions: an upgrade
 that removes one fails there, naming the attribute and the version, instead of somewhere in a training run.
 `USES` lists them (function, package, attribute) for that test; a function added here goes there too.
+`OVERRIDES` lists the private members of a Lightning class that a subclass of ours overrides, sets or calls
+(`train/strategies.py`): the same risk, checked by the same test, and a test finds any subclass member not listed.
 
-Lightning and torch are imported inside the functions: the CLI imports this module (through utils/signals.py)
+Lightning and torch are imported inside the functions: the CLI imports this module (through runtime/signals.py)
 before it knows whether the command needs them, and `algo/` (pure tensor code) must not pull Lightning in.
 """
 
@@ -26,6 +28,8 @@ USES = (
     ("take_over_signals", "lightning", "Trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor"),
     ("logger_step", "lightning", "Trainer.fit_loop.epoch_loop._batches_that_stepped"),
     ("purge_tensorboard_from", "lightning", "TensorBoardLogger._kwargs"),
+    ("attached_trainer", "lightning", "LightningModule._trainer"),
+    ("log_on_every_rank", "lightning", "lightning.pytorch.utilities.rank_zero.rank_zero_only.rank"),
     ("default_store", "torch", "torch.distributed.distributed_c10d._get_default_store"),
     ("foreach_lerp_", "torch", "torch._foreach_lerp_"),
     ("version_counter", "torch", "Tensor._version"),
@@ -36,13 +40,25 @@ USES = (
 )
 
 
+# (our class and member, package, the private member of its base it overrides, sets or calls)
+OVERRIDES = (
+    ("IndependentRunsStrategy._setup_model", "lightning", "lightning.pytorch.strategies.DDPStrategy._setup_model"),
+    ("IndependentRunsStrategy._register_ddp_hooks", "lightning",
+     "lightning.pytorch.strategies.DDPStrategy._register_ddp_hooks"),
+    ("ShardedStrategy._data_parallel_size", "lightning", "ModelParallelStrategy._data_parallel_size"),
+    ("ShardedStrategy._setup_distributed", "lightning",
+     "lightning.pytorch.strategies.ModelParallelStrategy._setup_distributed"),
+)
+PACKAGES = ("lightning", "torch", "transformers")  # whose private members are listed here
+
+
 # --- Lightning ------------------------------------------------------------------------------------------------
 
 def dump_checkpoint(trainer) -> dict:
     """The full checkpoint of the step just finished, as a dict, without writing it.
 
     `trainer.save_checkpoint` writes at once; our checkpoints are taken at the end of step t and written when
-    step t+1 starts (or when the loop stops), once step t's metrics are logged (utils/resume.py)."""
+    step t+1 starts (or when the loop stops), once step t's metrics are logged (runtime/resume.py)."""
     return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
 
 
@@ -58,7 +74,7 @@ def _signal_connector_class():
     from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
     class QuietSignals(_SignalConnector):
-        """Lightning's signal connector without its handlers (SIGTERM, SIGINT are utils/signals.py's)."""
+        """Lightning's signal connector without its handlers (SIGTERM, SIGINT are runtime/signals.py's)."""
 
         def register_signal_handlers(self) -> None:
             self.received_sigterm = False
@@ -70,7 +86,7 @@ def _signal_connector_class():
 
 
 def take_over_signals(trainer) -> None:
-    """Switch off Lightning's own SIGTERM handling in `trainer`: utils/signals.py handles the signals.
+    """Switch off Lightning's own SIGTERM handling in `trainer`: runtime/signals.py handles the signals.
 
     Lightning's SIGTERM handler (2.6) forwards the signal to the processes its launcher started, broadcasts a
     tensor from inside the handler (a collective at an arbitrary point: a deadlock risk under DDP) and makes
@@ -92,6 +108,19 @@ def logger_step(trainer) -> int:
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
+def attached_trainer(module):
+    """The Trainer a LightningModule is attached to, or None (`module.trainer` raises when there is none)."""
+    return module._trainer
+
+
+def log_on_every_rank() -> None:
+    """Let every process log (`rank_zero_only` functions run everywhere): trainer=ddp_runs gives each process its
+    own run and its own log folder. Lightning sets the rank itself when its launcher starts the processes."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    rank_zero_only.rank = 0
+
+
 def purge_tensorboard_from(logger, step: int) -> None:
     """A TensorBoardLogger whose writer (created on first use) purges the events from `step` on: a resumed run
     then does not repeat the steps after its checkpoint. Lightning passes these kwargs to `SummaryWriter`."""
@@ -102,7 +131,7 @@ def purge_tensorboard_from(logger, step: int) -> None:
 
 def default_store():
     """torch.distributed's default store (the rendezvous key-value store), or None: trainer=ddp_runs' processes
-    tell each other to stop through it without a collective (utils/signals.py)."""
+    tell each other to stop through it without a collective (runtime/signals.py)."""
     try:
         from torch.distributed.distributed_c10d import _get_default_store
 

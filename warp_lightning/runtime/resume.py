@@ -1,7 +1,7 @@
 """Stop and resume, for every training command (`train`, `sft`, `reward`): one callback, one checkpoint reader,
 and one config comparison.
 
-- `StopCheckpoint`, the callback: on SIGTERM or SIGINT (utils/signals.py) the optimizer step in progress
+- `StopCheckpoint`, the callback: on SIGTERM or SIGINT (runtime/signals.py) the optimizer step in progress
   finishes, a Lightning checkpoint of that step (weights, optimizer and scheduler, loop progress, the random
   streams) is written, and the command stops with `Preempted` (exit status 143 or 130); `every` > 0 also writes
   one every `every` steps. The same command with the same `hydra.run.dir` continues from it (`resume_from`).
@@ -11,7 +11,7 @@ and one config comparison.
   epoch is not restored.
 - `read_checkpoint`: every checkpoint we wrote is read through it; one that cannot be read is one line.
 - `check_same_config`: a resume with another config is refused in one line, naming the first difference.
-- One command at a time in a run folder: `signals.claim_run_dir` (the CLI takes it).
+- One command at a time in a run folder: `lock.claim_run_dir` (the CLI takes it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import OmegaConf
 
 from warp_lightning import Preempted, UserError
-from warp_lightning.utils import internals, signals
+from warp_lightning.runtime import internals, signals
 from warp_lightning.utils.commands import without
 from warp_lightning.utils.io import atomic_torch_save
 from warp_lightning.utils.loggers import trim_logs

@@ -10,7 +10,7 @@ Signals (`install`, called by the CLI for every command):
   `stop_now` are what the loops read). A second signal stops at once.
 - Lightning's own SIGTERM handling is switched off in every Trainer (utils/trainer.py, through
   `internals.take_over_signals`): it would run collectives inside the signal handler and stop at a point of its
-  own choosing, where our checkpoints could not be written as `StopCheckpoint` (utils/resume.py) writes them.
+  own choosing, where our checkpoints could not be written as `StopCheckpoint` (runtime/resume.py) writes them.
 
 Child processes (`start_child`, `run_child`): each starts in its own session (process group), is registered,
 and its whole group is sent SIGTERM (SIGKILL after `KILL_GRACE_S`) when the parent stops it, raises, is
@@ -18,10 +18,8 @@ stopped by a signal or exits. When the parent is SIGKILLed (nothing runs in it),
 kernel to send it SIGTERM (`tie_to_parent`: Linux PR_SET_PDEATHSIG, set by the child at start-up because
 `preexec_fn` is not safe in a process with threads).
 
-One command per run folder (`claim_run_dir`, called by the CLI for `train`, `sft` and `reward`): a `flock` on
-`RUN_LOCK` in the folder, held until the command exits; a second command on the same `hydra.run.dir` refuses
-at once in one line. The kernel drops the lock when its holder dies, so a stale one never blocks; the DDP
-processes of the holder (started by Lightning's launcher, see `PARENT_ENV`) share it.
+What the process knows (the signal received, its children, the command it belongs to, the run folders it holds)
+is one object, `PROCESS`; the run-folder lock is runtime/lock.py.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import signal
@@ -37,10 +34,11 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from warp_lightning import Preempted, UserError
-from warp_lightning.utils import internals
+from warp_lightning import Preempted
+from warp_lightning.runtime import internals
 
 log = logging.getLogger(__name__)
 
@@ -50,37 +48,46 @@ KILL_GRACE_S = float(os.environ.get("WARP_LIGHTNING_KILL_GRACE", "30"))  # SIGTE
 STOP_KEY = "warp_lightning/stop"  # in torch.distributed's store: some process was asked to stop
 STOPPED_KEY = "warp_lightning/stopped"  # how many processes have stopped on it
 
-_requested: int | None = None  # the first stop signal received
-_deferred = 0  # > 0 inside deferred(): signals only set the flag
-_cleaning = 0  # > 0 while children are being stopped: a further signal escalates to SIGKILL
-_escalate = False
-_children: dict[int, subprocess.Popen] = {}
-_atexit = False
-_tied = False  # this process is the child of another command (a build), which reports for it
-_parent: int | None = None  # the pid of that command
+
+
+@dataclass
+class Process:
+    """What this process knows about stopping: one object (`PROCESS`), read and changed by the functions below
+    and by the run-folder lock (runtime/lock.py); `reset` starts it afresh (tests)."""
+
+    requested: int | None = None  # the first stop signal received
+    deferred: int = 0  # > 0 inside deferred(): signals only set the flag
+    cleaning: int = 0  # > 0 while children are being stopped: a further signal escalates to SIGKILL
+    escalate: bool = False
+    children: dict[int, subprocess.Popen] = field(default_factory=dict)  # started by `start_child`, still ours
+    atexit: bool = False  # `stop_children` registered to run at exit
+    tied: bool = False  # this process is the child of another command (a build), which reports for it
+    parent: int | None = None  # the pid of that command
+    held: dict[Path, object] = field(default_factory=dict)  # run folders this process holds -> their lock file
+
+
+PROCESS = Process()
 
 
 def install() -> None:
     """Route SIGTERM and SIGINT through `_handler` (main thread only; a no-op elsewhere)."""
-    global _atexit
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in STOP_SIGNALS:
         signal.signal(signum, _handler)
-    if not _atexit:
+    if not PROCESS.atexit:
         atexit.register(stop_children)
-        _atexit = True
+        PROCESS.atexit = True
 
 
 def _handler(signum, frame) -> None:
-    global _requested, _escalate
-    first = _requested is None
+    first = PROCESS.requested is None
     if first:
-        _requested = signum
-    if _cleaning:  # already stopping children: stop them now
-        _escalate = True
+        PROCESS.requested = signum
+    if PROCESS.cleaning:  # already stopping children: stop them now
+        PROCESS.escalate = True
         return
-    if _deferred and first:
+    if PROCESS.deferred and first:
         log.warning("%s received: stopping after the current optimizer step, with a checkpoint (send it again "
                     "to stop at once)", signal.Signals(signum).name)
         return
@@ -89,28 +96,26 @@ def _handler(signum, frame) -> None:
 
 def requested() -> int | None:
     """The stop signal this process received, if any."""
-    return _requested
+    return PROCESS.requested
 
 
 def reset() -> None:
     """Forget a received signal (tests)."""
-    global _requested, _escalate
-    _requested, _escalate = None, False
+    PROCESS.requested, PROCESS.escalate = None, False
 
 
 @contextlib.contextmanager
 def deferred():
     """Inside: a stop signal sets the flag only; the code checks `stop_requested`/`stop_now` at safe points."""
-    global _deferred
-    _deferred += 1
+    PROCESS.deferred += 1
     try:
         yield
     finally:
-        _deferred -= 1
+        PROCESS.deferred -= 1
 
 
 def stop_requested() -> bool:
-    return _requested is not None
+    return PROCESS.requested is not None
 
 
 def _distributed() -> bool:
@@ -162,7 +167,7 @@ def wait_for_peers(key: str, world: int, poll_s: float = 0.05) -> None:
         if store.check([STOP_KEY]):
             store.add(STOPPED_KEY, 1)
             linger()
-            raise Preempted(_requested or signal.SIGTERM, "while waiting for the other runs to finish")
+            raise Preempted(PROCESS.requested or signal.SIGTERM, "while waiting for the other runs to finish")
         if store.add(key, 0) >= world:
             return
         time.sleep(poll_s)
@@ -185,7 +190,7 @@ def linger(timeout: float | None = None, poll_s: float = 0.05) -> None:
 def raise_if_stopped(where: str, checkpoint: bool = True, device=None) -> None:
     """At a safe point between runs: raise `Preempted` if a stop was asked (of any process, in lockstep)."""
     if stop_now(device):
-        raise Preempted(_requested or signal.SIGTERM, where, checkpoint)
+        raise Preempted(PROCESS.requested or signal.SIGTERM, where, checkpoint)
 
 
 # --- child processes ------------------------------------------------------------------------------------------
@@ -196,7 +201,7 @@ def start_child(cmd: list[str], **kwargs) -> subprocess.Popen:
     env = dict(kwargs.pop("env", None) or os.environ)
     env[PARENT_ENV] = str(os.getpid())
     proc = subprocess.Popen(cmd, start_new_session=True, env=env, **kwargs)
-    _children[proc.pid] = proc
+    PROCESS.children[proc.pid] = proc
     return proc
 
 
@@ -217,26 +222,25 @@ def _killpg(pgid: int, signum: int) -> None:
 def stop_child(proc: subprocess.Popen, grace: float | None = None) -> None:
     """SIGTERM to the child's process group, SIGKILL after `grace` seconds (or at a second signal to us);
     whatever is left of the group after the child exited is SIGKILLed too."""
-    global _cleaning
-    _children.pop(proc.pid, None)
+    PROCESS.children.pop(proc.pid, None)
     grace = KILL_GRACE_S if grace is None else grace
-    _cleaning += 1
+    PROCESS.cleaning += 1
     try:
         if proc.poll() is None:
             log.info("stopping child process %d (%s)", proc.pid, " ".join(map(str, proc.args[1:4])))
             _killpg(proc.pid, signal.SIGTERM)
             deadline = time.monotonic() + grace
-            while proc.poll() is None and time.monotonic() < deadline and not _escalate:
+            while proc.poll() is None and time.monotonic() < deadline and not PROCESS.escalate:
                 time.sleep(0.05)
         _killpg(proc.pid, signal.SIGKILL)  # the child, if still there, and any process it left in its group
         proc.wait()
     finally:
-        _cleaning -= 1
+        PROCESS.cleaning -= 1
 
 
 def stop_children() -> None:
     """Stop every registered child (at exit, and after an error)."""
-    for proc in list(_children.values()):
+    for proc in list(PROCESS.children.values()):
         stop_child(proc)
 
 
@@ -245,86 +249,24 @@ PR_SET_PDEATHSIG = 1
 
 def parent_pid() -> int | None:
     """The pid of the command that started this process (`tie_to_parent`), if another command did."""
-    return _parent
+    return PROCESS.parent
 
 
 def is_tied() -> bool:
     """Whether this process was started by another command (`start_child`, Lightning's launcher in `train`)."""
-    return _tied
+    return PROCESS.tied
 
 
 def tie_to_parent() -> None:
     """In a child started by `start_child` (or by Lightning's launcher from `train`): get SIGTERM when the
     parent dies, even by SIGKILL (Linux); exit at once if it is already gone. Clears `PARENT_ENV`, so that
     our own children do not inherit it."""
-    global _tied, _parent
     parent = os.environ.pop(PARENT_ENV, None)
     if not parent or not parent.isdigit():
         return
-    _tied, _parent = True, int(parent)
+    PROCESS.tied, PROCESS.parent = True, int(parent)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != int(parent):  # it died before the prctl: nobody would tell us
         raise Preempted(signal.SIGTERM, "(the parent process had already exited)")
-
-
-# --- one command per run folder -----------------------------------------------------------------------------
-
-RUN_LOCK = ".lock"  # in the run folder: the pid of the command that holds it
-_held: dict[Path, object] = {}  # run folders this process holds -> their open lock file
-
-
-def _rank_from_env() -> int:
-    """This process's rank when a launcher started it (torchelastic, SLURM, Lightning's DDP launcher), else 0."""
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").isdigit() and int(os.environ[name]) > 0:
-            return int(os.environ[name])
-    return 0
-
-
-def claim_run_dir(path: str | Path, key: str = "hydra.run.dir") -> None:
-    """Create the run folder and hold it until this process exits (or `release_run_dir`): a second command on
-    the same folder would write the same checkpoints and outputs, so it is refused at once (UserError, one line).
-
-    The processes of one command share its folder: those a launcher started (a rank > 0) and the children of the
-    holder (`parent_pid`) take no lock of their own. A lock left by a dead process does not count: the
-    kernel dropped its `flock` when it died.
-    """
-    folder = _folder(path)
-    if folder in _held:
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{key}: cannot create {path} ({err.strerror or err}); choose a folder that can be "
-                        "created") from None
-    if _rank_from_env() > 0:
-        return
-    f = open(folder / RUN_LOCK, "a+")  # noqa: SIM115 (open until the process exits)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip()
-        f.close()
-        if holder.isdigit() and int(holder) in (parent_pid(), os.getpid()):
-            return  # our parent holds it for the command we are part of (or we do, under another name)
-        raise UserError(f"{key}: {path} is in use by another command (pid {holder or '?'}); wait for it to end "
-                        f"or choose another {key}") from None
-    f.truncate(0)
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    _held[folder] = f
-
-
-def _folder(path: str | Path) -> Path:
-    """The run folder as one key however it is written (`runs/../x`, a symlink): Hydra normalizes it with
-    `os.path.abspath`; a process may be asked for it under two names."""
-    return Path(os.path.realpath(path))
-
-
-def release_run_dir(path: str | Path) -> None:
-    f = _held.pop(_folder(path), None)
-    if f is not None:
-        f.close()  # closing the file drops the lock

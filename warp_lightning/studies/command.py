@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from warp_lightning import Preempted, UserError
 from warp_lightning.builds import last_error, run_build
+from warp_lightning.runtime import signals
 from warp_lightning.studies import verdicts
 from warp_lightning.studies.jobs import (
     DONE,
@@ -33,7 +34,6 @@ from warp_lightning.studies.jobs import (
     study_jobs,
 )
 from warp_lightning.studies.results import NUMERICS, front_data, git_commit, read_results, write_result
-from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
 from warp_lightning.utils.paths import RunLayout
 from warp_lightning.utils.precision import describe

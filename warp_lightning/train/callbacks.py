@@ -9,8 +9,8 @@ from warp_lightning.algo.state import clone_state
 from warp_lightning.policy.lora import DenseEMA, dense_state, has_lora
 from warp_lightning.policy.models import save_policy
 from warp_lightning.policy.sharding import full_state
+from warp_lightning.runtime import signals
 from warp_lightning.train.strategies import IndependentRunsStrategy, ShardedStrategy, gather_states
-from warp_lightning.utils import signals
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.paths import RunLayout
 

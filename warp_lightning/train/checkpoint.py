@@ -15,9 +15,9 @@ previous complete file. Running `train` again with the same `hydra.run.dir` resu
 runs are skipped and the run in progress continues at step t with the same weights, optimizer moments,
 prompt stream position and random streams, so the final weights are bit-identical on CPU.
 
-SIGTERM or SIGINT during a run (utils/signals.py) is a checkpoint too: the step in progress finishes, run_M.ckpt
+SIGTERM or SIGINT during a run (runtime/signals.py) is a checkpoint too: the step in progress finishes, run_M.ckpt
 is written exactly as at a `checkpoint_every` step, and the command stops (exit status 143 or 130) with one
-line saying how to resume. The mechanism is the one `sft` and `reward` use (utils/resume.py).
+line saying how to resume. The mechanism is the one `sft` and `reward` use (runtime/resume.py).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from warp_lightning.runtime.resume import FORMAT, StopCheckpoint, check_same_config, read_checkpoint
 from warp_lightning.utils.io import atomic_torch_save
-from warp_lightning.utils.resume import FORMAT, StopCheckpoint, check_same_config, read_checkpoint
 
 log = logging.getLogger(__name__)
 

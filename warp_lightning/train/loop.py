@@ -38,13 +38,13 @@ from warp_lightning.policy.lora import add_lora, lora_enabled
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer, save_policy
 from warp_lightning.policy.vocab_ops import use_compiled_kernels
 from warp_lightning.reward.rewards import check_reward_columns, load_reward
+from warp_lightning.runtime import signals
 from warp_lightning.train import checkpoint as ckpt
 from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots, merge_iteration
 from warp_lightning.train.checkpoint import AtomicCheckpointIO
 from warp_lightning.train.checks import TRAIN
 from warp_lightning.train.module import RLOOModule
 from warp_lightning.train.strategies import start_processes, strategy_for
-from warp_lightning.utils import signals
 from warp_lightning.utils.io import atomic_write_json
 from warp_lightning.utils.loggers import build_logger, finish_logger, trim_logs
 from warp_lightning.utils.paths import RunLayout, cfg_output_dir

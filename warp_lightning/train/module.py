@@ -14,7 +14,7 @@ from warp_lightning.policy.logprobs import completion_logprobs
 from warp_lightning.policy.sampling import decode_prompts_completions, sample
 from warp_lightning.policy.sharding import shard_model, whole
 from warp_lightning.reward.rewards import RewardScores, checked_scores
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 from warp_lightning.utils.schedules import warmup_schedule
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class RLOOModule(L.LightningModule):
     def where(self) -> str:
         """`iteration i run m step t` of the step being computed (t counts from 1)."""
         return (f"iteration {self.tags.get('iteration')} run {self.tags.get('run')} step "
-                f"{self.trainer.global_step + 1 if self._trainer else '?'}")
+                f"{self.trainer.global_step + 1 if internals.attached_trainer(self) else '?'}")
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)

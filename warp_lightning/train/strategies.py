@@ -17,6 +17,9 @@ Three layouts (`conf/trainer/`):
 Processes are started once, before the loop, by Lightning's launcher (`python -m warp_lightning ...`
 is re-run for each local rank with the same Hydra run directory; SLURM and torchelastic environments
 start them externally). Rank 0 writes every output.
+
+The private members of Lightning's strategies that these subclasses override, set or call are listed in
+runtime/internals.py (`OVERRIDES`), where a test checks them against the installed Lightning.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import logging
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, ParallelStrategy
-from lightning.pytorch.utilities import rank_zero_only
+
+from warp_lightning.runtime import internals
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class IndependentRunsStrategy(DDPStrategy):
 
     def set_world_ranks(self) -> None:
         super().set_world_ranks()
-        rank_zero_only.rank = 0
+        internals.log_on_every_rank()
 
 
 class ShardedStrategy(ModelParallelStrategy):
@@ -96,7 +100,7 @@ def start_processes(trainer) -> tuple[int, int]:
         strategy.launcher.launch(lambda: None)
     strategy.setup_environment()
     if isinstance(strategy, IndependentRunsStrategy):
-        rank_zero_only.rank = 0
+        internals.log_on_every_rank()
     return strategy.global_rank, strategy.world_size
 
 

@@ -21,7 +21,7 @@ WARNINGS = (
     r".*`past_key_values` is deprecated.*",  # transformers' rename, raised from inside torch's module call
     r".*The `srun` command is available on your system but is not used.*",
     r".*Checkpoint directory .* exists and is not empty.*",
-    r".*resuming from a checkpoint that ended before the epoch ended.*",  # sft/reward say it (utils/resume.py)
+    r".*resuming from a checkpoint that ended before the epoch ended.*",  # sft/reward say it (runtime/resume.py)
 )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 
 
 def build_logger(cfg, save_dir: str | Path, run_name: str, group: str | None = None):

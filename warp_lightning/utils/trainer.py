@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from warp_lightning.utils import internals
+from warp_lightning.runtime import internals
 from warp_lightning.utils.precision import describe, device_for, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def build_trainer(trainer_cfg, **arguments) -> L.Trainer:
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     trainer = instantiate(config, **arguments, _convert_="all")
-    internals.take_over_signals(trainer)  # SIGTERM and SIGINT are utils/signals.py's (internals.py says why)
+    internals.take_over_signals(trainer)  # SIGTERM and SIGINT are runtime/signals.py's (internals.py says why)
     return trainer
 
 
