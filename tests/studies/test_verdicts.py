@@ -139,6 +139,22 @@ def test_report_from_results_alone(tmp_path):
     assert (tmp_path / "front.png").exists() and (tmp_path / "sweep_T.png").exists()
 
 
+def test_every_studys_verdicts_in_one_table_rebuilt_from_each_claims_json(tmp_path):
+    readme = tmp_path / "PROJECT.md"
+    readme.write_text("<!-- study:verdicts -->\nstale table\n<!-- /study:verdicts -->\n<!-- study:smoke -->\n"
+                      "<!-- /study:smoke -->\n<!-- study:later -->\n<!-- /study:later -->\n")
+    write_report(study(), landed(2), tmp_path / "smoke", readme=readme)
+    table = readme.read_text().split("<!-- study:verdicts -->\n")[1].split("\n<!-- /study:verdicts -->")[0]
+    rows = table.splitlines()[2:]
+    claims = json.loads((tmp_path / "smoke" / "claims.json").read_text())["claims"]
+    assert len(rows) == len(claims) + 1 and "stale table" not in table  # one row per claim, one for the study not reported
+    liti = next(r for r in rows if "the LITI front lies above the RL training curve" in r)
+    assert liti.startswith("| `smoke` | the LITI front lies above the RL training curve | holds | holds | "
+                           "provisional (2 of 3 seeds) | 2 vs 2 |") and liti.endswith("| 8 of 8; 0000000 |")
+    assert rows[-1].startswith("| `later` | no job has landed yet |")
+    assert (tmp_path / "verdicts.md").read_text().count("| `smoke` |") == len(claims)  # the report folder's index
+
+
 def test_with_more_than_two_iterations_each_further_one_is_judged(tmp_path):
     two = write_report(study(), landed(2), tmp_path / "two")["claims"]
     assert "more iterations keep improving the front" not in two  # I = 2: the claim of iteration 2 says it all

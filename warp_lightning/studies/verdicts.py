@@ -10,11 +10,16 @@ T sweep, the fronts' plot, and what is provisional.
   two.
 - A verdict is *provisional (n of N seeds)* until every arm its comparisons pool has the seeds its study declares
   (the report's headline: until every arm with a front has them).
+- Every study's verdicts in one table (`verdicts_table`): the README's block `<!-- study:verdicts -->` and
+  `reports/studies/verdicts.md`, rebuilt from each study's claims.json whenever one study's report is written; the
+  README's own study blocks say which studies it lists.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -256,9 +261,13 @@ def mix(results: dict[str, dict]) -> str:
     devices: dict[str, int] = {}
     for r in results.values():
         devices[r["compute"]] = devices.get(r["compute"], 0) + 1
-    commits = sorted({r["commit"][:7] + ("+" if r.get("dirty") else "") for r in results.values()})
     return ("; ".join(f"{n} job{'s' * (n != 1)} on {d}" for d, n in devices.items())
-            + f"; commits {', '.join(commits)}")
+            + f"; commits {', '.join(commits(results))}")
+
+
+def commits(results: dict[str, dict]) -> list[str]:
+    """The commits the results were measured at (short; `+`: with uncommitted changes)."""
+    return sorted({r["commit"][:7] + ("+" if r.get("dirty") else "") for r in results.values()})
 
 
 def marked(verdict: str, status: str) -> str:
@@ -358,11 +367,62 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
         text += ["## The T sweep", "", sweep_markdown(study, sweep), "", "![T sweep](sweep_T.png)", ""]
         parts.append(sweep_markdown(study, sweep))
     atomic_write_json(out / "claims.json", {"study": str(study.name), "status": status or "final",
-                                            "seeds": counts, "claims": found})
+                                            "seeds": counts, "claims": found, "landed": len(results),
+                                            "jobs": len(study_jobs(study)), "machines": mix(results),
+                                            "commits": commits(results)})
     readme_updated = readme is not None and update_readme(Path(readme), str(study.name),
                                                           readme_block(study, results, status, parts))
+    write_verdicts(out.parent, Path(readme) if readme is not None else None)
     atomic_write_bytes(out / "README.md", ("\n".join(text).rstrip() + "\n").encode())
     return {"report": str(out), "results": len(results), "status": status or "final",
             "readme": str(readme) if readme_updated else None,
             "claims": {c["claim"]: {"reward": c["verdict"], "judge": c["verdict_judge"], "status": c["status"]}
                        for c in found}}
+
+
+VERDICTS = "verdicts"  # the README block of every study's verdicts
+
+
+def studies_in(readme: Path | None) -> list[str]:
+    """The studies whose blocks the README has, in its order (the verdicts block aside)."""
+    text = readme.read_text() if readme is not None and readme.exists() else ""
+    return [n for n in dict.fromkeys(re.findall(r"<!-- study:([\w.-]+) -->", text)) if n != VERDICTS]
+
+
+def verdicts_table(report_root: Path, names: list[str]) -> str:
+    """One row per claim of every study in `names` (from REPORT_ROOT/NAME/claims.json): both verdicts and their
+    status, the seeds of each side of its comparisons, the prompts, the matched points, the study's jobs landed and
+    their commits (its machines: the first line of its own block); a study without a report yet is one row saying
+    so."""
+    rows = []
+    for name in names:
+        path = report_root / name / "claims.json"
+        if not path.exists():
+            rows.append([f"`{name}`", "no job has landed yet", "—", "—", "—", "—", "—", "—", "—"])
+            continue
+        data = json.loads(path.read_text())
+        landed = f"{data['landed']} of {data['jobs']}; {', '.join(data['commits'])}" if "commits" in data else "—"
+        for claim in data["claims"]:
+            comparisons = claim["comparisons"]
+            seeds = sorted({" vs ".join(map(str, c["reward"]["seeds"])) for c in comparisons
+                            if c["reward"].get("seeds")}) or ["—"]
+            prompts = sorted({c["reward"]["n"] for c in comparisons if "n" in c["reward"]})
+            points = [c["points"] for c in comparisons if c.get("points") is not None]
+            rows.append([f"`{name}`", claim["claim"], claim["verdict"], claim["verdict_judge"], claim["status"],
+                         ", ".join(seeds), ", ".join(map(str, prompts)) or "—",
+                         f"{min(points)}-{max(points)}" if len(set(points)) > 1 else (str(points[0]) if points else "—"),
+                         landed])
+    return markdown_table(["study", "claim", "proxy reward", "held-out judge", "status", "seeds per side",
+                           "prompts", "matched points", "jobs landed; commits"], rows)
+
+
+def write_verdicts(report_root: Path, readme: Path | None) -> None:
+    """Every study's verdicts in one table: REPORT_ROOT/verdicts.md and the README's verdicts block (if it has one)."""
+    names = studies_in(readme) or sorted(p.parent.name for p in report_root.glob("*/claims.json"))
+    table = verdicts_table(report_root, names)
+    atomic_write_bytes(report_root / "verdicts.md", (
+        "# Every study's verdicts\n\nGenerated by `python -m warp_lightning study study=NAME action=report` (each "
+        "run rebuilds this table from every study's claims.json); each study's own report is in its folder.\n\n"
+        + table + "\n").encode())
+    if readme is not None:
+        update_readme(readme, VERDICTS, table)
