@@ -35,7 +35,8 @@ the real SmolLM2-135M-Instruct (its folder built once from the gguf, as `train` 
 film_reviews train split (the project's data code renders them through the tokenizer's chat template; TRL gets
 the same messages and renders them itself, to the same ids, which is checked), k samples each (`--ks`) of up
 to 32 new tokens: EOS may end an answer (min_new_tokens 0 on both sides), so each side's mean answer length is
-printed with its figure. Beta, mu, the learning rate and grad clip are the experiment's. Three sides alternate
+printed with its figure; with `--equal-length` every answer on both sides is exactly 32 tokens (EOS masked, as
+the random shapes do), so that completions/s compares the same work. Beta, mu, the learning rate and grad clip are the experiment's. Three sides alternate
 in one process, after each TRL step one step of each of ours (in turn first): "after" is today's code, which
 runs each distinct prompt once for its k samples (`sampling.prompt_forward`, in sampling and in the log-prob
 forwards); "before" is the same code with `sampling._repeated_rows` patched to return None (unittest.mock, for
@@ -584,7 +585,10 @@ def chat_setup(args):
     assert trl_ids["input_ids"] == prompts, "TRL would tokenize the chat prompts differently from our data code"
     w = cfg.warp
     assert w.temperature == 1.0 and w.optimizer._target_ == "torch.optim.Adam"  # as both sides here
-    work = functools.partial(Work, prompts=len(rows), new_tokens=w.max_new_tokens, min_new_tokens=w.min_new_tokens,
+    # --equal-length: EOS masked for all the new tokens on both sides (every answer exactly max_new_tokens long), so
+    # that both sides do the same work per answer; by default the experiment's own min_new_tokens
+    least = w.max_new_tokens if args.equal_length else w.min_new_tokens
+    work = functools.partial(Work, prompts=len(rows), new_tokens=w.max_new_tokens, min_new_tokens=least,
                              beta=w.kl_coef, mu=w.ema_rate, lr=w.lr, grad_clip=w.grad_clip)
     return model_dir, tokenizer, messages, prompts, work
 
@@ -648,7 +652,7 @@ def chat(args) -> None:
             med = {ph: statistics.median(p[ph] for p in sides[variant]["phases"]) for ph in PHASES}
             print(f"our step ({variant}), median s:  " + " | ".join(f"{ph} {med[ph]:.3f}" for ph in PHASES))
         print(f"trl generate, median s: {statistics.median(sides['trl']['generation']):.3f}")
-        summary.append(f"chat k={k}: after {rate['after']:.2f} | before {rate['before']:.2f} | trl {rate['trl']:.2f} "
+        summary.append(f"chat k={k}{' (equal length)' if args.equal_length else ''}: after {rate['after']:.2f} | before {rate['before']:.2f} | trl {rate['trl']:.2f} "
                        f"completions/s | after/before {rate['after'] / rate['before']:.2f}x | after/trl "
                        f"{rate['after'] / rate['trl']:.2f}x | {machine}, load average {os.getloadavg()[0]:.2f}")
         print(summary[-1], flush=True)
@@ -688,6 +692,8 @@ def main(argv=None) -> None:
                    "computed once per k samples, against TRL (default: random models of --sizes)")
     p.add_argument("--ks", default="4,8", help="samples per prompt for --shape chat")
     p.add_argument("--prompts", type=int, help="prompts per step for --shape chat (default the experiment's)")
+    p.add_argument("--equal-length", action="store_true", help="--shape chat: every answer exactly max_new_tokens "
+                   "long on both sides (EOS masked), the same work per answer (default: EOS may end an answer)")
     p.add_argument("--threads", type=int, help="torch threads (default torch's; 1 with --shape chat)")
     p.add_argument("--completions-list", default="16,64,256", help="completions per step for --scaling")
     p.add_argument("--child", choices=("ours", "trl"), help=argparse.SUPPRESS)

@@ -169,7 +169,7 @@ def test_a_dataset_column_named_like_an_argument_of_the_reward_is_refused_before
     """A column `completions` would replace the policy's completions in fn(prompts=..., completions=..., **columns):
     one line at the config check, naming data.path, the column and the fix; the reward call refuses it too."""
     from warp_lightning.cli import check_overrides
-    from warp_lightning.train.checks import TRAIN
+    from warp_lightning.train.commands import TRAIN
 
     data = prompts_with_a_completions_column(tmp_path / "prompts.jsonl")
     with pytest.raises(UserError) as caught:
@@ -297,7 +297,7 @@ BAD = [
 @pytest.mark.parametrize(("overrides", "message"), BAD)
 def test_a_bad_reward_config_is_one_line_before_the_command_starts(overrides, message, rule_module, tiny_models):
     from warp_lightning.cli import check_overrides
-    from warp_lightning.train.checks import TRAIN
+    from warp_lightning.train.commands import TRAIN
 
     with pytest.raises(UserError, match="^" + message) as caught:
         check_overrides(TRAIN, [*SMOKE_RUN[1:], f"paths.models_dir={tiny_models / 'models'}", *overrides])

@@ -8,7 +8,7 @@ from warp_lightning import UserError
 from warp_lightning.algo.state import WarpState
 from warp_lightning.runtime.resume import FORMAT, StopCheckpoint, read_checkpoint
 from warp_lightning.train.checkpoint import LOOP, load_loop, run_path, save_loop
-from warp_lightning.train.checks import SFT, TRAIN
+from warp_lightning.train.commands import SFT, TRAIN
 
 CONFIG = {"warp": {"kl_coef": 0.1, "steps": 3}, "paths": {"output_dir": "a"}}
 

@@ -1,8 +1,9 @@
 """Each command declared once, by its record beside it (utils/commands.py): the CLI lists the records, runs each
 check once, and a resume may change what the record says and nothing else (issue 33, item 3)."""
 
-import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ def test_every_command_has_one_record_with_its_config_its_check_and_its_run():
     assert list(records) == ["assets", "sft", "train", "reward", "evaluate", "front", "report", "study"]
     assert {p.stem for p in CONF_DIR.glob("*.yaml")} == set(records)  # one primary config per command, no other
     for name, record in records.items():
-        assert record.name == name and callable(record.check) and callable(record.body().run), name
-        assert record.check.__module__ == record.check.__module__.rpartition(".")[0] + ".checks"  # beside it
+        package = record.module.rpartition(".")[0]
+        assert record.name == name and callable(record.checker()) and callable(record.body().run), name
+        assert record.check.startswith(f"{package}.checks:"), name  # its check beside it, in its package
     assert {n for n, r in records.items() if r.resumable} == {"sft", "train", "reward"}
     usage = cli.usage()
     assert all(f"  {name:<10}{record.summary}" in usage for name, record in records.items())
@@ -35,15 +37,24 @@ def test_a_record_called_from_python_checks_then_runs(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_listing_the_commands_imports_neither_torch_nor_a_models_library():
+    listed = subprocess.run([sys.executable, "-c", "import sys; from warp_lightning import cli; cli.usage(); "
+                             "print(sorted(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True)
+    assert listed.stdout.strip() == "[]"
+
+
 def test_the_cli_runs_a_commands_check_once(tmp_path, monkeypatch):
+    from warp_lightning.studies import checks
+
     calls = []
-    study = commands()["study"]
+    real = checks.check_study
 
     def counted(cfg):
         calls.append(cfg.action)
-        study.check(cfg)
+        real(cfg)
 
-    monkeypatch.setitem(commands(), "study", dataclasses.replace(study, check=counted))
+    monkeypatch.setattr(checks, "check_study", counted)
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     cli.main(["study", f"hydra.run.dir={run_dir}", f"results_dir={tmp_path / 'results'}", "readme=null"])

@@ -1,5 +1,5 @@
-"""The checks of the data a command reads (`data.*`, the text sets it names), and the record of the `assets` command
-(utils/commands.py) with its check; `check_prompt_lengths` is also the rule `data/prompts.py`'s loaders apply to
+"""The checks of the data a command reads (`data.*`, the text sets it names) and of the `assets` command (its record:
+commands.py beside this file); `check_prompt_lengths` is also the rule `data/prompts.py`'s loaders apply to
 their arguments."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from warp_lightning.data.assets import ASSETS
 from warp_lightning.data.prompt_datasets import check_prompt_data
 from warp_lightning.data.prompts import TEXT_PROMPT_COLUMNS
 from warp_lightning.data.texts import TEXT_SETS
-from warp_lightning.utils.commands import Command
 from warp_lightning.utils.validate import check, check_prompt_lengths, plain, writable
 
 PROMPT_DATASET = "prompts"  # data=prompts: the user's prompt dataset (data/prompt_datasets.py), not a text set
@@ -62,9 +61,3 @@ def check_assets(cfg) -> None:
     if unknown:
         raise UserError(f"assets.names: unknown asset {unknown[0]!r}; choose from {', '.join(ASSETS)}")
     writable(str(cfg.paths.cache_dir), "paths.cache_dir", "the assets are fetched there")
-
-
-COMMANDS = (
-    Command("assets", "fetch the offline models and data of ASSETS.md into the cache", "warp_lightning.data.assets",
-            check_assets),
-)

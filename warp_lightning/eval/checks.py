@@ -1,5 +1,4 @@
-"""The records of `evaluate`, `front` and `report` (utils/commands.py) and their checks, run once before they
-start."""
+"""The checks of `evaluate`, `front` and `report`, run once before they start (their records: commands.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from warp_lightning import UserError
 from warp_lightning.data.checks import check_data, data_source
 from warp_lightning.eval.judge import READS
 from warp_lightning.reward.rewards import check_reward_columns, check_reward_config, classifier_configs
-from warp_lightning.utils.commands import Command
 from warp_lightning.utils.validate import (
     check,
     check_folder,
@@ -109,19 +107,3 @@ def check_report(cfg) -> None:
             needed, what = needs[key]
             check_folder(value, key, needed, what, f"{key}={value} has no {needed}: pass {what}")
     writable(str(cfg.out), "out", "the reports are written there")
-
-
-# the keys of evaluate's config that front and report share take the same types
-_MODELS = {"eval.prompts": (int, None),  # null: the whole split
-           "model": (str, list, dict, None)}  # a folder, a list of them or {name: folder}; front: unused
-COMMANDS = (
-    Command("evaluate", "proxy reward, held-out judge and KL to the SFT policy; paired gains, 95% intervals",
-            "warp_lightning.eval.evaluate", check_evaluate, types=_MODELS),
-    Command("front", "reward vs KL fronts of a run (LITI over eta; eta > 1 extrapolates, ExPO) and of baselines",
-            "warp_lightning.eval.front", check_front,
-            types={**_MODELS, "run": (str, list),  # a train run folder or a list of them (seeds of one arm)
-                   "baselines": (dict, None)}),  # {name: a run folder or a list of them}
-    Command("report", "tables, plots and the paper's claims from the experiments, in reports/",
-            "warp_lightning.eval.report", check_report,
-            types={key: (str, None) for key in ("evaluation", "sweep", "front", "run")}),
-)

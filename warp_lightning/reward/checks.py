@@ -1,5 +1,5 @@
-"""The record of `reward` (the Bradley-Terry training of `reward/training.py`; utils/commands.py) and its check, run
-once before it starts."""
+"""The check of `reward` (the Bradley-Terry training of `reward/training.py`), run once before it starts (its record:
+commands.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 from warp_lightning.data.assets import ASSETS
 from warp_lightning.data.checks import check_text_sets
-from warp_lightning.utils.commands import WHERE_AND_HOW_LOGGED, Command
 from warp_lightning.utils.validate import (
     check,
     int_at_least,
@@ -64,10 +63,3 @@ def check_warm(r) -> None:
     check(r.get("ensemble", 1) > 1 or not (noise or noise_check), "reward_training.ensemble",
           r.get("ensemble", 1), "must be >= 2 with label_noise or noise_check (WARM's ensemble; each member is a "
           "single model)")
-
-
-REWARD = Command("reward", "train a Bradley-Terry reward model (or a WARM ensemble, weight-averaged) on preference "
-                 "pairs", "warp_lightning.reward.training", check_reward, resume=WHERE_AND_HOW_LOGGED,
-                 types={f"reward_training.{key}": (int, None) for key in ("max_train_texts", "max_val_texts",
-                                                                          "max_eval_texts")})
-COMMANDS = (REWARD,)

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from warp_lightning.data.texts import load_texts, preference_pairs
 from warp_lightning.reward import warm
-from warp_lightning.reward.checks import REWARD
+from warp_lightning.reward.commands import REWARD
 from warp_lightning.reward.scorer import RewardModel, resolve_pretrained
 from warp_lightning.runtime.resume import command_checkpoint
 from warp_lightning.utils.io import save_hf_folder

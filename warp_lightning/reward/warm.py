@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
 from warp_lightning.algo.merging import linear
-from warp_lightning.reward.checks import REWARD
+from warp_lightning.reward.commands import REWARD
 from warp_lightning.reward.scorer import RewardModel
 from warp_lightning.runtime.resume import StopCheckpoint
 from warp_lightning.utils.io import save_hf_folder

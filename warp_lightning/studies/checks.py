@@ -1,9 +1,8 @@
-"""The record of `study` (utils/commands.py) and its check, run once before it starts."""
+"""The check of `study`, run once before it starts (its record: commands.py)."""
 
 from __future__ import annotations
 
 from warp_lightning.studies.jobs import check_declaration, find_job, study_jobs
-from warp_lightning.utils.commands import Command
 from warp_lightning.utils.validate import check, one_of
 
 ACTIONS = ("list", "run", "report")
@@ -20,12 +19,3 @@ def check_study(cfg) -> None:
     jobs = study_jobs(cfg.study)
     for name in ([cfg.job] if cfg.job is not None else []) + list(cfg.jobs or []):
         find_job(jobs, str(name))
-
-
-COMMANDS = (
-    Command("study", "a study's jobs (list, run the missing ones, one job) and its report from the result files",
-            "warp_lightning.studies.command", check_study,
-            types={"job": (str, None),  # the one job to run, or null
-                   "budget_minutes": (int, float, None),  # action=run: null is no budget
-                   "readme": (str, None)}),  # action=report: null leaves the README untouched
-)

@@ -1,4 +1,4 @@
-"""The records of `sft` and `train` (utils/commands.py) and their checks, run once before they start."""
+"""The checks of `sft` and `train`, run once before they start (their records: commands.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from warp_lightning.algo.merging import MERGES
 from warp_lightning.data.checks import check_text_sets
 from warp_lightning.eval.checks import check_judge, check_reward_data
 from warp_lightning.reward.rewards import check_reward_config, classifier_configs
-from warp_lightning.utils.commands import WHERE_AND_HOW_LOGGED, Command
 from warp_lightning.utils.validate import (
     check,
     check_min_new_tokens,
@@ -146,14 +145,3 @@ def check_sft(cfg) -> None:
         validate_model_paths(OmegaConf.create({"sft.init": OmegaConf.to_container(s.init, resolve=True),
                                                "paths": OmegaConf.to_container(cfg.paths, resolve=True)}),
                              keys=("sft.init",))
-
-
-SFT = Command("sft", "train the offline SFT policy (a small GPT-2) on movie reviews", "warp_lightning.train.sft",
-              check_sft, resume=WHERE_AND_HOW_LOGGED,
-              types={"sft.init": (dict, None),  # a pretrained model {name_or_path, build} to adapt, or null: scratch
-                     "sft.init.build": (str, None)})
-TRAIN = Command("train", "run WARP: RLOO with an EMA anchor, SLERP of M runs, LITI, I times",
-                "warp_lightning.train.loop", check_train,
-                resume=WHERE_AND_HOW_LOGGED | {"warp.checkpoint_every"},  # the checkpoint cadence too
-                types={"warp.grad_clip": (float, None)})
-COMMANDS = (SFT, TRAIN)

@@ -42,7 +42,7 @@ from warp_lightning.runtime import signals
 from warp_lightning.train import checkpoint as ckpt
 from warp_lightning.train.callbacks import EMAAnchor, MergeRuns, Snapshots, merge_iteration
 from warp_lightning.train.checkpoint import AtomicCheckpointIO
-from warp_lightning.train.checks import TRAIN
+from warp_lightning.train.commands import TRAIN
 from warp_lightning.train.module import RLOOModule
 from warp_lightning.train.strategies import start_processes, strategy_for
 from warp_lightning.utils.io import atomic_write_json

@@ -25,7 +25,7 @@ from warp_lightning.data.texts import load_texts
 from warp_lightning.policy.models import load_causal_lm, load_tokenizer
 from warp_lightning.policy.sampling import sample
 from warp_lightning.runtime.resume import command_checkpoint
-from warp_lightning.train.checks import SFT
+from warp_lightning.train.commands import SFT
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.loggers import build_logger
 from warp_lightning.utils.paths import cfg_output_dir

@@ -1,10 +1,12 @@
-"""What a command is: its record (`Command`), declared once beside the command, in the `checks.py` of its package,
-and the list of them that the CLI reads (`commands()`).
+"""What a command is: its record (`Command`), declared once beside the command, in the `commands.py` of its package
+(its check in the `checks.py` beside it), and the list of them that the CLI reads (`commands()`).
 
 A record names the command (`python -m warp_lightning NAME`, its config `conf/NAME.yaml`), says what it does, where
 its `run(cfg) -> dict` is, its check (run once, before anything starts), the config keys a resume may change (None:
 the command does not resume), and the types of its own keys whose default says nothing about their type
 (utils/validate.py, "types"; the keys of the config groups every command shares are typed there, in `SHARED_TYPES`).
+The body and the check are named as `module` and `module:function` and imported when used: listing the commands
+(`python -m warp_lightning`) imports neither torch nor the models' libraries.
 
 Called from Python, a record checks then runs: `commands()["evaluate"](cfg)`.
 """
@@ -19,9 +21,9 @@ from types import MappingProxyType
 
 from warp_lightning.utils.validate import SHARED_TYPES, validate_command
 
-# the packages whose checks.py declares commands, in the order `python -m warp_lightning` lists them
-DECLARED_IN = ("warp_lightning.data.checks", "warp_lightning.train.checks", "warp_lightning.reward.checks",
-               "warp_lightning.eval.checks", "warp_lightning.studies.checks")
+# the modules that declare commands (a package's commands.py), in the order `python -m warp_lightning` lists them
+DECLARED_IN = ("warp_lightning.data.commands", "warp_lightning.train.commands", "warp_lightning.reward.commands",
+               "warp_lightning.eval.commands", "warp_lightning.studies.commands")
 
 # what a resume may change in the config of a command that trains (sft, reward, train): where the run folder and
 # the caches are, how it is logged and evaluated, where the result is saved; never what is trained
@@ -33,7 +35,7 @@ class Command:
     name: str  # python -m warp_lightning NAME; its primary config is conf/NAME.yaml
     summary: str  # one line, as `python -m warp_lightning` lists it
     module: str  # the module whose `run(cfg) -> dict` the command is (imported when the command runs)
-    check: Callable[..., None]  # its own check (after validate_command's shared ones): UserError in one line
+    check: str  # "module:function", its own check (after validate_command's shared ones): UserError in one line
     resume: frozenset[str] | None = None  # the config keys (dotted) a resume may change; None: not resumable
     types: Mapping[str, tuple] = field(default_factory=dict)  # its keys whose default says nothing of their type
 
@@ -50,9 +52,14 @@ class Command:
         """The declared types of every key of this command's config: the shared groups' and its own."""
         return {**SHARED_TYPES, **self.types}
 
+    def checker(self) -> Callable[..., None]:
+        """The command's own check (imported now, from the checks.py beside it)."""
+        module, _, function = self.check.partition(":")
+        return getattr(importlib.import_module(module), function)
+
     def validate(self, cfg, run_dir: str | None = None) -> None:
         """The checks every command shares, then this command's (utils/validate.py `validate_command`)."""
-        validate_command(cfg, self.check, run_dir)
+        validate_command(cfg, self.checker(), run_dir)
 
     def body(self):
         """The module of the command's `run(cfg)` (and of its `result_lines(metrics, out_dir)`, if it has one)."""
@@ -70,7 +77,7 @@ class Command:
 
 @cache
 def commands() -> dict[str, Command]:
-    """{name: record} of every command, in the order of `DECLARED_IN` and of each package's `COMMANDS` (this imports every package's checks)."""
+    """{name: record} of every command, in the order of `DECLARED_IN` and of each package's `COMMANDS`."""
     found: dict[str, Command] = {}
     for module in DECLARED_IN:
         for record in importlib.import_module(module).COMMANDS:
