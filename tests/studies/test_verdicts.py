@@ -149,8 +149,11 @@ def test_every_studys_verdicts_in_one_table_rebuilt_from_each_claims_json(tmp_pa
     claims = json.loads((tmp_path / "smoke" / "claims.json").read_text())["claims"]
     assert len(rows) == len(claims) + 1 and "stale table" not in table  # one row per claim, one for the study not reported
     liti = next(r for r in rows if "the LITI front lies above the RL training curve" in r)
-    assert liti.startswith("| `smoke` | the LITI front lies above the RL training curve | holds | holds | "
-                           "provisional (2 of 3 seeds) | 2 vs 2 |") and liti.endswith("| 8 of 8; 0000000 |")
+    assert liti.startswith("| `smoke` | the LITI front lies above the RL training curve | holds | holds | ")
+    assert "| provisional (2 of 3 seeds) | 2 vs 2 |" in liti and liti.endswith("| 8 of 8; 0000000 |")
+    mde = liti.split(" | ")[4]  # the largest minimum detectable effect of its comparisons, proxy / judge
+    comparisons = next(c for c in claims if c["claim"] == "the LITI front lies above the RL training curve")["comparisons"]
+    assert mde == " / ".join(f"{max(c[s]['mde'] for c in comparisons):.3f}" for s in ("reward", "judge"))
     assert rows[-1].startswith("| `later` | no job has landed yet |")
     assert (tmp_path / "verdicts.md").read_text().count("| `smoke` |") == len(claims)  # the report folder's index
 

@@ -390,15 +390,16 @@ def studies_in(readme: Path | None) -> list[str]:
 
 
 def verdicts_table(report_root: Path, names: list[str]) -> str:
-    """One row per claim of every study in `names` (from REPORT_ROOT/NAME/claims.json): both verdicts and their
-    status, the seeds of each side of its comparisons, the prompts, the matched points, the study's jobs landed and
+    """One row per claim of every study in `names` (from REPORT_ROOT/NAME/claims.json): both verdicts, the smallest
+    effect its comparisons could see (the largest of their minimum detectable effects: what "unresolved" could
+    not have missed), its status, the seeds of each side of its comparisons, the prompts, the matched points, the study's jobs landed and
     their commits (its machines: the first line of its own block); a study without a report yet is one row saying
     so."""
     rows = []
     for name in names:
         path = report_root / name / "claims.json"
         if not path.exists():
-            rows.append([f"`{name}`", "no job has landed yet", "—", "—", "—", "—", "—", "—", "—"])
+            rows.append([f"`{name}`", "no job has landed yet", "—", "—", "—", "—", "—", "—", "—", "—"])
             continue
         data = json.loads(path.read_text())
         landed = f"{data['landed']} of {data['jobs']}; {', '.join(data['commits'])}" if "commits" in data else "—"
@@ -408,11 +409,15 @@ def verdicts_table(report_root: Path, names: list[str]) -> str:
                             if c["reward"].get("seeds")}) or ["—"]
             prompts = sorted({c["reward"]["n"] for c in comparisons if "n" in c["reward"]})
             points = [c["points"] for c in comparisons if c.get("points") is not None]
-            rows.append([f"`{name}`", claim["claim"], claim["verdict"], claim["verdict_judge"], claim["status"],
+            mde = [max((c[side]["mde"] for c in comparisons if isinstance(c.get(side), dict) and "mde" in c[side]),
+                       default=None) for side in ("reward", "judge")]
+            rows.append([f"`{name}`", claim["claim"], claim["verdict"], claim["verdict_judge"],
+                         " / ".join("—" if m is None else f"{m:.3f}" for m in mde), claim["status"],
                          ", ".join(seeds), ", ".join(map(str, prompts)) or "—",
                          f"{min(points)}-{max(points)}" if len(set(points)) > 1 else (str(points[0]) if points else "—"),
                          landed])
-    return markdown_table(["study", "claim", "proxy reward", "held-out judge", "status", "seeds per side",
+    return markdown_table(["study", "claim", "proxy reward", "held-out judge",
+                           "smallest effect it could see (proxy / judge)", "status", "seeds per side",
                            "prompts", "matched points", "jobs landed; commits"], rows)
 
 
