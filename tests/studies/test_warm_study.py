@@ -5,6 +5,7 @@ proxy-judge gap at matched KL, the judge, the accuracies of the members and of t
 import json
 
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from warp_lightning.cli import CONF_DIR
@@ -159,6 +160,26 @@ def test_a_warm_gap_clearly_smaller_helps(tmp_path):
     block = readme.read_text().split("<!-- study:warm -->")[1]
     assert "| · WARM i3 over single_RM i3 (gap: own proxy \\| common proxy) | -0.160 [" in block
     assert "WARM i3 over single_RM i3: gap (own proxy) -0.160 [" in text and "after" in readme.read_text()
+    assert (tmp_path / "report" / "gap.png").exists() and "![The proxy-judge gap as KL grows](gap.png)" in text
+    assert ("![study warm: proxy reward and held-out judge vs KL](report/front.png) "  # the README's own, relative
+            "![study warm: The proxy-judge gap as KL grows](report/gap.png)") in block
+
+
+def test_the_gap_figure_draws_each_arms_last_front_against_kl():
+    """gap_panels: the means over seeds and prompts at each eta, as (KL, value) lines per arm and quantity."""
+    from warp_lightning.studies.verdicts import pooled_front
+
+    rows, scores = pooled_front(landed((0.03, 0.02, 0.035)))
+    (left_title, _, left), (right_title, _, right) = warm.gap_panels(rows, scores)
+    assert "judge" in left_title and "gap" in right_title
+    assert set(left) == {f"{arm}: {what}" for arm in ("single RM", "WARM") for what in ("own proxy", "judge")}
+    at = ETAS.index(1)
+    xs, ys = right["single RM: own proxy - judge"]
+    assert xs[at] == pytest.approx(8.0) and ys[at] == pytest.approx(0.24)
+    assert right["WARM: own proxy - judge"][1][at] == pytest.approx(0.08)
+    assert right["WARM: common proxy (single RM) - judge"][1][at] == pytest.approx(0.12)  # 0.78 - 0.66
+    assert left["WARM: judge"][1][at] == pytest.approx(0.66) and xs == sorted(xs)
+    assert warm.gap_panels([], {}) == []
 
 
 def test_an_equal_gap_is_unresolved_with_the_smallest_detectable_effect_or_not_narrowed(tmp_path):
@@ -177,7 +198,7 @@ def test_few_seeds_are_provisional_and_the_accuracies_show_before_any_front(tmp_
     assert found["claims"][warm.GAP_CLAIM]["status"] == "provisional (2 of 3 seeds)"
     only_rm = {k: v for k, v in landed((0.03, 0.02, 0.035), seeds=2).items() if k.startswith("rm_")}
     found = write_report(load(), only_rm, tmp_path / "rm")
-    assert found["claims"] == {}
+    assert found["claims"] == {} and not (tmp_path / "rm" / "gap.png").exists()  # no front, no figure
     table = (tmp_path / "rm" / "README.md").read_text().split("## The reward models' accuracies")[1]
     # means over seeds 0 and 1: clean 0.855 (weight average), members 0.835; flipped 0.755, memorised 0.1
     assert "| WARM members, clean labels | 2 | **weight average (WARM)** | 0.855 | 0.755 | — |" in table

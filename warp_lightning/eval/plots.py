@@ -1,6 +1,6 @@
 """Figures: training curves of a `train` run (`python -m warp_lightning.plots RUN_DIR [OUT.png]`: reward and
-KL to the anchor per RL step for every run (i, m), on one global step axis), the reward-KL fronts of `front`
-and the T sweep of `report`.
+KL to the anchor per RL step for every run (i, m), on one global step axis), the reward-KL fronts of `front`,
+the T sweep of `report`, and plain line panels (`plot_lines`) for the studies' own figures.
 """
 
 from __future__ import annotations
@@ -117,6 +117,19 @@ def plot_front(rows: list[dict], out: str | Path) -> Path:
     draw_front(axes[0][0], rows, "proxy reward vs KL: LITI fronts (eta > 1 hollow), RL training curves")
     if has_judge:
         draw_front(axes[0][1], rows, "held-out judge vs KL: the same models", metric="judge")
+    return _save(fig, out)
+
+
+def plot_lines(panels: list[tuple[str, str, dict[str, tuple[list[float], list[float]]]]], xlabel: str,
+               out: str | Path) -> Path:
+    """One panel per (title, ylabel, {label: (xs, ys)}), side by side, a line with markers per label."""
+    fig, axes = _pyplot().subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    for ax, (title, ylabel, lines) in zip(axes[0], panels, strict=True):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o", ms=4, lw=1.3, label=label)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _save(fig, out)
 
 

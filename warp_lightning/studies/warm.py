@@ -164,6 +164,35 @@ def gap_table(rows: list[dict], scores: dict) -> str:
             "the wider of the two-level bootstrap and Welch's t over seeds).")
 
 
+GAP_PANELS = (("proxy reward (own) and held-out judge", "mean score", (("reward", "own proxy"), ("judge", "judge"))),
+              ("proxy-judge gap", "mean gap (proxy - judge, per prompt)",
+               (("gap", "own proxy - judge"), ("gap_common", "common proxy (single RM) - judge"))))
+
+
+def gap_panels(rows: list[dict], scores: dict) -> list[tuple[str, str, dict]]:
+    """The figure of `gap_table`: per arm with a front, its last front's points (eta 0 to the last ExPO eta) as
+    (mean KL, mean value) over seeds and prompts; left the own proxy and the judge, right the gaps (WARM's to the
+    common proxy too: the single arm's common proxy is its own)."""
+    fronts = last_fronts(rows)
+    if not fronts:
+        return []
+    scores = with_gaps(scores)
+    panels = []
+    for title, ylabel, keys in GAP_PANELS:
+        lines = {}
+        for arm, (_, points) in fronts.items():
+            etas = sorted({r["eta"] for pts in points.values() for r in pts})
+            for key, what in keys:
+                if key == "gap_common" and arm == SINGLE:  # the single arm's common proxy is its own
+                    continue
+                ys = [_mean(points, eta, key, scores) for eta in etas]
+                if not all(math.isnan(y) for y in ys):
+                    xs = [_mean(points, eta, "kl", scores) for eta in etas]
+                    lines[f"{arm.replace('_', ' ')}: {what}"] = (xs, ys)
+        panels.append((f"{title} vs KL, each arm's last front", ylabel, lines))
+    return panels
+
+
 def _accuracy_cells(models: list[dict]) -> list[str]:
     cells = []
     for key in ("val_pair_accuracy", "sentences_accuracy", "memorised"):
