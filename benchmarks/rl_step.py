@@ -45,7 +45,9 @@ DistilBERT above reading SmolLM2's tokenizer (the same module on both sides, thr
 path): the experiment's reward (a MiniLM classifier plus a Python length rule) would need a Python reward
 function on TRL's side only, and either costs well under 1% of a step at this size. One torch thread unless
 `--threads` says otherwise: the comparison stays fair beside other work on a 2-core machine. One line per k,
-`chat k=K: ...`, gives completions/s of the three sides, the ratios after/before and after/TRL, and the CPU.
+`chat k=K: ...`, gives completions/s of the three sides, the ratios after/before and after/TRL, TRL's counted
+FLOPs per step over ours (one extra untimed step per side is counted: the speed-up at equal arithmetic rate, so
+what is left to win by running faster rather than doing less), and the CPU.
 """
 
 from __future__ import annotations
@@ -599,13 +601,16 @@ def chat_compare(model_dir: Path, reward: RewardModel, messages, prompts, work: 
     included), and our variants' phases."""
     ours = WarpStep(model_dir, reward, prompts, work, args.bf16, args.seed, not args.no_compile, args.device)
     timed = range(args.warmup, args.warmup + args.steps)
-    sides = {side: {"seconds": [], "tokens": [], "phases": []} for side in (*OURS, "trl")}
+    sides = {side: {"seconds": [], "tokens": [], "phases": [], "flops": None} for side in (*OURS, "trl")}
 
     def our_step(step: int) -> None:
         if step in timed:  # TRL's own count of its last step's answer lengths
             sides["trl"]["tokens"].append(trainer._metrics["train"]["completions/mean_length"][-1])
         for variant in list(OURS)[:: 1 if step % 2 == 0 else -1]:
             with OURS[variant]():
+                if step == timed.stop:  # one more step each, untimed, to count its FLOPs
+                    sides[variant]["flops"] = ours.count_flops()
+                    continue
                 probe = ours()
             if step in timed:
                 sides[variant]["phases"].append(probe.seconds)
@@ -613,12 +618,31 @@ def chat_compare(model_dir: Path, reward: RewardModel, messages, prompts, work: 
                 sides[variant]["tokens"].append(ours.completion_tokens / work.completions)
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, callback, trl_generate = trl_alternating(model_dir, reward, prompts, work, timed.stop, args,
-                                                          our_step, messages=messages, output_dir=Path(tmp))
+        trainer, callback, trl_generate = trl_alternating(model_dir, reward, prompts, work, timed.stop + 1, args,
+                                                          our_step, flops_step=timed.stop, messages=messages,
+                                                          output_dir=Path(tmp))
         trainer.train()
     sides["trl"]["seconds"] = callback.seconds[timed.start : timed.stop]
     sides["trl"]["generation"] = trl_generate[timed.start : timed.stop]
+    sides["trl"]["flops"] = callback.flops
     return sides
+
+
+def flops_lines(sides: dict) -> list[str]:
+    """Each side's counted FLOPs per step (ours by phase), their rate over its median step, and TRL's count over
+    each of ours: the speed-up each side would have at the same arithmetic rate."""
+    lines = []
+    for side, s in sides.items():
+        total = sum(s["flops"].values()) if isinstance(s["flops"], dict) else s["flops"]
+        phases = (" (" + " | ".join(f"{ph} {s['flops'][ph] / 1e9:.1f}" for ph in PHASES) + ")"
+                  if isinstance(s["flops"], dict) else "")
+        lines.append(f"  {side:6s} {total / 1e9:7.1f} GFLOP/step{phases}, {total / statistics.median(s['seconds']) / 1e9:.1f}"
+                     f" GFLOP/s")
+        s["total_flops"] = total
+    trl = sides["trl"]["total_flops"]
+    lines.append("  trl's FLOPs over ours (the speed-up at equal arithmetic rate): " + " | ".join(
+        f"{side} {trl / s['total_flops']:.2f}x" for side, s in sides.items() if side != "trl"))
+    return lines
 
 
 def chat(args) -> None:
@@ -652,9 +676,13 @@ def chat(args) -> None:
             med = {ph: statistics.median(p[ph] for p in sides[variant]["phases"]) for ph in PHASES}
             print(f"our step ({variant}), median s:  " + " | ".join(f"{ph} {med[ph]:.3f}" for ph in PHASES))
         print(f"trl generate, median s: {statistics.median(sides['trl']['generation']):.3f}")
+        print("FLOPs counted (matmuls and attention; one extra untimed step per side, eager kernels):")
+        print("\n".join(flops_lines(sides)))
         summary.append(f"chat k={k}{' (equal length)' if args.equal_length else ''}: after {rate['after']:.2f} | before {rate['before']:.2f} | trl {rate['trl']:.2f} "
                        f"completions/s | after/before {rate['after'] / rate['before']:.2f}x | after/trl "
-                       f"{rate['after'] / rate['trl']:.2f}x | {machine}, load average {os.getloadavg()[0]:.2f}")
+                       f"{rate['after'] / rate['trl']:.2f}x | trl/after FLOPs "
+                       f"{sides['trl']['total_flops'] / sides['after']['total_flops']:.2f}x | {machine}, load average "
+                       f"{os.getloadavg()[0]:.2f}")
         print(summary[-1], flush=True)
     print("\n" + "\n".join(summary))
 
