@@ -171,3 +171,23 @@ def test_the_sweep_objective_is_reward_minus_beta_kl():
     rows = sweep_rows(study(), landed(2))
     assert [r["steps"] for r in rows] == [2] and len(rows[0]["seeds"]) == 2
     assert rows[0]["objective_value_per_seed"] == pytest.approx([r - 0.1 * 2.0 for r in rows[0]["reward_per_seed"]])
+
+
+def test_sft_against_warp_shows_each_term_of_a_sum_reward_beside_the_total():
+    """The chat study's reward is a sum (reward/sentiment + reward/length): each term's means and paired gain."""
+    from warp_lightning.studies.verdicts import pooled_front, sft_against_final
+
+    rng = np.random.default_rng(0)
+    rows = [point("WARP i1", "liti", s, reward, kl, eta=eta) for s in (0, 1) for eta, reward, kl in
+            ((0.0, 0.3, 0.0), (1.0, 0.7, 8.0))]
+    for r in rows:
+        r["reward/sentiment_mean"], r["reward/length_mean"] = r["reward_mean"] - 0.1, 0.1
+    front = front_of(rows, rng)
+    for prompt_row in front["prompts"]:
+        prompt_row["reward/sentiment"] = [v - 0.1 for v in prompt_row["reward"]]
+        prompt_row["reward/length"] = [0.1] * P
+    job = study_jobs(study())[0]
+    text = sft_against_final(*pooled_front({"a": result(job, rng, front)}))
+    assert "| model | proxy reward | `reward/sentiment` | `reward/length` | held-out judge |" in text
+    assert "| WARP final (iteration 1) | 0.700 | 0.600 | 0.100 | 0.350 | 8.00 | 8.0 |" in text
+    assert "reward/sentiment +0.400 [+0.39" in text and "reward/length +0.000 [+0.000, +0.000]" in text

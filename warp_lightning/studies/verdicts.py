@@ -204,7 +204,8 @@ def reach_sentence(rows: list[dict]) -> str:
 def sft_against_final(rows: list[dict], scores: dict) -> str:
     """Experiment 1 from the fronts: theta_sft (eta = 0) against WARP's final policy (the last iteration's
     theta_slerp, eta = 1) of each seed, on the same prompts and random numbers: means over seeds and prompts, and the
-    paired gains with their 95% interval (bootstrap over prompts and seeds, the seed's own SFT point paired with it)."""
+    paired gains with their 95% interval (bootstrap over prompts and seeds, the seed's own SFT point paired with it);
+    a sum reward's terms (`reward/NAME`) each beside the total."""
     fronts = [r for r in rows if r["kind"] == "liti" and r["merge"] == "slerp"]
     if not fronts:
         return ""
@@ -214,14 +215,15 @@ def sft_against_final(rows: list[dict], scores: dict) -> str:
     final = [r for r in final if int(r["seed"]) in sft]
     if not final:
         return ""
+    terms = [k[: -len("_mean")] for k in final[0] if k.startswith("reward/") and k.endswith("_mean")]  # a sum's
     table, gains = [], []
     for name, points in (("SFT", [sft[int(r["seed"])] for r in final]), (f"WARP final (iteration {last})", final)):
         cells = [name]
-        for key, digits in (("reward", 3), ("judge", 3), ("kl", 2), ("completion_length", 1)):
+        for key, digits in (("reward", 3), *((t, 3) for t in terms), ("judge", 3), ("kl", 2), ("completion_length", 1)):
             values = [r.get(f"{key}_mean") for r in points]
             cells.append("—" if any(v in ("", None) for v in values) else f"{np.mean(values):.{digits}f}")
         table.append(cells)
-    for metric in ("reward", "judge"):
+    for metric in ("reward", *terms, "judge"):
         a = [scores.get(point_key(r), {}).get(metric) for r in final]
         b = [scores.get(point_key(sft[int(r["seed"])]), {}).get(metric) for r in final]
         if any(x is None for x in a + b):
@@ -231,7 +233,8 @@ def sft_against_final(rows: list[dict], scores: dict) -> str:
         t_text = f", t over seeds [{t['low']:+.3f}, {t['high']:+.3f}]" if not math.isnan(t["low"]) else ""
         gains.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f}{t_text})")
     n = len(next(iter(scores.values()))["ids"]) if scores else 0
-    return (markdown_table(["model", "proxy reward", "held-out judge", "KL(pi || pi_sft)", "length"], table)
+    return (markdown_table(["model", "proxy reward", *(f"`{t}`" for t in terms), "held-out judge", "KL(pi || pi_sft)",
+                            "length"], table)
             + f"\n\nWARP final - SFT, paired (the same {n} test prompts and random numbers; {len(final)} seed"
             + ("s" if len(final) != 1 else "") + "): " + "; ".join(gains) + ".")
 
