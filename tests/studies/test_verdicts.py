@@ -173,21 +173,40 @@ def test_the_sweep_objective_is_reward_minus_beta_kl():
     assert rows[0]["objective_value_per_seed"] == pytest.approx([r - 0.1 * 2.0 for r in rows[0]["reward_per_seed"]])
 
 
-def test_sft_against_warp_shows_each_term_of_a_sum_reward_beside_the_total():
-    """The chat study's reward is a sum (reward/sentiment + reward/length): each term's means and paired gain."""
-    from warp_lightning.studies.verdicts import pooled_front, sft_against_final
-
-    rng = np.random.default_rng(0)
-    rows = [point("WARP i1", "liti", s, reward, kl, eta=eta) for s in (0, 1) for eta, reward, kl in
-            ((0.0, 0.3, 0.0), (1.0, 0.7, 8.0))]
+def sum_reward_front(rng, seeds=(0, 1), gain=0.4):
+    """A front of the chat study's shape: eta 0 (SFT) and 1 (WARP final), a sum reward's terms beside the total."""
+    rows = [point("WARP i1", "liti", s, reward, kl, eta=eta) for s in seeds for eta, reward, kl in
+            ((0.0, 0.3, 0.0), (1.0, 0.3 + gain, 8.0))]
     for r in rows:
         r["reward/sentiment_mean"], r["reward/length_mean"] = r["reward_mean"] - 0.1, 0.1
     front = front_of(rows, rng)
     for prompt_row in front["prompts"]:
         prompt_row["reward/sentiment"] = [v - 0.1 for v in prompt_row["reward"]]
         prompt_row["reward/length"] = [0.1] * P
-    job = study_jobs(study())[0]
-    text = sft_against_final(*pooled_front({"a": result(job, rng, front)}))
+    return front
+
+
+def test_sft_against_warp_shows_each_term_of_a_sum_reward_beside_the_total():
+    """The chat study's reward is a sum (reward/sentiment + reward/length): each term's means and paired gain."""
+    from warp_lightning.studies.verdicts import pooled_front, sft_against_final
+
+    rng = np.random.default_rng(0)
+    text = sft_against_final(*pooled_front({"a": result(study_jobs(study())[0], rng, sum_reward_front(rng))}))
     assert "| model | proxy reward | `reward/sentiment` | `reward/length` | held-out judge |" in text
     assert "| WARP final (iteration 1) | 0.700 | 0.600 | 0.100 | 0.350 | 8.00 | 8.0 |" in text
     assert "reward/sentiment +0.400 [+0.39" in text and "reward/length +0.000 [+0.000, +0.000]" in text
+
+
+def test_the_chat_study_is_judged_by_warp_against_sft_paired_per_seed(tmp_path):
+    chat = OmegaConf.load(CONF_DIR / "study" / "chat.yaml")
+    jobs = study_jobs(chat)
+    rng = np.random.default_rng(0)
+    landed = {job.name: result(job, rng, sum_reward_front(rng, seeds=(job.warp_seed,))) for job in jobs[:2]}
+    found = write_report(chat, landed, tmp_path)
+    assert found["claims"] == {"WARP's final policy beats the SFT policy": {
+        "reward": "holds", "judge": "holds", "status": "provisional (2 of 3 seeds)"}}
+    claim = json.loads((tmp_path / "claims.json").read_text())["claims"][0]
+    assert claim["comparisons"][0]["reward"]["seeds"] == [2, 2] and claim["comparisons"][0]["reward"]["n"] == P
+    even = {job.name: result(job, rng, sum_reward_front(rng, seeds=(job.warp_seed,), gain=0.0)) for job in jobs}
+    assert write_report(chat, even, tmp_path / "even")["claims"]["WARP's final policy beats the SFT policy"][
+        "reward"].startswith("unresolved")

@@ -37,7 +37,7 @@ from warp_lightning.eval.stats import (
     paired_difference,
     seed_t_interval,
 )
-from warp_lightning.studies import merges, warm
+from warp_lightning.studies import merges, sft, warm
 from warp_lightning.studies.jobs import DONE, job_state, study_jobs
 from warp_lightning.studies.results import NUMERICS, measured
 from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
@@ -94,7 +94,7 @@ def main_curves(rows: list[dict]) -> list[dict]:
 # the claims a study is judged by (its file's `claims`; the paper's when absent), and the tables each set adds:
 # (title, fn(claims found, front rows, per-prompt scores, results)); a table with nothing to show returns ""
 CLAIMS = {"paper": lambda rows, scores: claims(main_curves(rows), scores), "merges": merges.claims,
-          "warm": warm.claims}
+          "warm": warm.claims, "sft": sft.claims}
 TABLES = {"merges": [("The merge methods at each M", lambda found, rows, scores, results: merges.methods_table(found, rows))],
           "warm": [("The proxy-judge gap as KL grows", lambda found, rows, scores, results: warm.gap_table(rows, scores)),
                    ("The reward models' accuracies", lambda found, rows, scores, results: warm.accuracy_table(results))]}
@@ -206,18 +206,13 @@ def sft_against_final(rows: list[dict], scores: dict) -> str:
     theta_slerp, eta = 1) of each seed, on the same prompts and random numbers: means over seeds and prompts, and the
     paired gains with their 95% interval (bootstrap over prompts and seeds, the seed's own SFT point paired with it);
     a sum reward's terms (`reward/NAME`) each beside the total."""
-    fronts = [r for r in rows if r["kind"] == "liti" and r["merge"] == "slerp"]
-    if not fronts:
-        return ""
-    last = max(int(r["iteration"]) for r in fronts)
-    final = sorted((r for r in fronts if int(r["iteration"]) == last and r["eta"] == 1.0), key=lambda r: r["seed"])
-    sft = {int(r["seed"]): r for r in fronts if int(r["iteration"]) == last and r["eta"] == 0.0}
-    final = [r for r in final if int(r["seed"]) in sft]
+    last, finals, sft_points = sft.final_and_sft(rows)
+    final = list(finals.values())
     if not final:
         return ""
     terms = [k[: -len("_mean")] for k in final[0] if k.startswith("reward/") and k.endswith("_mean")]  # a sum's
     table, gains = [], []
-    for name, points in (("SFT", [sft[int(r["seed"])] for r in final]), (f"WARP final (iteration {last})", final)):
+    for name, points in (("SFT", [sft_points[int(r["seed"])] for r in final]), (f"WARP final (iteration {last})", final)):
         cells = [name]
         for key, digits in (("reward", 3), *((t, 3) for t in terms), ("judge", 3), ("kl", 2), ("completion_length", 1)):
             values = [r.get(f"{key}_mean") for r in points]
@@ -225,7 +220,7 @@ def sft_against_final(rows: list[dict], scores: dict) -> str:
         table.append(cells)
     for metric in ("reward", *terms, "judge"):
         a = [scores.get(point_key(r), {}).get(metric) for r in final]
-        b = [scores.get(point_key(sft[int(r["seed"])]), {}).get(metric) for r in final]
+        b = [scores.get(point_key(sft_points[int(r["seed"])]), {}).get(metric) for r in final]
         if any(x is None for x in a + b):
             continue
         d = paired_difference(np.stack(a), np.stack(b), paired_seeds=True)
@@ -255,9 +250,9 @@ def side_by_side(results: dict[str, dict], n: int = 4) -> str:
             continue
         rows = []
         for i in prompts:
-            sft, final = by[(0.0, i)], by[(1.0, i)]
-            prompt = sft["text"][: len(sft["text"]) - len(sft["completion"])]
-            rows.append([" ".join(prompt.split()), " ".join(sft["completion"].split()),
+            before, final = by[(0.0, i)], by[(1.0, i)]
+            prompt = before["text"][: len(before["text"]) - len(before["completion"])]
+            rows.append([" ".join(prompt.split()), " ".join(before["completion"].split()),
                          " ".join(final["completion"].split())])
         return (f"Completions of the first test prompts (not chosen), job {result['job']}, the same random numbers for "
                 "both:\n\n" + markdown_table(["prompt", "SFT", f"WARP final (iteration {last})"], rows))
