@@ -119,8 +119,14 @@ def test_an_order_that_matters_is_said_so_and_few_seeds_are_provisional(tmp_path
     assert found["claims"]["larger M helps the recursive SLERP at matched KL"]["reward"] == "holds"
 
 
-def test_a_study_judged_by_unknown_claims_is_refused(tmp_path):
-    study = load()
-    study.claims = "nope"
-    with pytest.raises(UserError, match=r"study.claims='nope' is invalid: choose one of paper, merges"):
-        write_report(study, landed(seeds=1), tmp_path)
+def test_a_study_judged_by_unknown_claims_is_refused_before_any_work():
+    from omegaconf import OmegaConf
+
+    from warp_lightning.studies.checks import check_study
+
+    cfg = OmegaConf.create({"study": load(), "action": "run", "launcher": "basic", "budget_minutes": None,
+                            "job": None, "jobs": []})
+    check_study(cfg)
+    cfg.study.claims = "nope"
+    with pytest.raises(UserError, match=r"^study.claims='nope' is invalid: choose paper, merges, warm or sft "):
+        check_study(cfg)

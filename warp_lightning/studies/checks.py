@@ -10,8 +10,13 @@ LAUNCHERS = ("basic", "submitit_local", "submitit_slurm", "joblib")
 
 
 def check_study(cfg) -> None:
-    """The study's declaration, the action, the job named, the launcher and the budget."""
+    """The study's declaration and the claims it is judged by, the action, the job named, the launcher and the
+    budget."""
     check_declaration(cfg.study)
+    from warp_lightning.studies.verdicts import CLAIMS  # numpy and the plots: only when a study runs
+
+    claims = str(cfg.study.get("claims") or "paper")
+    check(claims in CLAIMS, "study.claims", claims, f"choose {one_of(CLAIMS)} (the claims its report judges by)")
     check(cfg.action in ACTIONS, "action", cfg.action, f"choose {one_of(ACTIONS)}")
     check(cfg.launcher in LAUNCHERS, "launcher", cfg.launcher, f"choose {one_of(LAUNCHERS)}")
     check(cfg.budget_minutes is None or float(cfg.budget_minutes) > 0, "budget_minutes", cfg.budget_minutes,
