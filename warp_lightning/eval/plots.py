@@ -62,7 +62,7 @@ def _num(value) -> float:
     return float(value) if value not in ("", None) else float("nan")
 
 
-METRIC_LABELS = {"reward": "mean reward (proxy: the reward model, sigmoid)",
+METRIC_LABELS = {"reward": "mean reward (proxy: what RL maximised)",
                  "judge": "mean judge score (held-out judge, P(positive))"}
 
 

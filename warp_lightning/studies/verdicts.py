@@ -363,8 +363,9 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
     if rows:
         plot_front(rows, out / "front.png")
         figures.append(("proxy reward and held-out judge vs KL", "front.png"))
-        text += [reach_sentence(main_curves(rows)), "", "![fronts](front.png)", ""]
-        parts.append(reach_sentence(main_curves(rows)))
+        reach = reach_sentence(main_curves(rows))  # "" without RL curves to reach (the chat study)
+        text += [*([reach, ""] if reach else []), "![fronts](front.png)", ""]
+        parts.append(reach)
     for name, title, panels in FIGURES.get(judged_by, []):
         drawn = panels(rows, scores) if rows else []
         if drawn:
