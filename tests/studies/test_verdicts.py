@@ -173,6 +173,21 @@ def test_the_sweep_objective_is_reward_minus_beta_kl():
     assert rows[0]["objective_value_per_seed"] == pytest.approx([r - 0.1 * 2.0 for r in rows[0]["reward_per_seed"]])
 
 
+def test_the_sweeps_choice_is_compared_with_the_runner_up_by_welchs_t():
+    """By hand: differences of 1.0 with both sides' seed sd 0.2 (3 seeds): se = sqrt(2 x 0.04 / 3) = 0.1633, Welch
+    df = 4, t = 2.7764: half-width 0.4534; a difference of 0.1 with sd 0.3: half-width 2.7764 x 0.2449 = 0.680."""
+    from warp_lightning.studies.verdicts import runner_up
+
+    def t(steps, values):
+        return {"steps": steps, "objective_value_per_seed": values}
+
+    told = runner_up([t(50, [1.0, 1.2, 1.4]), t(100, [0.0, 0.2, 0.4])])
+    assert told == "; against T = 100 (the runner-up): +1.000 [+0.547, +1.453] (Welch's t over seeds), told apart"
+    close = runner_up([t(50, [0.0, 0.3, -0.3]), t(150, [-0.1, 0.2, -0.4])])
+    assert close.endswith("not told apart at these seeds (an interval of half-width 0.680)")
+    assert runner_up([t(50, [0.1])]) == "" and "one seed on a side" in runner_up([t(50, [0.1]), t(100, [0.0])])
+
+
 def sum_reward_front(rng, seeds=(0, 1), gain=0.4):
     """A front of the chat study's shape: eta 0 (SFT) and 1 (WARP final), a sum reward's terms beside the total."""
     rows = [point("WARP i1", "liti", s, reward, kl, eta=eta) for s in seeds for eta, reward, kl in

@@ -160,14 +160,30 @@ def sweep_markdown(study, table: list[dict]) -> str:
     rows = [[r["steps"], len(r["seeds"]), fmt_ci(r["objective_value_mean"], r["objective_value_ci95"]),
              fmt_ci(r["reward_mean"], r["reward_ci95"]), fmt_ci(r["judge_mean"], r["judge_ci95"]),
              fmt_ci(r["kl_mean"], r["kl_ci95"], 2), f"{r['minutes_per_job']:.1f}"] for r in table]
-    best = max(table, key=lambda r: r["objective_value_mean"])
+    ranked = sorted(table, key=lambda r: r["objective_value_mean"], reverse=True)
+    best = ranked[0]
     return (markdown_table(["T", "seeds", f"objective: reward - {beta:g} x KL", "validation reward",
                             "validation judge", "KL(final || SFT)", "minutes per job"], rows)
             + f"\n\nI={table[0]['iterations']}, M={table[0]['runs']}; the end-of-train check of each job (validation "
             f"prompts, one completion each, exact KL). The sweep selects by reward - {beta:g} x KL(final || SFT), "
             "the KL-regularised objective RL optimises (the validation reward alone grows with T by construction): "
-            f"**T = {best['steps']}** ({best['objective_value_mean']:.3f}). Means over seeds with the half-width of "
-            "the 95% Student-t interval.")
+            f"**T = {best['steps']}** ({best['objective_value_mean']:.3f}){runner_up(ranked)}. Means over seeds with "
+            "the half-width of the 95% Student-t interval.")
+
+
+def runner_up(ranked: list[dict]) -> str:
+    """`; against T = X (the runner-up): d [low, high] (Welch's t over the seeds), resolved / not resolved`: whether
+    the sweep's choice is told apart from the next best T (jobs of different T have seeds of their own: unpaired)."""
+    if len(ranked) < 2:
+        return ""
+    best, second = ranked[0], ranked[1]
+    t = seed_t_interval(best["objective_value_per_seed"], second["objective_value_per_seed"])
+    if math.isnan(t["low"]):
+        return f"; against T = {second['steps']} (the runner-up): {t['mean']:+.3f}, not resolved (one seed on a side)"
+    told = ("told apart" if t["low"] > 0 else
+            f"not told apart at these seeds (an interval of half-width {(t['high'] - t['low']) / 2:.3f})")
+    return (f"; against T = {second['steps']} (the runner-up): {fmt_interval(t['mean'], t['low'], t['high'])} (Welch's t "
+            f"over seeds), {told}")
 
 
 def _mean_point(points: list[dict], where) -> tuple[float, float]:
