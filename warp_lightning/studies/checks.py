@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from warp_lightning.studies.jobs import check_declaration, find_job, study_jobs
+from warp_lightning.studies.verdicts import CLAIMS
 from warp_lightning.utils.validate import check, one_of
 
 ACTIONS = ("list", "run", "report")
@@ -13,8 +14,6 @@ def check_study(cfg) -> None:
     """The study's declaration and the claims it is judged by, the action, the job named, the launcher and the
     budget."""
     check_declaration(cfg.study)
-    from warp_lightning.studies.verdicts import CLAIMS  # numpy and the plots: only when a study runs
-
     claims = str(cfg.study.get("claims") or "paper")
     check(claims in CLAIMS, "study.claims", claims, f"choose {one_of(CLAIMS)} (the claims its report judges by)")
     check(cfg.action in ACTIONS, "action", cfg.action, f"choose {one_of(ACTIONS)}")
