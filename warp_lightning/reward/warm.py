@@ -209,16 +209,22 @@ def compare(cfg, stage: Stage, theta_init, members: list[dict], tokenizer, train
                                         max_length=tcfg.max_length)) for m in members]
     averaged = RewardModel(average.float().to(device), tokenizer, sigmoid=False, max_length=tcfg.max_length)
 
-    def figures(scorer) -> dict:
+    def figures(scorer, name: str) -> dict:
+        started = time.time()
         out = stage.evaluate(scorer, cfg, val_pairs)
         if flipped is not None:
             out["memorised"] = stage.pair_accuracy(scorer, flipped, tcfg.max_length)
+        done.append(name)  # minutes each on one CPU thread: say where it stands
+        log.info("WARM: %s evaluated in %.0f s (%d of %d models)", name, time.time() - started, len(done),
+                 len(members) + 2)
         return out
 
+    done: list[str] = []
     with autocast(precision, device):
-        result = {"members": [{**{k: v for k, v in m.items() if k != "model"}, **figures(s)}
-                              for m, s in zip(members, scorers, strict=True)],
-                  "weight_average": figures(averaged), "prediction_average": figures(PredictionAverage(scorers))}
+        result = {"members": [{**{k: v for k, v in m.items() if k != "model"}, **figures(s, f"member {k + 1}")}
+                              for k, (m, s) in enumerate(zip(members, scorers, strict=True))],
+                  "weight_average": figures(averaged, "the weight average"),
+                  "prediction_average": figures(PredictionAverage(scorers), "the prediction average")}
     for m in members:
         m["model"].cpu()
     result["weight_average"]["bias_offset"] = offset
