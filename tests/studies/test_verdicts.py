@@ -12,7 +12,7 @@ from warp_lightning import UserError
 from warp_lightning.cli import CONF_DIR
 from warp_lightning.studies.jobs import study_jobs
 from warp_lightning.studies.results import NUMERICS, read_results, write_result
-from warp_lightning.studies.verdicts import check_pooling, provisional, sweep_rows, write_report
+from warp_lightning.studies.verdicts import check_pooling, provisional, shown_prompt, sweep_rows, write_report
 
 P = 40  # prompts
 
@@ -225,3 +225,12 @@ def test_the_chat_study_is_judged_by_warp_against_sft_paired_per_seed(tmp_path):
     even = {job.name: result(job, rng, sum_reward_front(rng, seeds=(job.warp_seed,), gain=0.0)) for job in jobs}
     assert write_report(chat, even, tmp_path / "even")["claims"]["WARP's final policy beats the SFT policy"][
         "reward"].startswith("unresolved")
+
+
+def test_a_chat_prompt_is_shown_by_its_last_user_turn_and_any_other_prompt_as_it_is():
+    chat = ("system\nYou are a helpful AI assistant named SmolLM\nuser\nHi\nassistant\nHello\n"
+            "user\nWrite a one-sentence review of the film Arroz Con Mango.\nassistant\n")
+    assert shown_prompt(chat) == "Write a one-sentence review of the film Arroz Con Mango."
+    assert shown_prompt("user\n\nTwo lines\nof a request\nassistant\n\n") == "Two lines\nof a request"
+    for plain in ("This movie was", "The user\nsaid\nassistant", "user\nassistant\n"):
+        assert shown_prompt(plain) == plain

@@ -250,6 +250,16 @@ def sft_against_final(rows: list[dict], scores: dict) -> str:
             + ("s" if len(final) != 1 else "") + "): " + "; ".join(gains) + ".")
 
 
+def shown_prompt(prompt: str) -> str:
+    """What a reader needs of a prompt: for a chat prompt decoded without its special tokens ("system\\n...\\nuser\\n
+    ...\\nassistant\\n", as a chat template renders it), the text of its last user turn; any other prompt as it is."""
+    lines = [line.strip() for line in prompt.strip().split("\n")]
+    if len(lines) < 3 or lines[-1] != "assistant" or "user" not in lines[:-1]:
+        return prompt
+    last_user = max(i for i, line in enumerate(lines[:-1]) if line == "user")
+    return "\n".join(lines[last_user + 1:-1]).strip() or prompt
+
+
 def side_by_side(results: dict[str, dict], n: int = 4) -> str:
     """The SFT policy's and WARP's final completions of the same first test prompts (the same random numbers), from
     the first WARP job that kept examples: the prompt, then each model's continuation."""
@@ -268,7 +278,7 @@ def side_by_side(results: dict[str, dict], n: int = 4) -> str:
         for i in prompts:
             before, final = by[(0.0, i)], by[(1.0, i)]
             prompt = before["text"][: len(before["text"]) - len(before["completion"])]
-            rows.append([" ".join(prompt.split()), " ".join(before["completion"].split()),
+            rows.append([" ".join(shown_prompt(prompt).split()), " ".join(before["completion"].split()),
                          " ".join(final["completion"].split())])
         return (f"Completions of the first test prompts (not chosen), job {result['job']}, the same random numbers for "
                 "both:\n\n" + markdown_table(["prompt", "SFT", f"WARP final (iteration {last})"], rows))
