@@ -12,6 +12,7 @@ from warp_lightning.studies.jobs import (
     MISSING,
     STALE,
     check_declaration,
+    expected_minutes,
     job_state,
     merge_experiments,
     study_jobs,
@@ -88,6 +89,27 @@ def test_run_takes_the_missing_jobs_within_the_budget():
     cfg = OmegaConf.create({"jobs": ["warp-s0", "T50-s1"], "budget_minutes": None})
     assert [j.name for j in to_run(cfg, rows)] == ["warp-s0", "T50-s1"]  # named: run again even if done
     assert "1 of 24 done; 23 to run" in listing(rows)
+
+
+def test_the_budget_and_the_listing_go_at_the_pace_of_the_landed_results():
+    """Declared minutes are for 2 cores with native bf16; once jobs have landed, a job's expected minutes are its
+    arm's measured median, or (an arm with none landed) its declared minutes x the landed median ratio."""
+    jobs = study_jobs(load("default"))
+    results = {"warp-s0": {"seconds": {"train": 3000, "front": 600}, "compute": "cpu (X), precision 32-true"},
+               "ema_anchor-s0": {"seconds": {"train": 2400}, "compute": "cpu (X), precision 32-true"},
+               "T50-s0": {"seconds": {"train": 960}, "compute": "cpu (X), precision 32-true"}}
+    # measured: warp-s0 60 min (30 declared: 2.0x), ema_anchor-s0 40 (30: 1.33x), T50-s0 16 (8: 2.0x); median 2.0
+    expected = expected_minutes(jobs, {"warp-s0": 60.0, "ema_anchor-s0": 40.0, "T50-s0": 16.0})
+    assert expected["warp-s0"] == 60 and expected["warp-s3"] == 60 and expected["ema_anchor-s4"] == 40
+    assert expected["sft_anchor-s0"] == 30 * 2.0 and expected["T150-s1"] == 20 * 2.0 and expected["T50-s2"] == 16
+    assert expected_minutes(jobs, {}) == {j.name: j.minutes for j in jobs}
+    rows = [(j, DONE if j.name in results else MISSING, "") for j in jobs]
+    chosen = to_run(OmegaConf.create({"jobs": [], "budget_minutes": 120}), rows, results)
+    # 60 + 28, then T150-s0 (40) and the 60-minute jobs no longer fit, the two T50 (16 each) do: 120
+    assert [j.name for j in chosen] == ["sft_anchor-s0", "T100-s0", "T50-s1", "T50-s2"]
+    text = listing(rows, results)
+    assert "warp-s1        missing       30       ~60" in text and "warp-s0        done          30        60" in text
+    assert "on cpu (X), precision 32-true): about" in text
 
 
 def test_a_job_whose_result_has_landed_is_not_run_again(tmp_path, monkeypatch, capsys):

@@ -27,9 +27,11 @@ from warp_lightning.studies.jobs import (
     DONE,
     Job,
     commands,
+    expected_minutes,
     find_job,
     job_dir,
     job_state,
+    measured_minutes,
     result_path,
     study_jobs,
 )
@@ -44,34 +46,49 @@ log = logging.getLogger(__name__)
 LAUNCHERS = ("basic", "submitit_local", "submitit_slurm", "joblib")
 
 
-def states(cfg) -> list[tuple[Job, str, str]]:
+def states(cfg) -> tuple[list[tuple[Job, str, str]], dict[str, dict]]:
+    """(each job with its state and why, the study's results)."""
     results = read_results(cfg.results_dir, str(cfg.study.name))
-    return [(job, *job_state(job, results, NUMERICS)) for job in study_jobs(cfg.study)]
+    return [(job, *job_state(job, results, NUMERICS)) for job in study_jobs(cfg.study)], results
 
 
-def listing(rows: list[tuple[Job, str, str]]) -> str:
+def listing(rows: list[tuple[Job, str, str]], results: dict[str, dict] | None = None) -> str:
+    """The jobs, their state, declared minutes (2 cores, native bf16) and, once results have landed, the minutes
+    each took or is expected to take at their pace (`expected_minutes`), with the devices they ran on."""
+    results = results or {}
+    measured = measured_minutes(results)
+    expected = expected_minutes([j for j, _, _ in rows], measured)
     width = max(len(j.name) for j, _, _ in rows)
-    lines = [f"{'job':<{width}}  {'state':<7}  {'minutes':>7}  warp.seed"]
-    lines += [f"{j.name:<{width}}  {s:<7}  {j.minutes:>7g}  {j.warp_seed}" + (f"  ({why})" if why else "")
-              for j, s, why in rows]
+    lines = [f"{'job':<{width}}  {'state':<7}  {'minutes':>7}  {'measured':>8}  warp.seed"]
+    for j, s, why in rows:
+        pace = (f"{measured[j.name]:.0f}" if j.name in measured else f"~{expected[j.name]:.0f}") if measured else "—"
+        lines.append(f"{j.name:<{width}}  {s:<7}  {j.minutes:>7g}  {pace:>8}  {j.warp_seed}"
+                     + (f"  ({why})" if why else ""))
     todo = [j for j, s, _ in rows if s != DONE]
     lines.append(f"{len(rows) - len(todo)} of {len(rows)} done; {len(todo)} to run, about "
                  f"{sum(j.minutes for j in todo):g} minutes on 2 cores with native bf16 (twice that in fp32)")
+    if measured:
+        devices = sorted({str(r.get("compute")) for name, r in results.items() if name in measured})
+        lines.append(f"at the pace of the {len(measured)} landed job{'s' * (len(measured) != 1)} (measured: each its own; ~: its arm's median, or "
+                     f"the declared minutes x the landed median ratio; on {'; '.join(devices)}): about "
+                     f"{sum(expected[j.name] for j in todo):.0f} minutes to run")
     return "\n".join(lines)
 
 
-def to_run(cfg, rows) -> list[Job]:
-    """The jobs `action=run` starts: the missing and stale ones (or those named), within the budget."""
+def to_run(cfg, rows, results: dict[str, dict] | None = None) -> list[Job]:
+    """The jobs `action=run` starts: the missing and stale ones (or those named), within the budget (each job's
+    minutes at the pace of the landed results, `expected_minutes`; the declared minutes before any has landed)."""
     names = [str(n) for n in cfg.jobs or []]
     jobs = [j for j, s, _ in rows if (j.name in names if names else s != DONE)]
     for name in names:
         find_job([j for j, _, _ in rows], name)
     if cfg.budget_minutes is not None:
+        expected = expected_minutes([j for j, _, _ in rows], measured_minutes(results or {}))
         chosen, total = [], 0.0
         for job in jobs:
-            if total + job.minutes <= float(cfg.budget_minutes):
+            if total + expected[job.name] <= float(cfg.budget_minutes):
                 chosen.append(job)
-                total += job.minutes
+                total += expected[job.name]
         jobs = chosen
     return jobs
 
@@ -155,7 +172,7 @@ def in_multirun() -> bool:
 
 
 def run(cfg) -> dict:
-    rows = states(cfg)
+    rows, results = states(cfg)
     if cfg.job is not None:
         job = find_job([j for j, _, _ in rows], str(cfg.job))
         if next(s for j, s, _ in rows if j is job) == DONE:  # landed meanwhile (another launch ran it): not again
@@ -171,20 +188,20 @@ def run(cfg) -> dict:
             print(f"error: job {job.name}: {err}", file=sys.stderr, flush=True)
             return {"job": job.name, "failed": str(err)}
     if cfg.action == "report":
-        return verdicts.write_report(cfg.study, read_results(cfg.results_dir, str(cfg.study.name)),
+        return verdicts.write_report(cfg.study, results,
                                      Path(str(cfg.report_dir)) / str(cfg.study.name),
                                      readme=Path(str(cfg.readme)) if cfg.get("readme") else None)
-    print(listing(rows), flush=True)
+    print(listing(rows, results), flush=True)
     if cfg.action == "list":
         return {"jobs": len(rows), "done": sum(s == DONE for _, s, _ in rows)}
-    jobs = to_run(cfg, rows)
+    jobs = to_run(cfg, rows, results)
     if not jobs:
         print("nothing to run", flush=True)
         return {"started": []}
     cmd = multirun_command(cfg, jobs)
     print("running: python " + " ".join(cmd[1:]), flush=True)
     code = signals.run_child(cmd)
-    after = {j.name: s for j, s, _ in states(cfg)}
+    after = {j.name: s for j, s, _ in states(cfg)[0]}
     failed = [j.name for j in jobs if after[j.name] != DONE]
     if code != 0 or failed:
         raise UserError(f"{len(failed)} of {len(jobs)} jobs did not land ({', '.join(failed)}; exit status {code}): "

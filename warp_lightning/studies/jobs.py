@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,28 @@ def job_state(job: Job, results: dict[str, dict], numerics: int) -> tuple[str, s
     if found.get("definition") != job.definition():
         return STALE, "its arm's declaration changed"
     return DONE, ""
+
+
+def measured_minutes(results: dict[str, dict]) -> dict[str, float]:
+    """{job name: the minutes its landed result took (the seconds of its steps, as `run_job` recorded them)}."""
+    return {name: sum(r["seconds"].values()) / 60 for name, r in results.items() if r.get("seconds")}
+
+
+def expected_minutes(jobs: list[Job], measured: dict[str, float]) -> dict[str, float]:
+    """Each job's expected minutes at the pace of the study's landed results: a landed job's own minutes; one of an
+    arm with landed jobs, their median; one of an arm with none, its declared minutes times the median ratio
+    measured / declared over the landed jobs; the declared minutes when nothing has landed."""
+    declared = {j.name: j.minutes for j in jobs}
+    landed = {name: m for name, m in measured.items() if name in declared}
+    if not landed:
+        return dict(declared)
+    rate = statistics.median(m / declared[name] for name, m in landed.items())
+    by_arm: dict[str, list[float]] = {}
+    for j in jobs:
+        if j.name in landed:
+            by_arm.setdefault(j.arm, []).append(landed[j.name])
+    return {j.name: landed.get(j.name, statistics.median(by_arm[j.arm]) if j.arm in by_arm else j.minutes * rate)
+            for j in jobs}
 
 
 def commands(job: Job, work_dir: str | Path, extra: list[str]) -> dict[str, list[str] | None]:
