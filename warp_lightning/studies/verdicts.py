@@ -27,14 +27,13 @@ import numpy as np
 
 from warp_lightning import UserError
 from warp_lightning.eval.plots import plot_front, plot_lines, plot_sweep
-from warp_lightning.eval.report import claims, point_key
+from warp_lightning.eval.report import claims, endpoint_difference, point_key
 from warp_lightning.eval.stats import (
     NOT_MEASURED,
     fmt_ci,
     fmt_interval,
     markdown_table,
     mean_ci95,
-    paired_difference,
     seed_t_interval,
 )
 from warp_lightning.studies import merges, sft, warm
@@ -234,13 +233,12 @@ def sft_against_final(rows: list[dict], scores: dict) -> str:
             values = [r.get(f"{key}_mean") for r in points]
             cells.append("—" if any(v in ("", None) for v in values) else f"{np.mean(values):.{digits}f}")
         table.append(cells)
-    for metric in ("reward", *terms, "judge"):
-        a = [scores.get(point_key(r), {}).get(metric) for r in final]
-        b = [scores.get(point_key(sft_points[int(r["seed"])]), {}).get(metric) for r in final]
-        if any(x is None for x in a + b):
+    for metric in ("reward", *terms, "judge"):  # what the claim (studies/sft.py) computes, and each term
+        found = endpoint_difference({s: [r] for s, r in finals.items()}, {s: [r] for s, r in sft_points.items()},
+                                    metric, scores, paired_seeds=True)
+        d, t = found["diff"], found.get("seed_t")
+        if d is None:
             continue
-        d = paired_difference(np.stack(a), np.stack(b), paired_seeds=True)
-        t = seed_t_interval([x.mean() for x in a], [x.mean() for x in b], paired=True)
         t_text = f", t over seeds [{t['low']:+.3f}, {t['high']:+.3f}]" if not math.isnan(t["low"]) else ""
         gains.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f}{t_text})")
     n = len(next(iter(scores.values()))["ids"]) if scores else 0
