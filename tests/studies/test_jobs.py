@@ -97,7 +97,7 @@ def test_the_budget_and_the_listing_go_at_the_pace_of_the_landed_results():
     jobs = study_jobs(load("default"))
     results = {"warp-s0": {"seconds": {"train": 3000, "front": 600}, "compute": "cpu (X), precision 32-true"},
                "ema_anchor-s0": {"seconds": {"train": 2400}, "compute": "cpu (X), precision 32-true"},
-               "T50-s0": {"seconds": {"train": 960}, "compute": "cpu (X), precision 32-true"}}
+               "T50-s0": {"seconds": {"train": 960}, "compute": "cpu (X), precision 32-true", "threads": 1}}
     # measured: warp-s0 60 min (30 declared: 2.0x), ema_anchor-s0 40 (30: 1.33x), T50-s0 16 (8: 2.0x); median 2.0
     expected = expected_minutes(jobs, {"warp-s0": 60.0, "ema_anchor-s0": 40.0, "T50-s0": 16.0})
     assert expected["warp-s0"] == 60 and expected["warp-s3"] == 60 and expected["ema_anchor-s4"] == 40
@@ -109,7 +109,7 @@ def test_the_budget_and_the_listing_go_at_the_pace_of_the_landed_results():
     assert [j.name for j in chosen] == ["sft_anchor-s0", "T100-s0", "T50-s1", "T50-s2"]
     text = listing(rows, results)
     assert "warp-s1        missing       30       ~60" in text and "warp-s0        done          30        60" in text
-    assert "on cpu (X), precision 32-true): about" in text
+    assert "on cpu (X), precision 32-true; cpu (X), precision 32-true, 1 thread): about" in text
 
 
 def test_a_job_whose_result_has_landed_is_not_run_again(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from warp_lightning import Preempted, UserError
@@ -68,7 +69,9 @@ def listing(rows: list[tuple[Job, str, str]], results: dict[str, dict] | None = 
     lines.append(f"{len(rows) - len(todo)} of {len(rows)} done; {len(todo)} to run, about "
                  f"{sum(j.minutes for j in todo):g} minutes on 2 cores with native bf16 (twice that in fp32)")
     if measured:
-        devices = sorted({str(r.get("compute")) for name, r in results.items() if name in measured})
+        devices = sorted({str(r.get("compute")) + (f", {r['threads']} thread{'s' * (r['threads'] != 1)}"
+                                                     if r.get("threads") else "")
+                          for name, r in results.items() if name in measured})
         lines.append(f"at the pace of the {len(measured)} landed job{'s' * (len(measured) != 1)} (measured: each its own; ~: its arm's median, or "
                      f"the declared minutes x the landed median ratio; on {'; '.join(devices)}): about "
                      f"{sum(expected[j.name] for j in todo):.0f} minutes to run")
@@ -155,6 +158,7 @@ def run_job(cfg, job: Job) -> dict:
     record = {"study": job.study, "job": job.name, "arm": job.arm, "label": job.label, "seed": job.seed,
               "warp_seed": job.warp_seed, "sweep": job.sweep, "definition": job.definition(), "numerics": NUMERICS,
               "commit": commit, "dirty": dirty, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "threads": torch.get_num_threads(),  # what the job's commands inherit (OMP_NUM_THREADS, or the cores)
               **(reward_record(folder / "reward") if job.reward is not None
                  else train_record(folder, cmds["front"] is not None))}
     path = write_result(result_path(cfg.results_dir, job), record)
