@@ -40,11 +40,13 @@ BUILD_KEYS = {"reward": "reward_model"}  # the key of the built model in the bui
 ERROR_PREFIX = "error: "  # how the CLI starts its one line (cli.py)
 
 
-def build_command(kind: str, model_cfg, path: Path, cache_dir: str | None) -> list[str]:
-    """`python -m warp_lightning sft|reward save_to=PATH ... hydra.run.dir=<next to PATH>`."""
+def build_command(kind: str, model_cfg, path: Path, cache_dir: str | None, choice: str | None = None) -> list[str]:
+    """`python -m warp_lightning sft|reward save_to=PATH ... hydra.run.dir=<next to PATH>`. `choice`: the config
+    of `kind` the needing command chose (`policy=sft_smollm2`); by default this command's own Hydra choice."""
     from hydra.core.hydra_config import HydraConfig
 
-    choice = HydraConfig.get().runtime.choices.get(kind) if HydraConfig.initialized() else None
+    if choice is None and HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(kind)
     prefix = BUILD_KEYS.get(model_cfg.build, kind)  # a sum's term `reward_model.terms.NAME` is the build's reward_model
     sources = [f"{prefix}.{key}={'null' if model_cfg[key] is None else model_cfg[key]}"
                for key in SOURCES.get(model_cfg.build, ()) if key in model_cfg]
@@ -94,8 +96,9 @@ def run_build(cmd: list[str], keep: int = 16_384) -> tuple[int, str]:
     return code, tail[0]
 
 
-def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
-    """Build a missing offline model with the project's own command (`sft`, `reward`) or the gguf (`smollm2`)."""
+def ensure_model(kind: str, model_cfg, cache_dir: str | None = None, choice: str | None = None) -> None:
+    """Build a missing offline model with the project's own command (`sft`, `reward`) or the gguf (`smollm2`).
+    `choice`: as `build_command`'s (a command building the models of another command's config passes its)."""
     path = Path(str(model_cfg.name_or_path)).expanduser()
     if path.exists() or not model_cfg.get("build"):
         return
@@ -111,7 +114,7 @@ def ensure_model(kind: str, model_cfg, cache_dir: str | None = None) -> None:
             if model_cfg.build == "smollm2":
                 build_smollm2(path, cache=cache_dir)
                 return
-            cmd = build_command(kind, model_cfg, path, cache_dir)
+            cmd = build_command(kind, model_cfg, path, cache_dir, choice)
             log.info("%s not found at %s: building it with `python -m warp_lightning %s` (first use only)",
                      kind, path, model_cfg.build)
             code, stderr = run_build(cmd)

@@ -211,7 +211,7 @@ def test_last_error_is_the_childs_own_line():
 def test_a_failed_build_gives_its_cause_in_the_parents_line_and_streams_its_stderr(tmp_path, monkeypatch, capfd):
     child = "import sys; print('working', file=sys.stderr); print('error: x.y: the cause; the fix', file=sys.stderr)" \
             "; sys.exit(2)"
-    monkeypatch.setattr(builds, "build_command", lambda kind, cfg, path, cache: [sys.executable, "-c", child])
+    monkeypatch.setattr(builds, "build_command", lambda kind, cfg, path, cache, choice=None: [sys.executable, "-c", child])
     cfg = OmegaConf.create({"name_or_path": str(tmp_path / "models" / "m"), "build": "reward"})
     with pytest.raises(UserError) as err:
         builds.ensure_model("reward_model", cfg)

@@ -30,7 +30,7 @@ from warp_lightning import Preempted, builds
 from warp_lightning.runtime import signals
 signals.install()
 models, pids, sleep = sys.argv[1:4]
-builds.build_command = lambda kind, cfg, path, cache: [sys.executable, "-c", CHILD, str(path), pids, sleep]
+builds.build_command = lambda kind, cfg, path, cache, choice=None: [sys.executable, "-c", CHILD, str(path), pids, sleep]
 try:
     builds.ensure_model("policy", OmegaConf.create({"name_or_path": f"{models}/sft_gpt2", "build": "sft"}))
 except Preempted as err:

@@ -97,7 +97,8 @@ def test_the_budget_and_the_listing_go_at_the_pace_of_the_landed_results():
     jobs = study_jobs(load("default"))
     results = {"warp-s0": {"seconds": {"train": 3000, "front": 600}, "compute": "cpu (X), precision 32-true"},
                "ema_anchor-s0": {"seconds": {"train": 2400}, "compute": "cpu (X), precision 32-true"},
-               "T50-s0": {"seconds": {"train": 960}, "compute": "cpu (X), precision 32-true", "threads": 1}}
+               "T50-s0": {"seconds": {"train": 960}, "compute": "cpu (X), precision 32-true", "threads": 1},
+               "T50-s1": {"seconds": {"train": 60}, "runs": [{"resumed_at_step": 0}, {"resumed_at_step": 40}]}}
     # measured: warp-s0 60 min (30 declared: 2.0x), ema_anchor-s0 40 (30: 1.33x), T50-s0 16 (8: 2.0x); median 2.0
     expected = expected_minutes(jobs, {"warp-s0": 60.0, "ema_anchor-s0": 40.0, "T50-s0": 16.0})
     assert expected["warp-s0"] == 60 and expected["warp-s3"] == 60 and expected["ema_anchor-s4"] == 40
@@ -105,11 +106,13 @@ def test_the_budget_and_the_listing_go_at_the_pace_of_the_landed_results():
     assert expected_minutes(jobs, {}) == {j.name: j.minutes for j in jobs}
     rows = [(j, DONE if j.name in results else MISSING, "") for j in jobs]
     chosen = to_run(OmegaConf.create({"jobs": [], "budget_minutes": 120}), rows, results)
-    # 60 + 28, then T150-s0 (40) and the 60-minute jobs no longer fit, the two T50 (16 each) do: 120
-    assert [j.name for j in chosen] == ["sft_anchor-s0", "T100-s0", "T50-s1", "T50-s2"]
+    # 60 + 28, then T150-s0 (40) and the 60-minute jobs no longer fit, T100-s1 (28) does: 116 (T50-s1 has landed)
+    assert [j.name for j in chosen] == ["sft_anchor-s0", "T100-s0", "T100-s1"]
     text = listing(rows, results)
     assert "warp-s1        missing       30       ~60" in text and "warp-s0        done          30        60" in text
     assert "on cpu (X), precision 32-true; cpu (X), precision 32-true, 1 thread): about" in text
+    # T50-s1 resumed after a stop: its 1 minute is a lower bound, shown as such and left out of the pace
+    assert "T50-s1         done           8       >=1" in text and "T50-s1): the attempt cut" in text
 
 
 def test_a_job_whose_result_has_landed_is_not_run_again(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import TINY_REWARD, cli
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +104,23 @@ def test_a_failing_job_is_told_and_the_others_still_run(tiny_models, tmp_path):
     assert "error: job T2-s0: T2-s0 train failed: warp.lr=-1 is invalid" in proc.stderr
     assert "error: job T2-s1: T2-s1 train failed: warp.lr=-1 is invalid" in proc.stderr  # the launcher went on
     assert proc.stderr.strip().splitlines()[-1].startswith("error: 2 of 2 jobs did not land (T2-s0, T2-s1;")
+
+
+def test_build_ahead_builds_what_the_jobs_would_build_on_first_use(tiny_models, tmp_path):
+    """A models folder without the reward model: `action=build` names both models the jobs need, builds the missing
+    one with the build command `train` would run (the tiny settings given by `extra`, as a machine's would be), and
+    a second call finds both cached and builds nothing."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for folder in (tiny_models / "models").iterdir():
+        if folder.is_dir() and not folder.name.startswith(".") and not folder.name.startswith("reward"):
+            shutil.copytree(folder, models / folder.name)
+    tiny = ",".join(f'"{o}"' for o in TINY_REWARD)
+    extra = f"extra=['paths.models_dir={models}','reward_model.build_overrides=[{tiny}]']"
+    args = ["study", "study=smoke", "action=build", extra, f"hydra.run.dir={tmp_path / 'study'}"]
+    first = cli(*args, cwd=tmp_path).stdout
+    assert f"missing  reward_model                {models / 'reward_minilm_rt'}" in first
+    assert "cached   policy" in first and "built 1 model;" in first
+    assert (models / "reward_minilm_rt" / "config.json").exists()
+    second = cli(*args, cwd=tmp_path).stdout
+    assert "cached   reward_model" in second and "nothing to build" in second

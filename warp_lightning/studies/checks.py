@@ -6,7 +6,7 @@ from warp_lightning.studies.jobs import check_declaration, find_job, study_jobs
 from warp_lightning.studies.verdicts import CLAIMS
 from warp_lightning.utils.validate import check, one_of
 
-ACTIONS = ("list", "run", "report")
+ACTIONS = ("list", "run", "report", "build")
 LAUNCHERS = ("basic", "submitit_local", "submitit_slurm", "joblib")
 
 

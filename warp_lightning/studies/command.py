@@ -6,6 +6,7 @@ any Hydra launcher spreads them), run one job, or build the study's report from 
                     jobs (or `jobs`), as many as fit in `budget_minutes`; each job resumes where it stopped
     job=NAME        one job: its train, its front, its result file (what each job of that multirun runs)
     action=report   REPORT_DIR/STUDY/ from RESULTS_DIR/STUDY/*.json.gz (studies/verdicts.py); no model needed
+    action=build    build ahead the models the jobs build on first use (studies/models.py)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 from warp_lightning import Preempted, UserError
 from warp_lightning.builds import last_error, run_build
 from warp_lightning.runtime import signals
-from warp_lightning.studies import verdicts
+from warp_lightning.studies import models, verdicts
 from warp_lightning.studies.jobs import (
     DONE,
     Job,
@@ -57,17 +58,20 @@ def listing(rows: list[tuple[Job, str, str]], results: dict[str, dict] | None = 
     """The jobs, their state, declared minutes (2 cores, native bf16) and, once results have landed, the minutes
     each took or is expected to take at their pace (`expected_minutes`), with the devices they ran on."""
     results = results or {}
-    measured = measured_minutes(results)
+    measured, cut = measured_minutes(results), measured_minutes(results, resumed=True)
     expected = expected_minutes([j for j, _, _ in rows], measured)
     width = max(len(j.name) for j, _, _ in rows)
     lines = [f"{'job':<{width}}  {'state':<7}  {'minutes':>7}  {'measured':>8}  warp.seed"]
     for j, s, why in rows:
-        pace = (f"{measured[j.name]:.0f}" if j.name in measured else f"~{expected[j.name]:.0f}") if measured else "—"
+        pace = (f"{measured[j.name]:.0f}" if j.name in measured else f">={cut[j.name]:.0f}" if j.name in cut
+                else f"~{expected[j.name]:.0f}" if measured else "—")
         lines.append(f"{j.name:<{width}}  {s:<7}  {j.minutes:>7g}  {pace:>8}  {j.warp_seed}"
                      + (f"  ({why})" if why else ""))
     todo = [j for j, s, _ in rows if s != DONE]
     lines.append(f"{len(rows) - len(todo)} of {len(rows)} done; {len(todo)} to run, about "
                  f"{sum(j.minutes for j in todo):g} minutes on 2 cores with native bf16 (twice that in fp32)")
+    if cut:
+        lines.append(f">=: a job stopped and resumed ({', '.join(cut)}): the attempt cut in the middle is not counted")
     if measured:
         devices = sorted({str(r.get("compute")) + (f", {r['threads']} thread{'s' * (r['threads'] != 1)}"
                                                      if r.get("threads") else "")
@@ -191,6 +195,8 @@ def run(cfg) -> dict:
         except UserError as err:
             print(f"error: job {job.name}: {err}", file=sys.stderr, flush=True)
             return {"job": job.name, "failed": str(err)}
+    if cfg.action == "build":
+        return models.build(cfg)
     if cfg.action == "report":
         return verdicts.write_report(cfg.study, results,
                                      Path(str(cfg.report_dir)) / str(cfg.study.name),

@@ -128,9 +128,17 @@ def job_state(job: Job, results: dict[str, dict], numerics: int) -> tuple[str, s
     return DONE, ""
 
 
-def measured_minutes(results: dict[str, dict]) -> dict[str, float]:
-    """{job name: the minutes its landed result took (the seconds of its steps, as `run_job` recorded them)}."""
-    return {name: sum(r["seconds"].values()) / 60 for name, r in results.items() if r.get("seconds")}
+def measured_minutes(results: dict[str, dict], resumed: bool = False) -> dict[str, float]:
+    """{job name: the minutes its landed result took (the seconds of its steps, as `run_job` recorded them)}: of the
+    jobs that ran in one go, or (`resumed`) of those resumed after a stop, whose attempt cut in the middle is not
+    counted (a lower bound, left out of the pace)."""
+    return {name: sum(r["seconds"].values()) / 60 for name, r in results.items()
+            if r.get("seconds") and was_resumed(r) == resumed}
+
+
+def was_resumed(result: dict) -> bool:
+    """Whether one of the job's RL runs resumed from a checkpoint (the job was stopped in the middle)."""
+    return any(int(run.get("resumed_at_step") or 0) > 0 for run in result.get("runs") or [])
 
 
 def expected_minutes(jobs: list[Job], measured: dict[str, float]) -> dict[str, float]:
