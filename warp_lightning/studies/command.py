@@ -76,9 +76,9 @@ def listing(rows: list[tuple[Job, str, str]], results: dict[str, dict] | None = 
         devices = sorted({str(r.get("compute")) + (f", {r['threads']} thread{'s' * (r['threads'] != 1)}"
                                                      if r.get("threads") else "")
                           for name, r in results.items() if name in measured})
-        lines.append(f"at the pace of the {len(measured)} landed job{'s' * (len(measured) != 1)} (measured: each its own; ~: its arm's median, or "
-                     f"the declared minutes x the landed median ratio; on {'; '.join(devices)}): about "
-                     f"{sum(expected[j.name] for j in todo):.0f} minutes to run")
+        lines.append(f"at the pace of the {len(measured)} landed job{'s' * (len(measured) != 1)} (measured: each its "
+                     f"own; ~: its arm's median, or the declared minutes x the landed median ratio; on "
+                     f"{'; '.join(devices)}): about {sum(expected[j.name] for j in todo):.0f} minutes to run")
     return "\n".join(lines)
 
 
