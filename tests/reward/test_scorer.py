@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from warp_lightning import UserError
 from warp_lightning.reward.rewards import ClassifierReward
 from warp_lightning.reward.scorer import RewardModel
-from warp_lightning.reward.training import bradley_terry_loss, center_scores
+from warp_lightning.reward.training import bradley_terry_loss, center_scores, length_ordered
 
 
 def test_bradley_terry_loss_matches_hand_computation():
@@ -40,6 +40,21 @@ def test_reward_model_scores_one_float_per_text_in_batches(minilm):
     assert torch.allclose(raw, alone, atol=1e-5)
     probs = RewardModel(model, tok, sigmoid=True, batch_size=4)(texts)
     assert torch.allclose(probs, torch.sigmoid(raw), atol=1e-6)
+
+
+def test_length_ordered_scores_shortest_first_and_returns_the_scores_in_the_texts_order(minilm):
+    seen = []
+
+    def scorer(texts):
+        seen.extend(texts)
+        return torch.tensor([float(len(t)) + 0.001 * ord(t[0]) for t in texts])
+
+    texts = ["a rather longer text", "short", "mid length", "s", "a rather longer text!"]
+    assert torch.equal(length_ordered(scorer, texts), torch.tensor([float(len(t)) + 0.001 * ord(t[0]) for t in texts]))
+    assert seen == sorted(texts, key=len)
+    model, tok = minilm  # a real model: the same scores as in the given order, up to float rounding
+    real = RewardModel(model, tok, sigmoid=False, batch_size=2)
+    assert torch.allclose(length_ordered(real, texts), real(texts), atol=1e-5)
 
 
 def test_centering_makes_balanced_texts_score_zero_on_average(minilm):

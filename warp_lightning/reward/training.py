@@ -88,8 +88,20 @@ def center_scores(model, tokenizer, texts: list[str], max_length: int, batch_siz
     return offset
 
 
+def length_ordered(scorer, texts: list[str]) -> torch.Tensor:
+    """`scorer(texts)`, the texts handed over shortest first, so that each batch pads to a similar length (1.35x
+    faster on Pang & Lee's sentences, benchmarks/reward_eval.py in benchmarks/RESULTS.md), the scores back in the texts' order: the same scores
+    up to float rounding (padding changes the matmuls' shapes, not what they compute). For the evaluation's
+    figures only: RL's rewards and the centring keep their batches, so no model changes."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    scores = scorer([texts[i] for i in order])
+    out = torch.empty_like(scores)
+    out[torch.tensor(order, dtype=torch.long)] = scores
+    return out
+
+
 def sign_accuracy(scorer: RewardModel, texts: list[str], labels: list[int]) -> float:
-    scores = scorer(texts)
+    scores = length_ordered(scorer, texts)
     return ((scores > 0).long() == torch.tensor(labels)).float().mean().item()
 
 
@@ -189,7 +201,7 @@ def reward_metrics(scorer, cfg, val_pairs) -> dict:
 
 def _pair_accuracy(scorer: RewardModel, pairs, max_length: int) -> float:
     scorer.max_length = max_length
-    chosen, rejected = scorer(list(pairs["chosen"])), scorer(list(pairs["rejected"]))
+    chosen, rejected = length_ordered(scorer, list(pairs["chosen"])), length_ordered(scorer, list(pairs["rejected"]))
     return (chosen > rejected).float().mean().item()
 
 
