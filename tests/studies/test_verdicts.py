@@ -12,7 +12,14 @@ from warp_lightning import UserError
 from warp_lightning.cli import CONF_DIR
 from warp_lightning.studies.jobs import study_jobs
 from warp_lightning.studies.results import NUMERICS, read_results, write_result
-from warp_lightning.studies.verdicts import check_pooling, provisional, shown_prompt, sweep_rows, write_report
+from warp_lightning.studies.verdicts import (
+    check_pooling,
+    provisional,
+    shown_prompt,
+    sweep_rows,
+    verdict_rows,
+    write_report,
+)
 
 P = 40  # prompts
 
@@ -222,6 +229,9 @@ def test_the_chat_study_is_judged_by_warp_against_sft_paired_per_seed(tmp_path):
         "reward": "holds", "judge": "holds", "status": "provisional (2 of 3 seeds)"}}
     claim = json.loads((tmp_path / "claims.json").read_text())["claims"][0]
     assert claim["comparisons"][0]["reward"]["seeds"] == [2, 2] and claim["comparisons"][0]["reward"]["n"] == P
+    t = claim["comparisons"][0]["reward"]["seed_t"]  # the verdict judges by the wider: the table shows both
+    row = verdict_rows([{**claim, "status": "provisional"}])[1]  # the README's table: the comparison's row
+    assert row[1].endswith(f"] (t over seeds [{t['low']:+.3f}, {t['high']:+.3f}])")
     even = {job.name: result(job, rng, sum_reward_front(rng, seeds=(job.warp_seed,), gain=0.0)) for job in jobs}
     assert write_report(chat, even, tmp_path / "even")["claims"]["WARP's final policy beats the SFT policy"][
         "reward"].startswith("unresolved")

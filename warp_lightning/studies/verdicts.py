@@ -306,7 +306,14 @@ def verdict_rows(found: list[dict]) -> list[list]:
     """Every claim with its two verdicts and status, then one row per comparison behind it: the paired differences
     with their 95% intervals, the seeds of each side, the prompts and the matched points."""
     def interval(c: dict | None) -> str:
-        return "—" if c is None else fmt_interval(c["mean"], c["low"], c["high"]) if "mean" in c else c.get("why", "—")
+        """The bootstrap interval, and the seeds' t interval beside it where there is one (the verdict judges by the
+        wider of the two, `eval.stats.combined_verdict`)."""
+        if c is None or "mean" not in c:
+            return "—" if c is None else c.get("why", "—")
+        t = c.get("seed_t") or {}
+        beside = (f" (t over seeds [{t['low']:+.3f}, {t['high']:+.3f}])"
+                  if t and not (math.isnan(t["low"]) or math.isnan(t["high"])) else "")
+        return fmt_interval(c["mean"], c["low"], c["high"]) + beside
 
     rows = []
     for claim in found:
