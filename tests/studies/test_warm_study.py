@@ -156,7 +156,7 @@ def test_a_warm_gap_clearly_smaller_helps(tmp_path):
     table = text.split("## The proxy-judge gap as KL grows")[1].split("##")[0]
     # eta 1: KL 8 for both, own proxy 0.82 / 0.74, common 0.82 / 0.78, judge 0.58 / 0.66, gap 0.24 / 0.08
     assert "| 1 | 8.00 / 8.00 | 0.820 / 0.740 | 0.820 / 0.780 | 0.580 / 0.660 | 0.240 / 0.080 | -0.160 [" in table
-    assert "SFT against WARP" in text and "WARP final (iteration 3)" in text  # the first arm's fronts alone
+    assert "SFT against WARP" in text and "WARP final (single RM, iteration 3)" in text  # the first arm alone, named
     block = readme.read_text().split("<!-- study:warm -->")[1]
     assert "| · WARM i3 over single_RM i3 (gap: own proxy \\| common proxy) | -0.160 [" in block
     assert "WARM i3 over single_RM i3: gap (own proxy) -0.160 [" in text and "after" in readme.read_text()

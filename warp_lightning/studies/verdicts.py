@@ -216,18 +216,18 @@ def reach_sentence(rows: list[dict]) -> str:
             + "; " + "; ".join(parts) + " (means over seeds).")
 
 
-def sft_against_final(rows: list[dict], scores: dict) -> str:
+def sft_against_final(rows: list[dict], scores: dict, arm: str = "") -> str:
     """Experiment 1 from the fronts: theta_sft (eta = 0) against WARP's final policy (the last iteration's
     theta_slerp, eta = 1) of each seed, on the same prompts and random numbers: means over seeds and prompts, and the
     paired gains with their 95% interval (bootstrap over prompts and seeds, the seed's own SFT point paired with it);
-    a sum reward's terms (`reward/NAME`) each beside the total."""
+    a sum reward's terms (`reward/NAME`) each beside the total. `arm`: the arm read, named where a study has several."""
     last, finals, sft_points = sft.final_and_sft(rows)
     final = list(finals.values())
     if not final:
         return ""
     terms = [k[: -len("_mean")] for k in final[0] if k.startswith("reward/") and k.endswith("_mean")]  # a sum's
     table, gains = [], []
-    for name, points in (("SFT", [sft_points[int(r["seed"])] for r in final]), (f"WARP final (iteration {last})", final)):
+    for name, points in (("SFT", [sft_points[int(r["seed"])] for r in final]), (f"WARP final ({arm + ', ' if arm else ''}iteration {last})", final)):
         cells = [name]
         for key, digits in (("reward", 3), *((t, 3) for t in terms), ("judge", 3), ("kl", 2), ("completion_length", 1)):
             values = [r.get(f"{key}_mean") for r in points]
@@ -371,7 +371,8 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
     rows, scores = pooled_front(results)
     if rows:
         found = CLAIMS[judged_by](rows, scores)
-        first = sft_against_final(first_arm(study, main_curves(rows)), scores)
+        fronts = [spec.get("label") or arm for arm, spec in study.arms.items() if spec.get("front")]  # WARP arms
+        first = sft_against_final(first_arm(study, main_curves(rows)), scores, fronts[0] if len(fronts) > 1 else "")
         if first:
             text += ["## SFT against WARP", "", first, "", side_by_side(results), ""]
             parts.append(first)
