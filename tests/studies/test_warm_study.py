@@ -162,7 +162,7 @@ def test_a_warm_gap_clearly_smaller_helps(tmp_path):
     assert "WARM i3 over single_RM i3: gap (own proxy) -0.160 [" in text and "after" in readme.read_text()
     assert (tmp_path / "report" / "gap.png").exists() and "![The proxy-judge gap as KL grows](gap.png)" in text
     assert ("![study warm: proxy reward and held-out judge vs KL](report/front.png) "  # the README's own, relative
-            "![study warm: The proxy-judge gap as KL grows](report/gap.png)") in block
+            "![study warm: the proxy-judge gap as KL grows](report/gap.png)") in block
 
 
 def test_the_gap_figure_draws_each_arms_last_front_against_kl():

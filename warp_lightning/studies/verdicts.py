@@ -403,7 +403,7 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
         if drawn:
             plot_lines(drawn, "KL(pi || pi_sft), exact, nats per completion", out / name)
             text += [f"## {title}", "", f"![{title}]({name})", ""]
-            figures.append((title, name))
+            figures.append((title[:1].lower() + title[1:], name))  # in the README's alt text, after "study NAME:"
     sweep = sweep_rows(study, results)
     if sweep:
         plot_sweep(sweep, out / "sweep_T.png")
