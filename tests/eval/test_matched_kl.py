@@ -14,6 +14,7 @@ from warp_lightning.eval.stats import (
     Difference,
     _interp_rows,
     combined_verdict,
+    judged_mde,
     matched_kl_difference_bootstrap,
     matched_kl_values,
     seed_t_interval,
@@ -86,3 +87,16 @@ def test_the_verdict_takes_the_wider_interval():
     assert combined_verdict(d, {"mean": 0.1, "low": math.nan, "high": math.nan, "df": 0}) == HOLDS
     below = Difference(-0.1, -0.15, -0.05, 0.02, 100, (3, 3))
     assert combined_verdict(below, {"mean": -0.1, "low": -0.2, "high": -0.01, "df": 4}) == CONTRADICTED
+
+
+def test_the_smallest_detectable_effect_is_that_of_the_interval_judged():
+    """MDE = (z_0.975 + z_0.80) x SE for the bootstrap; where the seeds' t interval is there, (t_0.975 + t_0.80) x its
+    SE with its degrees of freedom, the larger of the two (the verdict judges by the wider interval)."""
+    d = Difference(0.0, -0.02, 0.02, 0.01, 100, (3, 3))
+    assert judged_mde(d, None) == pytest.approx(0.028016, rel=1e-4) and d.mde == pytest.approx(0.028016, rel=1e-4)
+    # df 2, half-width 0.1: SE = 0.1 / 4.302653 = 0.023241, MDE = (4.302653 + 1.060660) x SE = 0.124652
+    assert judged_mde(d, {"mean": 0.0, "low": -0.1, "high": 0.1, "df": 2.0}) == pytest.approx(0.124652, rel=1e-5)
+    # a t interval narrower than the bootstrap's leaves the bootstrap's MDE; none (one seed) leaves it too
+    assert judged_mde(d, {"mean": 0.0, "low": -0.001, "high": 0.001, "df": 4.0}) == pytest.approx(d.mde)
+    assert judged_mde(d, {"mean": 0.0, "low": math.nan, "high": math.nan, "df": 0.0}) == pytest.approx(d.mde)
+    assert math.isnan(judged_mde(None, None))

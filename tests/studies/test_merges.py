@@ -101,7 +101,7 @@ def test_larger_m_the_order_and_the_methods(tmp_path):
     assert claims["larger M helps the symmetric spherical mean at matched KL"]["reward"] == "holds"
     assert claims["larger M helps TIES at matched KL"]["reward"] == "unresolved at this sample size"  # flat in M
     order = claims[merges.ORDER_CLAIM]
-    assert order["reward"] == order["judge"] == "no difference larger than 0.000 seen (MDE 0.000)"
+    assert order["reward"] == order["judge"] == "no difference shown: every interval within +-0.000 (MDE 0.000)"
     assert claims["TIES beats the recursive SLERP at matched KL"]["reward"] == "contradicted"
     assert claims["the symmetric spherical mean beats the recursive SLERP at matched KL"]["reward"].startswith("unres")
     assert "EMA anchor beats the fixed SFT anchor" not in claims  # the paper's claims are another study's

@@ -14,8 +14,11 @@ from warp_lightning.studies.jobs import study_jobs
 from warp_lightning.studies.results import NUMERICS, read_results, write_result
 from warp_lightning.studies.verdicts import (
     check_pooling,
+    claim_status,
     provisional,
+    reach_sentence,
     shown_prompt,
+    side_by_side,
     sweep_rows,
     verdict_rows,
     write_report,
@@ -120,6 +123,37 @@ def test_each_claim_is_provisional_by_the_seeds_of_the_arms_it_compares(tmp_path
     text = (tmp_path / "README.md").read_text()
     assert "| iteration 2 improves on iteration 1 | holds | holds |" in text
     assert "| EMA anchor beats the fixed SFT anchor | unresolved at this sample size (provisional (1 of 2 seeds))" in text
+
+
+def test_a_claim_with_no_interval_is_marked_by_the_seeds_landed_not_final():
+    """No comparison gave an interval (curves with no KL in common, say): the claim's mark comes from the fewest
+    seeds landed among the arms with a front, not 'final' by default."""
+    no_interval = {"comparisons": [{"what": "A over B", "points": 0, "reward": {"why": "no overlapping KL range"}}]}
+    assert claim_status(no_interval, 3, 1) == "provisional (1 of 3 seeds)"
+    assert claim_status(no_interval, 3, 3) == ""
+    compared = {"comparisons": [{"reward": {"seeds": [2, 3]}}]}
+    assert claim_status(compared, 3, 3) == "provisional (2 of 3 seeds)"
+
+
+def test_the_reach_sentence_tells_warps_front_from_its_expo_points():
+    front = [point("WARP i2", "liti", 0, 0.3 + 0.05 * eta * 8, eta * 8, eta=eta, iteration=2) for eta in (0.0, 1.0, 2.0)]
+    rl = [point(name, "training", 0, 0.3, kl, step=st, merge="none") for name, end in (("near", 6.0), ("far", 12.0),
+                                                                                       ("beyond", 20.0))
+          for st, kl in ((0, 0.0), (100, end))]
+    text = reach_sentence(front + rl)
+    assert "near ends at KL 6.0 (proxy 0.300, step 100): WARP's front (eta <= 1) reaches that KL" in text
+    assert ("far ends at KL 12.0 (proxy 0.300, step 100): WARP's front (eta <= 1) does not reach that KL; only its "
+            "ExPO extrapolation (eta = 2) does") in text
+    assert "beyond ends at KL 20.0 (proxy 0.300, step 100): WARP's front does not reach that KL, nor its ExPO" in text
+
+
+def test_the_side_by_side_answers_come_from_the_arm_asked_for():
+    results = landed(1)
+    warp = results["warp-s0"]
+    other = {**warp, "job": "another-s0", "arm": "another"}
+    both = {"another-s0": other, **results}  # first in order, but not the arm asked for
+    assert "job another-s0" in side_by_side(both)
+    assert "job warp-s0" in side_by_side(both, arm="warp") and side_by_side(both, arm="nobody") == ""
 
 
 def test_report_from_results_alone(tmp_path):

@@ -12,7 +12,7 @@ from warp_lightning.cli import CONF_DIR
 from warp_lightning.studies import command, warm
 from warp_lightning.studies.jobs import commands, study_jobs
 from warp_lightning.studies.results import NUMERICS, front_data, read_result
-from warp_lightning.studies.verdicts import write_report
+from warp_lightning.studies.verdicts import pooled_front, write_report
 
 P = 40  # prompts
 ETAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -97,13 +97,14 @@ def accuracies(level, flipped=False):
             "weight_average": figures(level), "prediction_average": figures(level - 0.01)}
 
 
-def arm_front(curve, seed, proxy, judge, common, rng, offset=0.0):
-    """The last front (iteration 3) of one job: own proxy 0.5 + proxy x KL, judge and the common proxy likewise,
-    each with per-prompt noise, and a seed-level `offset` on the judge."""
+def arm_front(curve, seed, proxy, judge, common, rng, offset=0.0, proxy_level=0.5):
+    """The last front (iteration 3) of one job: own proxy `proxy_level` + proxy x KL, judge and the common proxy
+    0.5 + their slope x KL, each with per-prompt noise, and a seed-level `offset` x eta on the judge (a seed's RL
+    pleasing the judge more or less: 0 at theta_sft). Its eta 0 is the job's theta_sft (no earlier iteration here)."""
     rows, prompts = [], []
     for eta in ETAS:
         kl = eta * TOP_KL
-        own, j, c = 0.5 + proxy * kl, 0.5 + judge * kl + offset, 0.5 + common * kl
+        own, j, c = proxy_level + proxy * kl, 0.5 + judge * kl + offset * eta, 0.5 + common * kl
         rows.append({"curve": curve, "arm": curve.split(" i")[0], "seed": seed, "kind": "liti", "merge": "slerp",
                      "runs": "", "anchor": "ema", "kl_coef": 0.1, "iteration": 3, "eta": eta, "step": None,
                      "extrapolation": eta > 1, "reward_mean": own, "reward_ci95": 0.01, "judge_mean": j,
@@ -118,9 +119,10 @@ def arm_front(curve, seed, proxy, judge, common, rng, offset=0.0):
     return {"rows": rows, "prompts": prompts, "examples": []}
 
 
-def landed(warm_slopes, seeds=3, spread=0.0):
+def landed(warm_slopes, seeds=3, spread=0.0, warm_level=0.5):
     """Results of the warm study. The single arm: proxy 0.04 / nat, judge 0.01 (a gap growing 0.03 / nat); WARM's
-    (proxy, judge, common proxy) slopes given; `spread`: the sd of a seed-level offset of every judge score."""
+    (proxy, judge, common proxy) slopes given; `spread`: the sd of a seed-level offset of the judge at eta 1;
+    `warm_level`: WARM's own proxy at KL 0 (the single RM's is 0.5)."""
     rng = np.random.default_rng(0)
     out = {}
     for job in study_jobs(load()):
@@ -138,7 +140,7 @@ def landed(warm_slopes, seeds=3, spread=0.0):
         offset = rng.normal(0, spread) if spread else 0.0
         slopes = (0.04, 0.01, 0.04) if job.arm == "single" else warm_slopes
         out[job.name] = {**header, "front": arm_front(f"{job.label.replace(' ', '_')} i3", job.warp_seed, *slopes,
-                                                      rng, offset)}
+                                                      rng, offset, warm_level if job.arm == "warm" else 0.5)}
     return out
 
 
@@ -167,8 +169,6 @@ def test_a_warm_gap_clearly_smaller_helps(tmp_path):
 
 def test_the_gap_figure_draws_each_arms_last_front_against_kl():
     """gap_panels: the means over seeds and prompts at each eta, as (KL, value) lines per arm and quantity."""
-    from warp_lightning.studies.verdicts import pooled_front
-
     rows, scores = pooled_front(landed((0.03, 0.02, 0.035)))
     (left_title, _, left), (right_title, _, right) = warm.gap_panels(rows, scores)
     assert "judge" in left_title and "gap" in right_title
@@ -191,6 +191,31 @@ def test_an_equal_gap_is_unresolved_with_the_smallest_detectable_effect_or_not_n
     assert tight[warm.GAP_CLAIM]["reward"] == warm.NOT_NARROWED  # the interval excludes a narrowing of 0.02
     wider = write_report(load(), landed((0.05, 0.005, 0.05)), tmp_path / "wider")["claims"]
     assert wider[warm.GAP_CLAIM] == {"reward": warm.WIDENS, "judge": warm.WIDENS, "status": "final"}
+
+
+def test_the_gap_is_its_growth_since_sft_so_a_reward_models_level_does_not_count(tmp_path):
+    """WARM scores every completion 0.05 higher than the single RM would at the same slopes, SFT's included: a level
+    gap would call that a widening of 0.05; the growth since theta_sft sees the same equal gaps as without it."""
+    raised = write_report(load(), landed((0.04, 0.01, 0.04), warm_level=0.55), tmp_path / "raised")["claims"]
+    assert raised[warm.GAP_CLAIM]["reward"] == warm.NOT_NARROWED
+    text = (tmp_path / "raised" / "README.md").read_text()
+    table = text.split("## The proxy-judge gap as KL grows")[1].split("##")[0]
+    # eta 1: own proxy 0.82 / 0.87, the gap's growth 0.24 for both (0.87 - 0.55 - (0.58 - 0.5) = 0.24)
+    assert "| 1 | 8.00 / 8.00 | 0.820 / 0.870 | 0.820 / 0.820 | 0.580 / 0.580 | 0.240 / 0.240 | +0.000 [" in table
+    level = warm.with_gaps(*reversed(pooled_front(landed((0.04, 0.01, 0.04), seeds=1, warm_level=0.55))))
+    sft = [v for k, v in level.items() if k[0] == "WARM i3" and k[2] == 0.0]
+    assert sft and all(np.allclose(v["gap"], 0) and np.allclose(v["gap_common"], 0) for v in sft)
+
+
+def test_the_verdicts_table_names_the_warm_claims_readings(tmp_path):
+    """The warm claims' two verdicts are readings of their own (the gap on the own and the common proxy; the judge
+    at matched KL and at eta 1), named in every study's verdicts table, whose columns say proxy reward and judge."""
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- study:verdicts -->\n<!-- /study:verdicts -->\n<!-- study:warm -->\n<!-- /study:warm -->\n")
+    write_report(load(), landed((0.03, 0.02, 0.035)), tmp_path / "warm", readme=readme)
+    rows = [line for line in readme.read_text().split("<!-- /study:verdicts -->")[0].splitlines() if "WARM" in line]
+    assert "| gap, own proxy: helps | gap, common proxy: helps |" in rows[0]
+    assert "| judge at matched KL: holds | judge at eta = 1: holds |" in rows[1]
 
 
 def test_few_seeds_are_provisional_and_the_accuracies_show_before_any_front(tmp_path):

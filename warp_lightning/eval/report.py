@@ -33,6 +33,7 @@ from warp_lightning.eval.stats import (
     combined_verdict,
     fmt_ci,
     fmt_interval,
+    judged_mde,
     markdown_table,
     matched_kl_difference_bootstrap,
     matched_kl_values,
@@ -47,16 +48,23 @@ from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
 log = logging.getLogger(__name__)
 
 METRICS = ("reward", "judge")  # every claim is checked on the proxy reward and on the held-out judge
+NO_OVERLAP = "no overlapping KL range"
+# a claim whose every comparison is of curves with no KL in common: more prompts or seeds could not resolve it
+NOT_COMPARABLE = "not comparable (no overlapping KL range)"
 DESIGN_NOTE = (
     "Each difference is mean(A) - mean(B) on the same test prompts with the same sampling random numbers "
     "(paired), with its 95% percentile-bootstrap interval over prompts (scipy.stats.bootstrap, 9999 resamples), "
     "and over the training seeds of each arm where an arm has several (two-level resampling). **holds**: the "
     "interval lies above 0; **contradicted**: below 0; **unresolved at this sample size** otherwise. MDE is the "
     "smallest true difference this design detects with 80% power in a two-sided 5% test: "
-    f"(z_0.975 + z_0.80) x the bootstrap standard error = {mde_factor():.2f} x SE (about 1.43 half-widths). At "
+    f"(z_0.975 + z_0.80) x the bootstrap standard error = {mde_factor():.2f} x SE (about 1.43 half-widths), or, where "
+    "the seeds' t interval is there (the verdicts judge by the wider of the two), (t_0.975 + t_0.80) x its standard "
+    "error with its degrees of freedom, whichever is larger. At "
     "matched KL, A's curve is interpolated linearly in KL, prompt by prompt, at the KL of each point of B (mean "
     "over B's seeds; theta_sft excluded) inside A's KL range, and the gaps averaged; a comparison without such a "
-    "point is unresolved (no overlapping KL range). *not measured*: the runs the claim needs are missing.")
+    "point (no overlapping KL range) does not count towards its claim's verdict, which the others give, and a claim "
+    "with no other comparison is *not comparable*: more prompts or seeds could not resolve it. *not measured*: the "
+    "runs the claim needs are missing.")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -322,7 +330,7 @@ def matched_kl_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], me
     inside = sorted(x for x in positions if all(lo <= kl_at[x] <= hi for lo, hi in ranges))
     info = {"points": len(inside), "outside": len(positions) - len(inside)}
     if not inside:
-        return {"diff": None, "why": "no overlapping KL range", **info}
+        return {"diff": None, "why": NO_OVERLAP, **info}
     sides = []
     for points in ([sorted(pts, key=lambda r: r["kl_mean"]) for pts in a.values()],
                    [sorted((r for r in pts if _position(r) in inside), key=_position) for pts in b.values()]):
@@ -356,7 +364,7 @@ def _comparison_text(what: str, found: dict[str, dict]) -> str:
         else:
             t = c.get("seed_t") or {}
             t_text = (f", t over seeds [{t['low']:+.3f}, {t['high']:+.3f}]" if t and not np.isnan(t["low"]) else "")
-            parts.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f}{t_text})")
+            parts.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {judged_mde(d, t):.3f}{t_text})")
     c = next(iter(found.values()))
     d = c["diff"]
     design = [f"{d.n} prompts", f"seeds {d.seeds[0]} vs {d.seeds[1]}"] if d is not None else []
@@ -366,18 +374,31 @@ def _comparison_text(what: str, found: dict[str, dict]) -> str:
     return f"{what}: " + ", ".join(parts) + (f" ({', '.join(design)})" if design else "")
 
 
+def _claim_verdict(found: list[dict]) -> str:
+    """The verdicts of a claim's comparisons on one metric, combined (`combine_verdicts`), leaving out those of
+    curves with no KL in common, and saying so ("holds (1 of 2 comparisons; 1 with no overlapping KL range)");
+    *not comparable* when every one is such."""
+    compared = [c for c in found if c["diff"] is not None or c.get("why") != NO_OVERLAP]
+    if found and not compared:
+        return NOT_COMPARABLE
+    verdict = combine_verdicts([combined_verdict(c["diff"], c.get("seed_t")) for c in compared])
+    left_out = len(found) - len(compared)
+    return verdict + (f" ({len(compared)} of {len(found)} comparisons; {left_out} with {NO_OVERLAP})" if left_out else "")
+
+
 def claim_record(claim: str, criterion: str, comparisons: list[tuple[str, dict[str, dict]]], missing: str = "") -> dict:
     """A claim: its criterion, a verdict per metric (every comparison's, combined: `combine_verdicts`), the evidence
     in words and each comparison's differences; *not measured* (with `missing`: why) without a comparison."""
     if not comparisons:
         return {"claim": claim, "criterion": criterion, "verdict": NOT_MEASURED, "verdict_judge": NOT_MEASURED,
                 "evidence": missing, "comparisons": []}
-    verdicts = {m: combine_verdicts([combined_verdict(found[m]["diff"], found[m].get("seed_t"))
-                                     for _, found in comparisons if m in found]) for m in METRICS}
+    verdicts = {m: _claim_verdict([found[m] for _, found in comparisons if m in found]) for m in METRICS}
     return {"claim": claim, "criterion": criterion, "verdict": verdicts["reward"], "verdict_judge": verdicts["judge"],
             "evidence": "; ".join(_comparison_text(what, found) for what, found in comparisons),
             "comparisons": [{"what": what, "points": next(iter(found.values())).get("points"),
-                             **{m: {**c["diff"].as_dict(), "seed_t": c.get("seed_t")} if c["diff"] else {"why": c["why"]}
+                             **{m: {**c["diff"].as_dict(), "mde_bootstrap": c["diff"].mde,
+                                    "mde": judged_mde(c["diff"], c.get("seed_t")), "seed_t": c.get("seed_t")}
+                                if c["diff"] else {"why": c["why"]}
                                 for m, c in found.items()}} for what, found in comparisons]}
 
 

@@ -10,9 +10,11 @@ proper (eta <= 1).
 - **larger M helps** (one claim per method): M = 3 above M = 2, M = 4 above M = 3 and above M = 2, at matched KL;
 - **the merge order does not matter** (the recursive SLERP, M = 3 and 4; at M = 2, SLERP at lambda = 1/2 is
   symmetric: the same merge): a null hypothesis, judged by its interval, not by "holds". *order matters* when an
-  interval (the wider of the bootstrap's and the seeds' t, as every verdict) excludes 0; *no difference larger
-  than X seen* when each includes 0, X the largest bound in absolute value (with the largest MDE); unresolved when
-  a comparison could not be made;
+  interval (the wider of the bootstrap's and the seeds' t, as every verdict) excludes 0; *no difference shown*
+  when each includes 0, with X, the largest bound in absolute value (every interval lies within +-X: an effect
+  beyond X is ruled out, not one below it), and the largest MDE; unresolved when a comparison could not be made.
+  Four comparisons (M = 3 and 4, matched KL and eta = 1), both signs, no correction for multiplicity: an *order
+  matters* from one of them would need a confirming run;
 - **the methods at each M**, pairwise at matched KL (the spherical mean against SLERP from M = 3: at M = 2 it is
   WARP's SLERP at lambda = 1/2), as claims and as one table (`methods_table`).
 """
@@ -32,7 +34,14 @@ from warp_lightning.eval.report import (
     endpoint_difference,
     matched_kl_difference,
 )
-from warp_lightning.eval.stats import NOT_MEASURED, UNRESOLVED, fmt_interval, markdown_table, wider_interval
+from warp_lightning.eval.stats import (
+    NOT_MEASURED,
+    UNRESOLVED,
+    fmt_interval,
+    judged_mde,
+    markdown_table,
+    wider_interval,
+)
 
 SIZES = (2, 3, 4)
 NAMES = {"slerp": "the recursive SLERP", "multislerp": "the symmetric spherical mean", "ties": "TIES"}
@@ -70,7 +79,7 @@ def order_verdict(comparisons: list[tuple[str, dict[str, dict]]], metric: str) -
         if d is None or math.isnan(d.low) or math.isnan(d.high):
             unmeasured = True
             continue
-        bounds.append((d.low, d.high, c["diff"].mde))
+        bounds.append((d.low, d.high, judged_mde(c["diff"], c.get("seed_t"))))
     if any(low > 0 or high < 0 for low, high, _ in bounds):
         return ORDER_MATTERS
     if unmeasured:
@@ -78,7 +87,7 @@ def order_verdict(comparisons: list[tuple[str, dict[str, dict]]], metric: str) -
     if not bounds:
         return NOT_MEASURED
     largest = max(max(-low, high) for low, high, _ in bounds)
-    return f"no difference larger than {largest:.3f} seen (MDE {max(m for _, _, m in bounds):.3f})"
+    return f"no difference shown: every interval within +-{largest:.3f} (MDE {max(m for _, _, m in bounds):.3f})"
 
 
 def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
@@ -113,7 +122,8 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
                             (size, f"{what} (eta = 1)", compare(endpoint_difference, a, b))]
     record = add(ORDER_CLAIM, "runs 1..M merged by the recursive SLERP against runs M..1 (M = 3, 4; at M = 2 SLERP at "
                  "lambda = 1/2 is symmetric) at matched KL and at eta = 1: 'order matters' when an interval excludes 0, "
-                 "else no difference larger than the largest interval bound seen", comparisons,
+                 "else no difference shown, every interval within +- its largest bound (4 comparisons, no "
+                 "correction for multiplicity)", comparisons,
                  "needs the `merges` curves slerp:1-2-3 and slerp:3-2-1 (or of 4 runs)")
     if comparisons:
         pairs = [(what, f) for _, what, f in comparisons]

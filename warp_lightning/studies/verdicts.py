@@ -32,6 +32,7 @@ from warp_lightning.eval.stats import (
     NOT_MEASURED,
     fmt_ci,
     fmt_interval,
+    judged_mde,
     markdown_table,
     mean_ci95,
     seed_t_interval,
@@ -80,7 +81,7 @@ def pooled_front(results: dict[str, dict]) -> tuple[list[dict], dict]:
 def first_arm(study, rows: list[dict]) -> list[dict]:
     """The points of the study's first arm with a front (SFT against WARP reads that arm's fronts alone: a study of
     several WARP arms, e.g. `warm`'s, does not pool them)."""
-    first = next((spec.get("label") or arm for arm, spec in study.arms.items() if spec.get("front") is not None), "")
+    first = next((study.arms[arm].get("label") or arm for arm in front_arms(study)), "")
     return [r for r in rows if r.get("arm", "") in ("", str(first).replace(" ", "_"))]
 
 
@@ -111,20 +112,31 @@ def seeds_per_arm(study, results: dict[str, dict]) -> dict[str, int]:
     return {arm: sum(r["arm"] == arm for r in results.values()) for arm in study.arms}
 
 
+def front_arms(study, warp_only: bool = False) -> list[str]:
+    """The study's arms with a front, in its file's order (`warp_only`: those whose front has LITI points, WARP's,
+    not an RL curve's empty `front: []`)."""
+    return [a for a, spec in study.arms.items()
+            if spec.get("front") is not None and (not warp_only or spec.get("front"))]
+
+
+def front_seeds(study, results: dict[str, dict]) -> int:
+    """The fewest seeds landed among the study's arms with a front."""
+    counts = seeds_per_arm(study, results)
+    return min((counts[a] for a in front_arms(study)), default=0)
+
+
 def provisional(study, results: dict[str, dict]) -> str:
     """'' when every arm with a front has the seeds the study needs, else 'provisional (n of N seeds)'."""
-    counts = seeds_per_arm(study, results)
-    front_arms = [a for a, spec in study.arms.items() if spec.get("front") is not None]
-    n = min((counts[a] for a in front_arms), default=0)
-    need = int(study.seeds_needed)
+    n, need = front_seeds(study, results), int(study.seeds_needed)
     return "" if n >= need else f"provisional ({n} of {need} seeds)"
 
 
-def claim_status(claim: dict, need: int) -> str:
+def claim_status(claim: dict, need: int, landed: int) -> str:
     """A claim's own mark: 'provisional (n of N seeds)' while the arm with the fewest seeds among those its
-    comparisons pool has fewer than N ('' once each has N, or when nothing was compared)."""
+    comparisons pool has fewer than N ('' once each has N); a claim none of whose comparisons gave an interval (no
+    overlapping KL range, say) is marked by `landed`, the fewest seeds of the study's arms with a front."""
     seeds = [min(c["reward"]["seeds"]) for c in claim["comparisons"] if "seeds" in c.get("reward", {})]
-    n = min(seeds, default=need)
+    n = min(seeds, default=landed)
     return "" if n >= need else f"provisional ({n} of {need} seeds)"
 
 
@@ -208,9 +220,13 @@ def reach_sentence(rows: list[dict]) -> str:
         pts = [r for r in training if r["curve"] == name]
         last_step = max(float(r["step"]) for r in pts)
         kl_rl, reward_rl = _mean_point(pts, lambda r, s=last_step: float(r["step"]) == s)
-        reaches = "reaches" if kl_w >= kl_rl else "does not reach"
-        parts.append(f"{name} ends at KL {kl_rl:.1f} (proxy {reward_rl:.3f}, step {last_step:g}): WARP's front "
-                     f"{reaches} that KL")
+        if kl_1 >= kl_rl:
+            reaches = "WARP's front (eta <= 1) reaches that KL"
+        elif top_eta > 1 and kl_w >= kl_rl:
+            reaches = f"WARP's front (eta <= 1) does not reach that KL; only its ExPO extrapolation (eta = {top_eta:g}) does"
+        else:
+            reaches = "WARP's front does not reach that KL" + (", nor its ExPO extrapolation" if top_eta > 1 else "")
+        parts.append(f"{name} ends at KL {kl_rl:.1f} (proxy {reward_rl:.3f}, step {last_step:g}): {reaches}")
     return (f"WARP's last front (iteration {last}) reaches KL {kl_1:.1f} (proxy {reward_1:.3f}) at eta = 1 and KL "
             f"{kl_w:.1f} (proxy {reward_w:.3f}) at eta = {top_eta:g}" + (" (ExPO)" if top_eta > 1 else "")
             + "; " + "; ".join(parts) + " (means over seeds).")
@@ -240,7 +256,7 @@ def sft_against_final(rows: list[dict], scores: dict, arm: str = "") -> str:
         if d is None:
             continue
         t_text = f", t over seeds [{t['low']:+.3f}, {t['high']:+.3f}]" if not math.isnan(t["low"]) else ""
-        gains.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {d.mde:.3f}{t_text})")
+        gains.append(f"{metric} {fmt_interval(d.mean, d.low, d.high)} (MDE {judged_mde(d, t):.3f}{t_text})")
     n = len(next(iter(scores.values()))["ids"]) if scores else 0
     return (markdown_table(["model", "proxy reward", *(f"`{t}`" for t in terms), "held-out judge", "KL(pi || pi_sft)",
                             "length"], table)
@@ -258,10 +274,13 @@ def shown_prompt(prompt: str) -> str:
     return "\n".join(lines[last_user + 1:-1]).strip() or prompt
 
 
-def side_by_side(results: dict[str, dict], n: int = 4) -> str:
+def side_by_side(results: dict[str, dict], n: int = 4, arm: str | None = None) -> str:
     """The SFT policy's and WARP's final completions of the same first test prompts (the same random numbers), from
-    the first WARP job that kept examples: the prompt, then each model's continuation."""
+    the first WARP job of `arm` (any arm when None) that kept examples: the prompt, then each model's
+    continuation."""
     for result in results.values():
+        if arm is not None and result.get("arm") != arm:
+            continue
         examples = (result.get("front") or {}).get("examples") or []
         liti = [r for r in result["front"]["rows"] if r["kind"] == "liti" and r["merge"] == "slerp"] if examples else []
         if not liti:
@@ -371,14 +390,15 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
     rows, scores = pooled_front(results)
     if rows:
         found = CLAIMS[judged_by](rows, scores)
-        fronts = [spec.get("label") or arm for arm, spec in study.arms.items() if spec.get("front")]  # WARP arms
+        fronts = [study.arms[arm].get("label") or arm for arm in front_arms(study, warp_only=True)]
         first = sft_against_final(first_arm(study, main_curves(rows)), scores, fronts[0] if len(fronts) > 1 else "")
         if first:
-            text += ["## SFT against WARP", "", first, "", side_by_side(results), ""]
+            text += ["## SFT against WARP", "", first, "", side_by_side(results, arm=front_arms(study)[0]), ""]
             parts.append(first)
         label = f"**{status}** (each claim marked by the seeds its own arms have)" if status else "final"
         for c in found:
-            c["status"] = (claim_status(c, int(study.seeds_needed)) or "final") if c["comparisons"] else NOT_MEASURED
+            c["status"] = ((claim_status(c, int(study.seeds_needed), front_seeds(study, results)) or "final")
+                           if c["comparisons"] else NOT_MEASURED)
         first_column, second_column = HEADERS.get(judged_by, HEADERS["paper"])
         text += ["## Claims", "", f"Verdicts: {label}.", "",
                  markdown_table(["claim", first_column, second_column, "paired differences, 95% intervals"],
@@ -457,12 +477,15 @@ def verdicts_table(report_root: Path, names: list[str]) -> str:
             points = [c["points"] for c in comparisons if c.get("points") is not None]
             mde = [max((c[side]["mde"] for c in comparisons if isinstance(c.get(side), dict) and "mde" in c[side]),
                        default=None) for side in ("reward", "judge")]
-            rows.append([f"`{name}`", claim["claim"], claim["verdict"], claim["verdict_judge"],
+            readings = claim.get("readings") or ("", "")  # a claim whose two verdicts are not proxy / judge
+            verdicts = [f"{what}: {v}" if what else v for what, v in zip(readings, (claim["verdict"],
+                                                                                      claim["verdict_judge"]), strict=True)]
+            rows.append([f"`{name}`", claim["claim"], *verdicts,
                          " / ".join("—" if m is None else f"{m:.3f}" for m in mde), claim["status"],
                          ", ".join(seeds), ", ".join(map(str, prompts)) or "—",
                          f"{min(points)}-{max(points)}" if len(set(points)) > 1 else (str(points[0]) if points else "—"),
                          landed])
-    return markdown_table(["study", "claim", "proxy reward", "held-out judge",
+    return markdown_table(["study", "claim", "proxy reward (or the reading named)", "held-out judge (or the reading named)",
                            "smallest effect it could see (proxy / judge)", "status", "seeds per side",
                            "prompts", "matched points", "jobs landed; commits"], rows)
 

@@ -9,13 +9,17 @@ bootstrap with the KL matching re-estimated in every resample, and Welch's t ove
 every verdict takes the wider of the two (`eval.stats.wider_interval`). The curves compared are each arm's last
 iteration's front, ExPO points included (the highest KL reached, where a proxy is hacked most), theta_sft left out.
 
-- **WARM narrows the proxy-judge gap at matched KL**: the per-prompt gap = own proxy - judge; WARM's front is
-  interpolated at the KL of each point of the single arm's front, and d = gap(WARM) - gap(single) averaged over
-  those points. *helps* when the interval lies below 0; *does not narrow* when it excludes every narrowing of
-  `MARGIN` or more (its low end above -MARGIN; *widens* when above 0); otherwise *unresolved* with the smallest
-  effect the design detects (MDE, 2.80 standard errors of the wider interval). The second reading scores both arms
-  with one common proxy, the single reward model (a WARM proxy that is merely less confident would narrow the
-  own-proxy gap without any less hacking; the common proxy cannot).
+- **WARM narrows the proxy-judge gap at matched KL**: the per-prompt gap is the growth since SFT of own proxy -
+  judge, (proxy - proxy at theta_sft) - (judge - judge at theta_sft), the same job's theta_sft point (iteration 1,
+  eta 0) on the same prompt and random numbers: RL's proxy gain not matched by the judge. The growth, not the level:
+  the two reward models score the same SFT completions at different levels (0.31 against 0.27 at commit c6a80c7),
+  an offset that a level gap would count as WARM's doing before any RL. WARM's front is interpolated at the KL of
+  each point of the single arm's front, and d = gap(WARM) - gap(single) averaged over those points. *helps* when
+  the interval lies below 0; *does not narrow* when it excludes every narrowing of `MARGIN` or more (its low end
+  above -MARGIN; *widens* when above 0); otherwise *unresolved* with the smallest effect the interval judged could
+  detect (`stats.judged_mde`). The second reading scores both arms with one common proxy, the single reward model
+  (a WARM proxy that is merely less confident, a smaller scale, would narrow the own-proxy gap without any less
+  hacking; the common proxy cannot).
 - **WARM's policy scores higher on the held-out judge**: the judge alone, at matched KL (holds / contradicted /
   unresolved, as the paper's claims) and, second reading, at eta = 1 of the last iteration (the policies equal RL
   compute gives, whatever their KL).
@@ -35,14 +39,13 @@ from warp_lightning.eval.report import (
     matched_kl_difference,
     point_key,
 )
-from warp_lightning.eval.stats import NOT_MEASURED, fmt_interval, markdown_table, mde_factor, wider_interval
+from warp_lightning.eval.stats import NOT_MEASURED, fmt_interval, judged_mde, markdown_table, wider_interval
 
 SINGLE, WARM = "single_RM", "WARM"  # the arms' names in front.csv (`name=`: the study's labels, spaces as _)
 MARGIN = 0.02  # the smallest narrowing of the proxy-judge gap worth having (both are probabilities in [0, 1])
 HELPS, WIDENS, NOT_NARROWED = "helps", "does not narrow (widens)", f"does not narrow (by {MARGIN:g} or more)"
 GAP_CLAIM = "WARM narrows the proxy-judge gap at matched KL"
 JUDGE_CLAIM = "WARM's policy scores higher on the held-out judge"
-Z975 = 1.959963984540054  # the two-sided 95% normal quantile: a half-width over it is a standard error
 
 
 def last_fronts(rows: list[dict]) -> dict[str, tuple[str, dict[int, list[dict]]]]:
@@ -58,18 +61,35 @@ def last_fronts(rows: list[dict]) -> dict[str, tuple[str, dict[int, list[dict]]]
     return out
 
 
-def with_gaps(scores: dict) -> dict:
-    """Every point's per-prompt values with the derived ones: `gap` = own proxy - judge, `common` = the single
-    reward model's score (`reward/single`) and `gap_common` = common - judge."""
+def sft_keys(rows: list[dict]) -> dict[tuple[str, int], tuple]:
+    """{(arm, seed): the point key of that job's theta_sft}: its first iteration's front at eta 0."""
+    found: dict[tuple[str, int], dict] = {}
+    for r in rows:
+        if r["kind"] != "liti" or r.get("runs") or r["eta"] != 0.0:
+            continue
+        key = (r.get("arm", ""), int(float(r.get("seed") or 0)))
+        if key not in found or int(r["iteration"]) < int(found[key]["iteration"]):
+            found[key] = r
+    return {k: point_key(r) for k, r in found.items()}
+
+
+def with_gaps(scores: dict, rows: list[dict]) -> dict:
+    """Every point's per-prompt values with the derived ones: `common` = the single reward model's score
+    (`reward/single`); `gap` = the growth since the same job's theta_sft of own proxy - judge, prompt by prompt,
+    and `gap_common` the same with the common proxy (see the module: a growth, so that the reward models' levels
+    at SFT do not count). A point whose job has no theta_sft point on the same prompts gets no gap."""
+    sfts = sft_keys(rows)
+    sft_of = {point_key(r): sfts.get((r.get("arm", ""), int(float(r.get("seed") or 0)))) for r in rows}
     out = {}
     for key, s in scores.items():
         extra = {}
-        if "reward" in s and "judge" in s:
-            extra["gap"] = s["reward"] - s["judge"]
         if "reward/single" in s:
             extra["common"] = s["reward/single"]
-            if "judge" in s:
-                extra["gap_common"] = s["reward/single"] - s["judge"]
+        base = scores.get(sft_of.get(key))
+        if base is not None and np.array_equal(base["ids"], s["ids"]) and "judge" in s:
+            for name, proxy in (("gap", "reward"), ("gap_common", "reward/single")):
+                if proxy in s and proxy in base:
+                    extra[name] = (s[proxy] - base[proxy]) - (s["judge"] - base["judge"])
         out[key] = {**s, **extra}
     return out
 
@@ -87,7 +107,7 @@ def gap_verdict(found: dict | None) -> str:
         return WIDENS
     if d.low > -MARGIN:
         return NOT_NARROWED
-    mde = max(found["diff"].mde, mde_factor() * d.half_width / Z975)
+    mde = judged_mde(found["diff"], found.get("seed_t"))
     return f"unresolved (smallest detectable effect {mde:.3f})"
 
 
@@ -98,7 +118,7 @@ def up_to_eta_1(points: dict[int, list[dict]]) -> dict[int, list[dict]]:
 def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
     """The warm study's claims, in the format of `eval.report.claims` (WARM's front as A, the single arm's as B)."""
     fronts = last_fronts(rows)
-    scores = with_gaps(scores or {})
+    scores = with_gaps(scores or {}, rows)
     both = SINGLE in fronts and WARM in fronts
     missing = "needs the fronts of both arms (single RM and WARM)"
     what = f"{fronts[WARM][0]} over {fronts[SINGLE][0]}" if both else ""
@@ -106,10 +126,12 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
 
     gap = ({"reward": matched_kl_difference(a, b, "gap", scores),
             "judge": matched_kl_difference(a, b, "gap_common", scores)} if both else {})
-    record = claim_record(GAP_CLAIM, "d = gap(WARM) - gap(single) at matched KL, gap = proxy - judge per prompt: "
+    record = claim_record(GAP_CLAIM, "d = gap(WARM) - gap(single) at matched KL, gap = the growth of proxy - judge "
+                          "since the job's theta_sft, per prompt: "
                           f"helps when the interval lies below 0, does not narrow when it excludes a narrowing of "
                           f"{MARGIN:g} or more; first the arm's own proxy, then the common proxy (the single RM)",
                           [(f"{what} (gap: own proxy | common proxy)", gap)] if both else [], missing)
+    record["readings"] = ["gap, own proxy", "gap, common proxy"]  # what its two verdicts are (not proxy / judge)
     if both:
         record["verdict"], record["verdict_judge"] = gap_verdict(gap["reward"]), gap_verdict(gap["judge"])
         record["evidence"] = _comparison_text(what, {"gap (own proxy)": gap["reward"],
@@ -120,6 +142,7 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
     judged = claim_record(JUDGE_CLAIM, "WARM's front lies above the single arm's on the held-out judge at matched KL; "
                           "second reading: at eta = 1 (equal RL compute)",
                           [(f"{what} (judge: matched KL | eta = 1)", judge)] if both else [], missing)
+    judged["readings"] = ["judge at matched KL", "judge at eta = 1"]
     if both:
         judged["evidence"] = _comparison_text(what, {"judge at matched KL": judge["reward"],
                                                      "judge at eta = 1": judge["judge"]})
@@ -144,7 +167,7 @@ def gap_table(rows: list[dict], scores: dict) -> str:
     fronts = last_fronts(rows)
     if SINGLE not in fronts or WARM not in fronts:
         return ""
-    scores = with_gaps(scores)
+    scores = with_gaps(scores, rows)
     (_, single), (_, warm) = fronts[SINGLE], fronts[WARM]
     etas = sorted({r["eta"] for pts in single.values() for r in pts if r["eta"] > 0})
     table = []
@@ -157,15 +180,17 @@ def gap_table(rows: list[dict], scores: dict) -> str:
             cells.append(_interval(matched_kl_difference(warm, at, metric, scores)))
         table.append(cells)
     return (markdown_table(["eta", "KL: single / WARM", "own proxy: single / WARM", "common proxy (single RM)",
-                            "judge", "gap: own proxy - judge", "WARM - single: gap (own), matched KL",
+                            "judge", "gap growth since SFT (own proxy - judge)", "WARM - single: gap (own), matched KL",
                             "gap (common proxy)", "judge"], table)
-            + "\n\nEach arm's last front (eta > 1: ExPO), means over seeds and the same test prompts; the differences "
+            + "\n\nEach arm's last front (eta > 1: ExPO), means over seeds and the same test prompts; the gap is the "
+            "growth of proxy - judge since the job's own theta_sft, prompt by prompt (the reward models' levels at SFT "
+            "differ: 0 at theta_sft for both arms); the differences "
             "interpolate WARM's front at the single arm's KL of that eta (per prompt) and pair the prompts (95%: "
             "the wider of the two-level bootstrap and Welch's t over seeds).")
 
 
 GAP_PANELS = (("proxy reward (own) and held-out judge", "mean score", (("reward", "own proxy"), ("judge", "judge"))),
-              ("proxy-judge gap", "mean gap (proxy - judge, per prompt)",
+              ("growth of the proxy-judge gap since SFT", "mean of (proxy - judge) minus its value at theta_sft",
                (("gap", "own proxy - judge"), ("gap_common", "common proxy (single RM) - judge"))))
 
 
@@ -176,7 +201,7 @@ def gap_panels(rows: list[dict], scores: dict) -> list[tuple[str, str, dict]]:
     fronts = last_fronts(rows)
     if not fronts:
         return []
-    scores = with_gaps(scores)
+    scores = with_gaps(scores, rows)
     panels = []
     for title, ylabel, keys in GAP_PANELS:
         lines = {}
