@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from warp_lightning import UserError
 from warp_lightning.cli import CONF_DIR
+from warp_lightning.eval.report import MULTIPLICITY
 from warp_lightning.studies.jobs import study_jobs
 from warp_lightning.studies.results import NUMERICS, read_results, write_result
 from warp_lightning.studies.verdicts import (
@@ -177,6 +178,7 @@ def test_report_from_results_alone(tmp_path):
     assert "reaches KL 8.0 (proxy 0.700) at eta = 1 and KL 12.0 (proxy 0.900) at eta = 1.5 (ExPO)" in text
     assert "EMA_anchor ends at KL 14.0" in text and "does not reach that KL" in text
     assert "4 jobs on cpu (Test CPU)" not in text and "8 jobs on cpu (Test CPU)" in text
+    assert MULTIPLICITY in text.split("## Claims")[1]  # how a claim of several comparisons is combined, uncorrected
     assert (tmp_path / "front.png").exists() and (tmp_path / "sweep_T.png").exists()
 
 

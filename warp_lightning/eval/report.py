@@ -51,6 +51,11 @@ METRICS = ("reward", "judge")  # every claim is checked on the proxy reward and 
 NO_OVERLAP = "no overlapping KL range"
 # a claim whose every comparison is of curves with no KL in common: more prompts or seeds could not resolve it
 NOT_COMPARABLE = "not comparable (no overlapping KL range)"
+MULTIPLICITY = (
+    "A claim made of several comparisons (per baseline, per iteration, per M) holds when every one holds and is "
+    "contradicted when any one is, with no correction for multiplicity: each comparison is a 5% test, so of k "
+    "comparisons with no true effect one lands outside 0 up to k x 5% of the time; a *contradicted* (or *order "
+    "matters*) that rests on one comparison of several is a lead for more seeds, not a finding.")
 DESIGN_NOTE = (
     "Each difference is mean(A) - mean(B) on the same test prompts with the same sampling random numbers "
     "(paired), with its 95% percentile-bootstrap interval over prompts (scipy.stats.bootstrap, 9999 resamples), "
@@ -64,7 +69,7 @@ DESIGN_NOTE = (
     "over B's seeds; theta_sft excluded) inside A's KL range, and the gaps averaged; a comparison without such a "
     "point (no overlapping KL range) does not count towards its claim's verdict, which the others give, and a claim "
     "with no other comparison is *not comparable*: more prompts or seeds could not resolve it. *not measured*: the "
-    "runs the claim needs are missing.")
+    "runs the claim needs are missing. " + MULTIPLICITY)
 
 
 def _write(path: Path, text: str) -> Path:

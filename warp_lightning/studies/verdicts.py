@@ -27,7 +27,7 @@ import numpy as np
 
 from warp_lightning import UserError
 from warp_lightning.eval.plots import plot_front, plot_lines, plot_sweep
-from warp_lightning.eval.report import claims, endpoint_difference, point_key
+from warp_lightning.eval.report import MULTIPLICITY, claims, endpoint_difference, point_key
 from warp_lightning.eval.stats import (
     NOT_MEASURED,
     fmt_ci,
@@ -404,7 +404,7 @@ def write_report(study, results: dict[str, dict], out: Path, readme: Path | None
                  markdown_table(["claim", first_column, second_column, "paired differences, 95% intervals"],
                                 [[c["claim"], *(marked(c[v], "" if c["status"] == "final" else c["status"])
                                                 for v in ("verdict", "verdict_judge")),
-                                  c["evidence"]] for c in found]), ""]
+                                  c["evidence"]] for c in found]), "", MULTIPLICITY, ""]
         parts.append(markdown_table(["claim · its comparisons", f"{first_column} (paired, 95%)", second_column,
                                      "status · seeds per side", "prompts", "matched points"], verdict_rows(found)))
     for title, table in TABLES.get(judged_by, []):  # a reward arm's table shows before any front has landed
