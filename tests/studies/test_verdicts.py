@@ -18,6 +18,7 @@ from warp_lightning.studies.verdicts import (
     claim_status,
     provisional,
     reach_sentence,
+    sft_agreement,
     shown_prompt,
     side_by_side,
     sweep_rows,
@@ -155,6 +156,23 @@ def test_the_side_by_side_answers_come_from_the_arm_asked_for():
     both = {"another-s0": other, **results}  # first in order, but not the arm asked for
     assert "job another-s0" in side_by_side(both)
     assert "job warp-s0" in side_by_side(both, arm="warp") and side_by_side(both, arm="nobody") == ""
+
+
+def test_the_report_says_whether_every_jobs_theta_sft_scored_the_same():
+    """Every job samples theta_sft with the same prompts and random numbers: equal per-prompt scores mean one build of
+    the scorers; a job whose reward model was built elsewhere (here: its SFT proxy scores 0.01 higher) is named."""
+    results = landed(1)
+    for result in results.values():  # the synthetic fronts draw their own noise: make theta_sft's the same
+        for p in (result.get("front") or {}).get("prompts", []):
+            if p["eta"] == 0.0 or p["step"] == 0:
+                p["reward"], p["judge"] = [0.3] * P, [0.15] * P
+    assert sft_agreement(results).startswith("theta_sft scores the same in all 3 jobs with a front")
+    warp = results["warp-s0"]["front"]["prompts"]
+    first = next(p for p in warp if p["curve"] == "WARP i1" and p["eta"] == 0.0)
+    first["reward"] = [v + 0.01 for v in first["reward"]]
+    text = sft_agreement(results)
+    assert "**theta_sft scores differently between jobs** (2 groups: ema_anchor-s0, sft_anchor-s0; warp-s0)" in text
+    assert sft_agreement({"T2-s0": results["T2-s0"]}) == ""  # no front: nothing to compare
 
 
 def test_report_from_results_alone(tmp_path):
