@@ -173,6 +173,7 @@ def test_the_report_says_whether_every_jobs_theta_sft_scored_the_same():
     text = sft_agreement(results)
     assert "**theta_sft scores differently between jobs** (2 groups: ema_anchor-s0, sft_anchor-s0; warp-s0)" in text
     assert sft_agreement({"T2-s0": results["T2-s0"]}) == ""  # no front: nothing to compare
+    assert sft_agreement({"warp-s0": results["warp-s0"]}) == ""  # one job: nothing to compare it with
 
 
 def test_report_from_results_alone(tmp_path):

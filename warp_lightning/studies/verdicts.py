@@ -94,7 +94,7 @@ def sft_agreement(results: dict[str, dict]) -> str:
         fingerprint = sft_fingerprint(result)
         if fingerprint is not None:
             groups.setdefault(fingerprint, []).append(name)
-    if not groups:
+    if sum(map(len, groups.values())) < 2:  # nothing to compare yet
         return ""
     if len(groups) == 1:
         return (f"theta_sft scores the same in all {len(next(iter(groups.values())))} jobs with a front (prompt by "
