@@ -135,6 +135,10 @@ def test_a_claim_with_no_interval_is_marked_by_the_seeds_landed_not_final():
     assert claim_status(no_interval, 3, 3) == ""
     compared = {"comparisons": [{"reward": {"seeds": [2, 3]}}]}
     assert claim_status(compared, 3, 3) == "provisional (2 of 3 seeds)"
+    complete = {"comparisons": [{"reward": {"seeds": [3, 3]}}]}
+    assert claim_status(complete, 3, 3) == ""
+    # its own arms have their seeds, but an arm the study compares against has nothing yet: not final
+    assert claim_status(complete, 3, 0) == "provisional (an arm has no result yet)"
 
 
 def test_the_reach_sentence_tells_warps_front_from_its_expo_points():

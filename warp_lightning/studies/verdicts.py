@@ -176,10 +176,14 @@ def provisional(study, results: dict[str, dict]) -> str:
 def claim_status(claim: dict, need: int, landed: int) -> str:
     """A claim's own mark: 'provisional (n of N seeds)' while the arm with the fewest seeds among those its
     comparisons pool has fewer than N ('' once each has N); a claim none of whose comparisons gave an interval (no
-    overlapping KL range, say) is marked by `landed`, the fewest seeds of the study's arms with a front."""
+    overlapping KL range, say) is marked by `landed`, the fewest seeds of the study's arms with a front. While an
+    arm with a front has no result at all (`landed` 0) no claim is final: a claim against "the RL curves" would
+    otherwise be judged on the baselines that happen to have landed."""
     seeds = [min(c["reward"]["seeds"]) for c in claim["comparisons"] if "seeds" in c.get("reward", {})]
     n = min(seeds, default=landed)
-    return "" if n >= need else f"provisional ({n} of {need} seeds)"
+    if n < need:
+        return f"provisional ({n} of {need} seeds)"
+    return "provisional (an arm has no result yet)" if landed == 0 else ""
 
 
 def sweep_rows(study, results: dict[str, dict]) -> list[dict]:
