@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from scipy import stats
 
 from warp_lightning.cli import CONF_DIR
 from warp_lightning.studies import command, warm
@@ -246,3 +247,34 @@ def test_front_scores_each_term_of_a_sum_reward_per_prompt():
     _, prompt_rows, _ = evaluate_curves([curve], protocol)
     assert [(r["prompt_index"], r["reward"], r["reward/single"], r["reward/warm"]) for r in prompt_rows] == [
         (0, 0.5, 0.5, 0.0), (1, 1.5, 1.5, 0.25)]
+
+
+def test_the_weight_average_against_its_peers_by_hand():
+    """accuracy_differences: a paired t over the seeds within an arm, Welch's between the clean and flipped arms."""
+    def run(wa, pa, member, memorised=None):
+        extra = {} if memorised is None else {"memorised": memorised}
+        return {"members": [{"val_pair_accuracy": member, "sentences_accuracy": member, **extra}] * 4,
+                "weight_average": {"val_pair_accuracy": wa, "sentences_accuracy": wa, **extra},
+                "prediction_average": {"val_pair_accuracy": pa, "sentences_accuracy": pa, **extra}}
+
+    clean = [run(0.85, 0.84, 0.83), run(0.87, 0.85, 0.84), run(0.86, 0.86, 0.85)]
+    noisy = [run(0.75, 0.74, 0.70, 0.1), run(0.76, 0.75, 0.71, 0.2)]
+    table = warm.accuracy_differences({"clean": clean, "flipped": noisy})
+    rows = {line.split(" | ")[2] + line.split(" | ")[0]: line for line in table.splitlines()[2:] if line.startswith("|")}
+    # WA - PA, clean: d = 0.01, 0.02, 0.00: mean 0.01, se 0.01 / sqrt 3, t_0.975(2) = 4.303: +-0.0248;
+    # MDE (4.303 + t_0.80(2) = 1.061) x 0.00577 = 0.031
+    assert "| +0.010 [-0.015, +0.035] (MDE 0.031) |" in rows["weight average - prediction average| clean"]
+    # the members' mean: d = 0.02, 0.03, 0.01, the same spread
+    assert "| +0.020 [-0.005, +0.045] (MDE 0.031) |" in rows["weight average - the members' mean| clean"]
+    assert "| — |" in rows["weight average - prediction average| clean"]  # nothing memorised on clean labels
+    # flipped: d = 0.01 twice (no spread): the interval is the point; memorised the same for both averages
+    assert "+0.000 [+0.000, +0.000]" in rows["weight average - prediction average| flipped"]
+    # Welch, flipped - clean for the weight average: 0.755 - 0.86 = -0.105; var 0.00005 / 2 + 0.0001 / 3,
+    # df = (va + vb)^2 / (va^2 / 1 + vb^2 / 2) = 2.61, half t_0.975(2.61) x 0.00764
+    va, vb = 0.00005 / 2, 0.0001 / 3
+    df = (va + vb) ** 2 / (va**2 / 1 + vb**2 / 2)
+    half = stats.t.ppf(0.975, df) * (va + vb) ** 0.5
+    line = rows["weight average: 25% flipped - clean labels| flipped - clean"]
+    assert f"-0.105 [{-0.105 - half:+.3f}, {-0.105 + half:+.3f}]" in line and "| 2 vs 3 |" in line
+    one = warm.accuracy_differences({"clean": clean[:1]})
+    assert "(1 seed: no interval)" in one and "flipped - clean" not in one

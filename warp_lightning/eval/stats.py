@@ -359,16 +359,23 @@ def judged_mde(diff: Difference | None, seed_t: dict | None) -> float:
     two-sided 5% test: the larger of the bootstrap's (`Difference.mde`, z quantiles) and the seeds' t interval's,
     (t_0.975 + t_0.80 with its degrees of freedom) x its standard error (half-width / t_0.975). With 3 seeds a side
     the t interval is often the wider, and its MDE with 2-4 degrees of freedom is far above the bootstrap's."""
-    from scipy import stats
-
     if diff is None:
         return math.nan
-    mde = diff.mde
-    if seed_t is not None and not math.isnan(seed_t["low"]) and seed_t.get("df", 0) > 0:
-        df, half = float(seed_t["df"]), (seed_t["high"] - seed_t["low"]) / 2
-        crit = float(stats.t.ppf(1 - (1 - LEVEL) / 2, df))
-        mde = max(mde, (crit + float(stats.t.ppf(POWER, df))) * half / crit)
-    return float(mde)
+    t_mde = seed_t_mde(seed_t)
+    return float(diff.mde if math.isnan(t_mde) else max(diff.mde, t_mde))
+
+
+def seed_t_mde(seed_t: dict | None) -> float:
+    """The smallest true difference `seed_t_interval`'s interval detects with 80% power in a two-sided 5% test:
+    (t_0.975 + t_0.80, with its degrees of freedom) x its standard error (half-width / t_0.975). NaN without an
+    interval (fewer than 2 seeds a side)."""
+    from scipy import stats
+
+    if seed_t is None or math.isnan(seed_t["low"]) or seed_t.get("df", 0) <= 0:
+        return math.nan
+    df, half = float(seed_t["df"]), (seed_t["high"] - seed_t["low"]) / 2
+    crit = float(stats.t.ppf(1 - (1 - LEVEL) / 2, df))
+    return float((crit + float(stats.t.ppf(POWER, df))) * half / crit)
 
 
 def combined_verdict(diff: Difference | None, seed_t: dict | None) -> str:

@@ -39,7 +39,15 @@ from warp_lightning.eval.report import (
     matched_kl_difference,
     point_key,
 )
-from warp_lightning.eval.stats import NOT_MEASURED, fmt_interval, judged_mde, markdown_table, wider_interval
+from warp_lightning.eval.stats import (
+    NOT_MEASURED,
+    fmt_interval,
+    judged_mde,
+    markdown_table,
+    seed_t_interval,
+    seed_t_mde,
+    wider_interval,
+)
 
 SINGLE, WARM = "single_RM", "WARM"  # the arms' names in front.csv (`name=`: the study's labels, spaces as _)
 MARGIN = 0.02  # the smallest narrowing of the proxy-judge gap worth having (both are probabilities in [0, 1])
@@ -248,4 +256,55 @@ def accuracy_table(results: dict[str, dict]) -> str:
                             "flipped pairs memorised"], table)
             + "\n\nMeans over the reward jobs landed (WARM's recipe, reward_training.seed of each job's own; `—`: not "
             "measured). Memorised: the fraction of the flipped training pairs that the model orders as the flipped "
-            "labels say (lower: less memorisation of the noise).")
+            "labels say (lower: less memorisation of the noise).\n\n" + accuracy_differences(by_arm))
+
+
+ACCURACY_KEYS = ("val_pair_accuracy", "sentences_accuracy", "memorised")
+
+
+def _members_mean(run: dict) -> dict:
+    """The members' mean figure of each key (what a member gives on average: the weight average's first peer)."""
+    return {key: float(np.mean([m[key] for m in run["members"]])) if all(m.get(key) is not None
+                                                                          for m in run["members"]) else None
+            for key in ACCURACY_KEYS}
+
+
+# the weight average against its two peers, within each reward job (the same members, data and seed)
+CONTRASTS = (("weight average - prediction average", lambda run: run["weight_average"],
+              lambda run: run["prediction_average"]),
+             ("weight average - the members' mean", lambda run: run["weight_average"], _members_mean))
+
+
+def _t_cell(a: list, b: list, paired: bool) -> str:
+    """mean(a) - mean(b) with its 95% Student-t interval over seeds and the smallest effect it could see; `—` when a
+    side has no figure."""
+    if not a or not b or any(v is None for v in (*a, *b)):
+        return "—"
+    t = seed_t_interval(a, b, paired=paired)
+    if math.isnan(t["low"]):
+        return f"{fmt_interval(t['mean'], t['low'], t['high'])} (1 seed: no interval)"
+    return f"{fmt_interval(t['mean'], t['low'], t['high'])} (MDE {seed_t_mde(t):.3f})"
+
+
+def accuracy_differences(by_arm: dict[str, list[dict]]) -> str:
+    """The weight average against the prediction average and against the members' mean, paired within each reward
+    job (a paired t over its seeds: the members, data and seed are the job's), and 25% flipped - clean for each
+    average (Welch's t: the two arms' jobs have seeds of their own). Intervals over seeds, not over texts: the
+    question is what WARM's recipe gives from one training seed to the next."""
+    rows = []
+    for label, runs in by_arm.items():
+        for name, a, b in CONTRASTS:
+            rows.append([label, len(runs), name, *(_t_cell([a(r).get(k) for r in runs], [b(r).get(k) for r in runs],
+                                                           paired=True) for k in ACCURACY_KEYS)])
+    if len(by_arm) == 2:
+        clean, noisy = sorted(by_arm.values(), key=lambda runs: runs[0]["weight_average"].get("memorised") is not None)
+        for key, name in (("weight_average", "weight average"), ("prediction_average", "prediction average")):
+            rows.append(["flipped - clean", f"{len(noisy)} vs {len(clean)}", f"{name}: 25% flipped - clean labels",
+                         *(_t_cell([r[key].get(k) for r in noisy], [r[key].get(k) for r in clean], paired=False)
+                           for k in ACCURACY_KEYS[:2]), "—"])
+    return (markdown_table(["training labels", "seeds", "difference", "held-out pair accuracy", "sentences accuracy",
+                            "flipped pairs memorised"], rows)
+            + "\n\nDifferences of accuracy (memorised: lower is better) with 95% Student-t intervals over the reward "
+            "jobs' seeds (paired within a job; Welch's t between the clean and the flipped arms) and the smallest "
+            "effect each could see (MDE, 80% power). WARM's paper expects the weight average about as accurate as "
+            "the prediction average on clean labels and above it, memorising fewer flipped pairs, under label noise.")
