@@ -6,10 +6,12 @@ from omegaconf import OmegaConf
 from warp_lightning import UserError
 from warp_lightning.algo.state import derive_seed
 from warp_lightning.cli import CONF_DIR
-from warp_lightning.studies.command import listing, to_run
+from warp_lightning.runtime.lock import claim_run_dir, holder, release_run_dir
+from warp_lightning.studies.command import listing, states, to_run
 from warp_lightning.studies.jobs import (
     DONE,
     MISSING,
+    RUNNING,
     STALE,
     check_declaration,
     expected_minutes,
@@ -89,6 +91,28 @@ def test_run_takes_the_missing_jobs_within_the_budget():
     cfg = OmegaConf.create({"jobs": ["warp-s0", "T50-s1"], "budget_minutes": None})
     assert [j.name for j in to_run(cfg, rows)] == ["warp-s0", "T50-s1"]  # named: run again even if done
     assert "1 of 24 done; 23 to run" in listing(rows)
+
+
+def test_a_job_another_command_is_running_is_listed_so_and_not_started_again(tmp_path):
+    """A job's folder held by a live command (another launch, another node) is *running*: listed with its pid and
+    left out of `action=run`; once let go, the folder says the job resumes from it."""
+    cfg = OmegaConf.create({"study": load("smoke"), "results_dir": str(tmp_path / "results"),
+                            "work_dir": str(tmp_path / "work"), "jobs": [], "budget_minutes": None})
+    first = study_jobs(cfg.study)[0]
+    step = tmp_path / "work" / "smoke" / first.name / "train"
+    claim_run_dir(step)
+    try:
+        assert holder(step) is not None and holder(tmp_path) is None
+        rows, _ = states(cfg)
+        assert rows[0][1:] == (RUNNING, f"its train: pid {holder(step)}")
+        assert first.name not in [j.name for j in to_run(cfg, rows)] and len(to_run(cfg, rows)) == len(rows) - 1
+        assert "(1 running)" in listing(rows) and "warp-s0        running        1" in listing(rows)
+    finally:
+        release_run_dir(step)
+    assert holder(step) is None  # the lock file stays; no live command holds it
+    rows, _ = states(cfg)
+    assert rows[0][1] == MISSING and rows[0][2] == f"cut in the middle: resumes from {step.parent}"
+    assert first.name in [j.name for j in to_run(cfg, rows)]
 
 
 def test_the_budget_and_the_listing_go_at_the_pace_of_the_landed_results():

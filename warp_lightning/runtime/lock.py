@@ -71,3 +71,23 @@ def release_run_dir(path: str | Path) -> None:
     f = PROCESS.held.pop(_folder(path), None)
     if f is not None:
         f.close()  # closing the file drops the lock
+
+
+def holder(path: str | Path) -> int | None:
+    """The pid of the command that holds the run folder `path` (-1 when its lock names none), None when no live
+    process holds it. Probed with a shared non-blocking `flock`, let go at once: a lock left by a dead process does
+    not count, and a pid reused since does not fool it."""
+    lock = _folder(path) / RUN_LOCK
+    try:
+        f = open(lock)  # noqa: SIM115 (closed below whatever happens)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = f.read().strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        f.close()  # closing drops the probe's shared lock
+    return None
+

@@ -1,7 +1,7 @@
 """`python -m warp_lightning study`: list a study's jobs, run the missing ones (through Hydra's multirun, so that
 any Hydra launcher spreads them), run one job, or build the study's report from its result files alone.
 
-    action=list     each job, its state (done / missing / stale) and expected minutes
+    action=list     each job, its state (done / missing / stale / running) and expected minutes
     action=run      `python -m warp_lightning study -m job=A,B,... hydra/launcher=LAUNCHER`: the missing and stale
                     jobs (or `jobs`), as many as fit in `budget_minutes`; each job resumes where it stopped
     job=NAME        one job: its train, its front, its result file (what each job of that multirun runs)
@@ -24,9 +24,11 @@ from omegaconf import OmegaConf
 from warp_lightning import Preempted, UserError
 from warp_lightning.builds import last_error, run_build
 from warp_lightning.runtime import signals
+from warp_lightning.runtime.lock import holder
 from warp_lightning.studies import models, verdicts
 from warp_lightning.studies.jobs import (
     DONE,
+    RUNNING,
     Job,
     commands,
     expected_minutes,
@@ -49,9 +51,23 @@ LAUNCHERS = ("basic", "submitit_local", "submitit_slurm", "joblib")
 
 
 def states(cfg) -> tuple[list[tuple[Job, str, str]], dict[str, dict]]:
-    """(each job with its state and why, the study's results)."""
+    """(each job with its state and why, the study's results). A job without a current result whose folder under
+    `work_dir` a live command holds is *running* (another launch, another node of the cluster); one whose folder is
+    there and free was cut in the middle: it resumes from that folder."""
     results = read_results(cfg.results_dir, str(cfg.study.name))
-    return [(job, *job_state(job, results, NUMERICS)) for job in study_jobs(cfg.study)], results
+    rows = []
+    for job in study_jobs(cfg.study):
+        state, why = job_state(job, results, NUMERICS)
+        folder = job_dir(cfg.work_dir, job)
+        if state != DONE and folder.is_dir():
+            steps = sorted(p for p in folder.iterdir() if p.is_dir())
+            running = next(((step.name, pid) for step in steps if (pid := holder(step)) is not None), None)
+            if running:
+                state, why = RUNNING, f"its {running[0]}: pid {running[1]}"
+            else:
+                why = "; ".join(w for w in (why, f"cut in the middle: resumes from {folder}") if w)
+        rows.append((job, state, why))
+    return rows, results
 
 
 def listing(rows: list[tuple[Job, str, str]], results: dict[str, dict] | None = None) -> str:
@@ -68,7 +84,9 @@ def listing(rows: list[tuple[Job, str, str]], results: dict[str, dict] | None = 
         lines.append(f"{j.name:<{width}}  {s:<7}  {j.minutes:>7g}  {pace:>8}  {j.warp_seed}"
                      + (f"  ({why})" if why else ""))
     todo = [j for j, s, _ in rows if s != DONE]
-    lines.append(f"{len(rows) - len(todo)} of {len(rows)} done; {len(todo)} to run, about "
+    running = sum(s == RUNNING for _, s, _ in rows)
+    lines.append(f"{len(rows) - len(todo)} of {len(rows)} done; {len(todo)} to run"
+                 + (f" ({running} running)" if running else "") + ", about "
                  f"{sum(j.minutes for j in todo):g} minutes on 2 cores with native bf16 (twice that in fp32)")
     if cut:
         lines.append(f">=: a job stopped and resumed ({', '.join(cut)}): the attempt cut in the middle is not counted")
@@ -83,10 +101,11 @@ def listing(rows: list[tuple[Job, str, str]], results: dict[str, dict] | None = 
 
 
 def to_run(cfg, rows, results: dict[str, dict] | None = None) -> list[Job]:
-    """The jobs `action=run` starts: the missing and stale ones (or those named), within the budget (each job's
-    minutes at the pace of the landed results, `expected_minutes`; the declared minutes before any has landed)."""
+    """The jobs `action=run` starts: the missing and stale ones, not those running elsewhere (or those named),
+    within the budget (each job's minutes at the pace of the landed results, `expected_minutes`; the declared
+    minutes before any has landed)."""
     names = [str(n) for n in cfg.jobs or []]
-    jobs = [j for j, s, _ in rows if (j.name in names if names else s != DONE)]
+    jobs = [j for j, s, _ in rows if (j.name in names if names else s not in (DONE, RUNNING))]
     for name in names:
         find_job([j for j, _, _ in rows], name)
     if cfg.budget_minutes is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from warp_lightning import UserError
 from warp_lightning.utils.validate import check
 
-DONE, MISSING, STALE = "done", "missing", "stale"
+DONE, MISSING, STALE, RUNNING = "done", "missing", "stale", "running"
 
 
 @dataclass(frozen=True)
