@@ -224,6 +224,15 @@ def test_every_studys_verdicts_in_one_table_rebuilt_from_each_claims_json(tmp_pa
     assert (tmp_path / "verdicts.md").read_text().count("| `smoke` |") == len(claims)  # the report folder's index
 
 
+def test_without_a_readme_the_index_reads_the_studies_reports_alone(tmp_path):
+    """A report_dir of the user's choosing may hold another tool's claims.json: the index skips it."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "claims.json").write_text(json.dumps([{"claim": "not ours"}]))
+    write_report(study(), landed(2), tmp_path / "smoke")
+    index = (tmp_path / "verdicts.md").read_text()
+    assert "| `smoke` |" in index and "elsewhere" not in index and "not ours" not in index
+
+
 def test_with_more_than_two_iterations_each_further_one_is_judged(tmp_path):
     two = write_report(study(), landed(2), tmp_path / "two")["claims"]
     assert "more iterations keep improving the front" not in two  # I = 2: the claim of iteration 2 says it all
