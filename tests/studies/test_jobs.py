@@ -104,7 +104,7 @@ def test_a_job_another_command_is_running_is_listed_so_and_not_started_again(tmp
     try:
         assert holder(step) is not None and holder(tmp_path) is None
         rows, _ = states(cfg)
-        assert rows[0][1:] == (RUNNING, f"its train: pid {holder(step)}")
+        assert rows[0][1:] == (RUNNING, f"its train: pid {holder(step)}, 0 min so far")
         assert first.name not in [j.name for j in to_run(cfg, rows)] and len(to_run(cfg, rows)) == len(rows) - 1
         assert "(1 running)" in listing(rows) and "warp-s0        running        1" in listing(rows)
     finally:

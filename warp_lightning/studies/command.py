@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from warp_lightning import Preempted, UserError
 from warp_lightning.builds import last_error, run_build
 from warp_lightning.runtime import signals
-from warp_lightning.runtime.lock import holder
+from warp_lightning.runtime.lock import RUN_LOCK, holder
 from warp_lightning.studies import models, verdicts
 from warp_lightning.studies.jobs import (
     DONE,
@@ -61,9 +61,10 @@ def states(cfg) -> tuple[list[tuple[Job, str, str]], dict[str, dict]]:
         folder = job_dir(cfg.work_dir, job)
         if state != DONE and folder.is_dir():
             steps = sorted(p for p in folder.iterdir() if p.is_dir())
-            running = next(((step.name, pid) for step in steps if (pid := holder(step)) is not None), None)
-            if running:
-                state, why = RUNNING, f"its {running[0]}: pid {running[1]}"
+            running = next(((step, pid) for step in steps if (pid := holder(step)) is not None), None)
+            if running:  # the lock file is written when its command claims the folder: how long it has run
+                since = (time.time() - (running[0] / RUN_LOCK).stat().st_mtime) / 60
+                state, why = RUNNING, f"its {running[0].name}: pid {running[1]}, {since:.0f} min so far"
             else:
                 why = "; ".join(w for w in (why, f"cut in the middle: resumes from {folder}") if w)
         rows.append((job, state, why))
