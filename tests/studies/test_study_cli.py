@@ -69,6 +69,8 @@ def test_a_job_killed_in_the_middle_resumes(landed, tiny_models):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (root / "results" / "smoke" / "sft_anchor-s0.json.gz").exists()
+    listing = cli(*study_args(root, tiny_models), cwd=root).stdout  # no live command holds its folder now
+    assert "sft_anchor-s0  missing" in listing and f"cut in the middle: resumes from {checkpoint.parents[2]}" in listing
     cli(*args, cwd=root)
     result = json.loads(gzip.decompress((root / "results" / "smoke" / "sft_anchor-s0.json.gz").read_bytes()))
     assert result["runs"][0]["resumed_at_step"] > 0 and result["runs"][0]["steps"] == 12
