@@ -226,9 +226,12 @@ def gap_panels(rows: list[dict], scores: dict) -> list[tuple[str, str, dict]]:
     return panels
 
 
+ACCURACY_KEYS = ("val_pair_accuracy", "sentences_accuracy", "memorised")
+
+
 def _accuracy_cells(models: list[dict]) -> list[str]:
     cells = []
-    for key in ("val_pair_accuracy", "sentences_accuracy", "memorised"):
+    for key in ACCURACY_KEYS:
         values = [m[key] for m in models if m.get(key) is not None]
         cells.append(f"{np.mean(values):.3f}" if values else "—")
     return cells
@@ -257,9 +260,6 @@ def accuracy_table(results: dict[str, dict]) -> str:
             + "\n\nMeans over the reward jobs landed (WARM's recipe, reward_training.seed of each job's own; `—`: not "
             "measured). Memorised: the fraction of the flipped training pairs that the model orders as the flipped "
             "labels say (lower: less memorisation of the noise).\n\n" + accuracy_differences(by_arm))
-
-
-ACCURACY_KEYS = ("val_pair_accuracy", "sentences_accuracy", "memorised")
 
 
 def _members_mean(run: dict) -> dict:
