@@ -191,6 +191,8 @@ def test_report_from_results_alone(tmp_path):
     assert block.index("| **the LITI front") < block.index("| 2 | 2 | 0.405 ± 0.064 |")  # then the T sweep
     text = (tmp_path / "README.md").read_text()
     assert found["status"] == "provisional (2 of 3 seeds)" and "**provisional (2 of 3 seeds)**" in text
+    # per arm: seeds landed, jobs declared, and the seeds the verdicts need (the sweep's arm: no claim reads it)
+    assert "| WARP | 2 | 2 | 3 |" in text and "| T=2 | 2 | 2 | none (no claim compares it) |" in text
     assert found["claims"]["EMA anchor beats the fixed SFT anchor"]["reward"].startswith("unresolved")  # same slope
     assert found["claims"]["the LITI front lies above the RL training curve"]["reward"] == "holds"
     # experiment 1 from the fronts: eta = 1 of the last iteration (0.7 at KL 8) against eta = 0 (0.3), paired
