@@ -90,6 +90,24 @@ def test_matched_kl_gap_interpolates_the_front_in_kl_and_skips_sft_and_outside_p
     assert found["diff"].low == pytest.approx(gap["mean_gap"]) == pytest.approx(found["diff"].high)
 
 
+def test_matched_kl_gap_refuses_curves_scored_on_other_prompts():
+    """The pairing is by prompt: a curve scored on other prompts (as many of them) gives no interval, as the end
+    points' comparison does, rather than pairing prompt 0 of one with prompt 10 of the other."""
+    f = front("f", "slerp", 1, 0.05)
+    pts = training("c", "ema", 0.02, kls=(2.5, 7.5))
+    scores = scores_of(f + pts, noise=0.0, prompts=4)
+    for r in pts:
+        scores[point_key(r)]["ids"] = np.arange(10, 14)
+    found = matched_kl_difference(by_seed(f), by_seed(pts), "reward", scores)
+    assert found["diff"] is None and "shared prompts" in found["why"] and found["points"] == 2
+    # and across the seeds of one curve: its second seed on other prompts
+    two = front("f", "slerp", 1, 0.05) + front("f", "slerp", 1, 0.05, seed=1.0)
+    scores = scores_of(two + pts, noise=0.0, prompts=4)
+    for r in two[3:]:
+        scores[point_key(r)]["ids"] = np.arange(10, 14)
+    assert matched_kl_difference(by_seed(two), by_seed(pts), "reward", scores)["diff"] is None
+
+
 ROWS = (front("WARP i1", "slerp", 1, 0.04) + front("WARP i2", "slerp", 2, 0.05, top_kl=12)
         + front("WARP linear i1", "linear", 1, 0.035) + front("WARP linear i2", "linear", 2, 0.06, top_kl=8)
         + training("EMA", "ema", 0.03) + training("SFT b0.1", "sft", 0.02) + training("SFT b0.01", "sft", 0.01))
@@ -148,6 +166,16 @@ def test_claims_need_their_runs_and_per_prompt_scores():
     no_scores = [c for c in claims(ROWS, None) if c["claim"] in CLAIMS]  # (no eta > 1: ExPO's is not measured)
     assert {c["verdict"] for c in no_scores} == {UNRESOLVED}
     assert all("front_prompts.csv" in c["evidence"] for c in no_scores)
+
+
+def test_claims_read_each_iterations_own_merge_not_a_fronts_other_merges_of_the_same_runs():
+    """`front merges=[...]` adds curves of the same iteration (with `runs`, the merge order): the claims read the
+    iteration's own merge, whatever comes after it in the rows."""
+    other = [r | {"curve": "WARP slerp M2 reversed i2", "runs": "2-1", "reward_mean": r["reward_mean"] - 0.3}
+             for r in front("x", "slerp", 2, 0.05, top_kl=12)]
+    found = {c["claim"]: c for c in claims(ROWS + other, scores_of(ROWS + other))}
+    assert found[CLAIMS[2]]["comparisons"][0]["what"].startswith("WARP i2 over")
+    assert (found[CLAIMS[2]]["verdict"], found[CLAIMS[3]]["verdict"]) == (HOLDS, HOLDS)
 
 
 def test_claims_resample_the_seeds_of_an_arm_with_several():

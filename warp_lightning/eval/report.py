@@ -65,8 +65,8 @@ DESIGN_NOTE = (
     f"(z_0.975 + z_0.80) x the bootstrap standard error = {mde_factor():.2f} x SE (about 1.43 half-widths), or, where "
     "the seeds' t interval is there (the verdicts judge by the wider of the two), (t_0.975 + t_0.80) x its standard "
     "error with its degrees of freedom, whichever is larger. At "
-    "matched KL, A's curve is interpolated linearly in KL, prompt by prompt, at the KL of each point of B (mean "
-    "over B's seeds; theta_sft excluded) inside A's KL range, and the gaps averaged; a comparison without such a "
+    "matched KL, each seed's curve of A (its means over the prompts) is interpolated linearly in KL at the KL of each "
+    "point of B (mean over B's seeds; theta_sft excluded) inside A's KL range, and the gaps averaged; a comparison without such a "
     "point (no overlapping KL range) does not count towards its claim's verdict, which the others give, and a claim "
     "with no other comparison is *not comparable*: more prompts or seeds could not resolve it. *not measured*: the "
     "runs the claim needs are missing. " + MULTIPLICITY)
@@ -323,11 +323,12 @@ def _per_prompt_kl(scores: dict, r: dict, n: int) -> np.ndarray:
 
 def matched_kl_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], metric: str, scores: dict | None,
                           paired_seeds: bool = False) -> dict:
-    """Curve A above the points of B at matched KL: A interpolated linearly in KL, prompt by prompt, at the KL of
-    each point of B (its mean over B's seeds; theta_sft excluded) that lies inside every A seed's KL range; the
-    gaps averaged over those points (`stats.matched_kl_difference_bootstrap`: the KL matching is estimated anew in
-    every resample), with the Student t over the seeds' own gaps (`seed_t`). Unresolved when no point of B lies in
-    A's KL range."""
+    """Curve A above the points of B at matched KL: each seed's curve of A (its means over the prompts, in every
+    resample) interpolated linearly in KL at the KL of each point of B (its mean over B's seeds; theta_sft
+    excluded) that lies inside every A seed's KL range; the gaps averaged over those points
+    (`stats.matched_kl_difference_bootstrap`: the KL matching is estimated anew in every resample), with the
+    Student t over the seeds' own gaps (`seed_t`). Unresolved when no point of B lies in A's KL range, and when the
+    points of A and B were not all scored on the same prompts (the pairing is by prompt)."""
     positions = set.intersection(*({_position(r) for r in pts if not is_sft_point(r)} for pts in b.values()))
     kl_at = {x: float(np.mean([r["kl_mean"] for pts in b.values() for r in pts if _position(r) == x]))
              for x in positions}
@@ -336,19 +337,19 @@ def matched_kl_difference(a: dict[int, list[dict]], b: dict[int, list[dict]], me
     info = {"points": len(inside), "outside": len(positions) - len(inside)}
     if not inside:
         return {"diff": None, "why": NO_OVERLAP, **info}
-    sides = []
-    for points in ([sorted(pts, key=lambda r: r["kl_mean"]) for pts in a.values()],
-                   [sorted((r for r in pts if _position(r) in inside), key=_position) for pts in b.values()]):
+    sides, both = [], ([sorted(pts, key=lambda r: r["kl_mean"]) for pts in a.values()],
+                       [sorted((r for r in pts if _position(r) in inside), key=_position) for pts in b.values()])
+    # every point of both curves, every seed, on the same prompts in the same order: the pairing is by position
+    if (any(_scores(scores, r, metric) is None for points in both for pts in points for r in pts)
+            or not _same_prompts(scores, [r for points in both for pts in points for r in pts])):
+        return {"diff": None, "why": "no per-prompt scores on shared prompts (front_prompts.csv)", **info}
+    for points in both:
         vals = [[_scores(scores, r, metric) for r in pts] for pts in points]
-        if any(v is None for vs in vals for v in vs) or not all(_same_prompts(scores, pts) for pts in points):
-            return {"diff": None, "why": "no per-prompt scores on shared prompts (front_prompts.csv)", **info}
-        if len({len(v) for vs in vals for v in vs}) != 1 or len({len(pts) for pts in points}) != 1:
-            return {"diff": None, "why": "the curves were evaluated on different prompts or points", **info}
+        if len({len(pts) for pts in points}) != 1:
+            return {"diff": None, "why": "the seeds of a curve were evaluated at different points", **info}
         n = len(vals[0][0])
         sides.append((np.array(vals), np.array([[_per_prompt_kl(scores, r, n) for r in pts] for pts in points])))
     (a_vals, a_kl), (b_vals, b_kl) = sides
-    if a_vals.shape[-1] != b_vals.shape[-1]:
-        return {"diff": None, "why": "the curves were evaluated on different prompts", **info}
     paired = paired_seeds and list(a) == list(b)
     full = np.full((1, a_vals.shape[-1]), 1 / a_vals.shape[-1])
     # each A seed's value at B's KLs (its gap to all of B, plus B's mean), and each B seed's mean, for the t interval
@@ -414,12 +415,20 @@ def compare_metrics(fn, a: dict[int, list[dict]], b: dict[int, list[dict]], rows
             if m == "reward" or any(r.get("judge_mean") not in ("", None) for r in rows)}
 
 
+def main_curves(rows: list[dict]) -> list[dict]:
+    """Every curve but front's `merges` ones (those with `runs`: other merges of the same runs, at the same
+    iteration): the iterations' own merges and the RL curves, which the paper's claims, SFT against WARP and the
+    reach sentence read."""
+    return [r for r in rows if not r.get("runs")]
+
+
 def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
     """The paper's claims (WARP.md), each with its criterion, a verdict on the proxy reward and one on the judge
     (holds / contradicted / unresolved at this sample size / not measured) and the paired differences behind it.
 
     `scores`: per-prompt scores of every point (`read_front_prompts`); without them every comparison is
     unresolved."""
+    rows = main_curves(rows)  # a front's `merges` curves share WARP's iterations: they would stand in for its own
     # LITI proper is eta <= 1; the points beyond (ExPO) are judged apart, by the last claim
     liti_rows = [r for r in rows if r["kind"] != "liti" or r["eta"] <= 1]
     warp = curves(liti_rows, kind="liti", merge="slerp")

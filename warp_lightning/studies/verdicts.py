@@ -28,7 +28,7 @@ import numpy as np
 
 from warp_lightning import UserError
 from warp_lightning.eval.plots import plot_front, plot_lines, plot_sweep
-from warp_lightning.eval.report import MULTIPLICITY, claims, endpoint_difference, point_key
+from warp_lightning.eval.report import MULTIPLICITY, claims, endpoint_difference, main_curves, point_key
 from warp_lightning.eval.stats import (
     NOT_MEASURED,
     fmt_ci,
@@ -127,15 +127,9 @@ def first_arm(study, rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("arm", "") in ("", str(first).replace(" ", "_"))]
 
 
-def main_curves(rows: list[dict]) -> list[dict]:
-    """Every curve but front's `merges` ones (those with `runs`): the iterations' own merges and the RL curves, which
-    the paper's claims, SFT against WARP and the reach sentence read."""
-    return [r for r in rows if not r.get("runs")]
-
-
 # the claims a study is judged by (its file's `claims`; the paper's when absent), and the tables each set adds:
 # (title, fn(claims found, front rows, per-prompt scores, results)); a table with nothing to show returns ""
-CLAIMS = {"paper": lambda rows, scores: claims(main_curves(rows), scores), "merges": merges.claims,
+CLAIMS = {"paper": claims, "merges": merges.claims,
           "warm": warm.claims, "sft": sft.claims}
 TABLES = {"merges": [("The merge methods at each M", lambda found, rows, scores, results: merges.methods_table(found, rows))],
           "warm": [("The proxy-judge gap as KL grows", lambda found, rows, scores, results: warm.gap_table(rows, scores)),

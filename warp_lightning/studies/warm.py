@@ -193,7 +193,8 @@ def gap_table(rows: list[dict], scores: dict) -> str:
             + "\n\nEach arm's last front (eta > 1: ExPO), means over seeds and the same test prompts; the gap is the "
             "growth of proxy - judge since the job's own theta_sft, prompt by prompt (the reward models' levels at SFT "
             "differ: 0 at theta_sft for both arms); the differences "
-            "interpolate WARM's front at the single arm's KL of that eta (per prompt) and pair the prompts (95%: "
+            "interpolate WARM's front (each seed's means over the prompts) at the single arm's KL of that eta, on the "
+            "same resampled prompts for both arms (95%: "
             "the wider of the two-level bootstrap and Welch's t over seeds).")
 
 
