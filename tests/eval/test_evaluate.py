@@ -209,6 +209,8 @@ def test_models_are_named_by_key_or_by_their_last_two_path_parts():
     assert named_models("outputs/train/x/final") == {"x/final": "outputs/train/x/final"}
     assert named_models(OmegaConf.create({"WARP": "/r/final"})) == {"WARP": "/r/final"}
     assert named_models(OmegaConf.create(["/a/final", "/b/final"])) == {"a/final": "/a/final", "b/final": "/b/final"}
+    # two paths ending alike: each named by its whole path, neither left out
+    assert named_models(["x/run/final", "y/run/final"]) == {"x/run/final": "x/run/final", "y/run/final": "y/run/final"}
 
 
 def test_results_table_is_model_reward_judge_paired_differences_kl():

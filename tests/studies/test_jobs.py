@@ -1,5 +1,9 @@
 """A study's declaration: its jobs, their independence, their state, what `action=run` starts."""
 
+import json
+import os
+import subprocess
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -7,6 +11,7 @@ from warp_lightning import UserError
 from warp_lightning.algo.state import derive_seed
 from warp_lightning.cli import CONF_DIR
 from warp_lightning.runtime.lock import claim_run_dir, holder, release_run_dir
+from warp_lightning.studies import command
 from warp_lightning.studies.command import listing, states, to_run
 from warp_lightning.studies.jobs import (
     DONE,
@@ -19,6 +24,8 @@ from warp_lightning.studies.jobs import (
     merge_experiments,
     study_jobs,
 )
+from warp_lightning.studies.results import git_commit
+from warp_lightning.utils.paths import RunLayout
 
 
 def load(name: str):
@@ -79,6 +86,74 @@ def test_state_done_missing_stale():
     assert job_state(job, {job.name: header}, 1) == (DONE, "")
     assert job_state(job, {job.name: header}, 2)[0] == STALE
     assert job_state(job, {job.name: {**header, "definition": {"train": [], "front": None}}}, 1)[0] == STALE
+    # the label names its front's curves: results under another label would not pool with the arm's
+    assert job_state(job, {job.name: {**header, "label": job.label}}, 1) == (DONE, "")
+    assert job_state(job, {job.name: {**header, "label": "WARP5"}}, 1) == (
+        STALE, f"its arm's label changed ('WARP5' then, {job.label!r} now)")
+
+
+def test_an_arm_with_no_seeds_is_refused():
+    study = load("default")
+    study.arms.T50.seeds = 0
+    with pytest.raises(UserError, match=r"study.arms.T50.seeds=0 is invalid: must be at least 1"):
+        check_declaration(study)
+
+
+def job_cfg(tmp_path, study="smoke"):
+    return OmegaConf.create({"study": load(study), "results_dir": str(tmp_path / "results"),
+                             "work_dir": str(tmp_path / "work"), "jobs": [], "budget_minutes": None, "extra": [],
+                             "keep_models": False})
+
+
+def test_a_job_holds_its_folder_keeps_each_steps_minutes_and_refuses_outputs_of_another_definition(
+        tmp_path, monkeypatch):
+    """The job's own lock (listed running, whichever step it is in), its finished steps' seconds written as each
+    ends (a later step's failure does not lose them), and a folder of another definition refused, not reused."""
+    cfg = job_cfg(tmp_path)
+    job = study_jobs(cfg.study)[0]  # warp-s0: train, then front
+    folder = tmp_path / "work" / "smoke" / job.name
+    seen = []
+
+    def step(name, cmd):
+        seen.append((name, states(cfg)[0][0][1:]))
+        if name.endswith("front"):
+            raise UserError("front failed")
+        RunLayout(folder / "train").manifest.parent.mkdir(parents=True, exist_ok=True)
+        RunLayout(folder / "train").manifest.write_text("{}")
+        return 12.0
+
+    monkeypatch.setattr(command, "run_step", step)
+    with pytest.raises(UserError, match="front failed"):
+        command.run_job(cfg, job)
+    pid = os.getpid()
+    assert seen == [(f"{job.name} train", (RUNNING, f"pid {pid}, 0 min so far")),
+                    (f"{job.name} front", (RUNNING, f"pid {pid}, 0 min so far"))]
+    assert json.loads((folder / "seconds.json").read_text()) == {"train": 12.0}
+    assert holder(folder) is None and states(cfg)[0][0][1] == MISSING  # let go: cut in the middle
+    changed = job_cfg(tmp_path)
+    changed.study.arms.warp.front = ["etas=[0,1]"]
+    other = study_jobs(changed.study)[0]
+    with pytest.raises(UserError, match=rf"job=warp-s0: {folder} holds outputs of this job with another definition "
+                                        r"\(definition .* there, .* now\).*rm -r"):
+        command.run_job(changed, other)
+    assert (folder / "train" / "manifest.json").exists() and holder(folder) is None  # nothing deleted, let go
+    cfg.extra = ["trainer.precision=32-true"]
+    with pytest.raises(UserError, match="with another extra"):
+        command.run_job(cfg, job)
+
+
+def test_the_commit_counts_new_files_under_the_code_as_uncommitted(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "a.yaml").write_text("a: 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "a")
+    assert git_commit(tmp_path)[1] is False
+    (tmp_path / "conf" / "experiment.yaml").write_text("b: 2\n")  # a new config a job may read: not committed
+    assert git_commit(tmp_path)[1] is True
 
 
 def test_run_takes_the_missing_jobs_within_the_budget():
@@ -104,7 +179,7 @@ def test_a_job_another_command_is_running_is_listed_so_and_not_started_again(tmp
     try:
         assert holder(step) is not None and holder(tmp_path) is None
         rows, _ = states(cfg)
-        assert rows[0][1:] == (RUNNING, f"its train: pid {holder(step)}, 0 min so far")
+        assert rows[0][1:] == (RUNNING, f"pid {holder(step)}, 0 min so far, in its train")
         assert first.name not in [j.name for j in to_run(cfg, rows)] and len(to_run(cfg, rows)) == len(rows) - 1
         assert "(1 running)" in listing(rows) and "warp-s0        running        1" in listing(rows)
     finally:

@@ -105,6 +105,20 @@ def test_pooling_across_numerics_or_definitions_is_refused_naming_the_jobs():
         check_pooling(study(), results)
 
 
+def test_pooling_refuses_an_arms_jobs_run_with_other_settings():
+    """An edited config file or the machine's `extra` overrides change what a job computes without its definition:
+    two results of one arm with another setting do not pool; their seeds, the machine and a key one version lacks
+    may differ."""
+    results = landed(2)
+    results["warp-s1"]["config"] = {"warp": {"iterations": 2, "runs": 2, "seed": 1, "new_key": 3},
+                                    "trainer": {"precision": "bf16-mixed"}}
+    check_pooling(study(), results)
+    results["warp-s1"]["config"]["warp"]["iterations"] = 3
+    with pytest.raises(UserError, match=r"warp-s0 and warp-s1 \(arm warp\) ran other settings: warp.iterations "
+                                        r"\(2 against 3\)"):
+        check_pooling(study(), results)
+
+
 def test_verdicts_are_provisional_until_every_front_arm_has_its_seeds():
     assert provisional(study(), landed(1)) == "provisional (1 of 3 seeds)"
     spec = study()

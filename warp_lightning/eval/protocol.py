@@ -207,13 +207,15 @@ def load_protocol(cfg) -> Protocol:
 
 
 def named_models(value) -> dict[str, str]:
-    """`model=PATH`, `model=[PATH, ...]` or `model={name: PATH, ...}` as {name: path}."""
+    """`model=PATH`, `model=[PATH, ...]` or `model={name: PATH, ...}` as {name: path}: a path's name is its last two
+    parts, or the whole path when two paths end alike (`x/run/final`, `y/run/final`: neither hides the other)."""
     from omegaconf import DictConfig, ListConfig
 
     if isinstance(value, DictConfig | dict):
         return {str(k): str(v) for k, v in value.items()}
     paths = [str(v) for v in value] if isinstance(value, ListConfig | list | tuple) else [str(value)]
-    return {"/".join(Path(p).parts[-2:]): p for p in paths}
+    names = ["/".join(Path(p).parts[-2:]) for p in paths]
+    return dict(zip(names if len(set(names)) == len(names) else paths, paths, strict=True))
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

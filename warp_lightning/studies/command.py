@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from warp_lightning import Preempted, UserError
 from warp_lightning.builds import last_error, run_build
 from warp_lightning.runtime import signals
-from warp_lightning.runtime.lock import RUN_LOCK, holder
+from warp_lightning.runtime.lock import RUN_LOCK, claim_run_dir, holder, release_run_dir
 from warp_lightning.studies import models, verdicts
 from warp_lightning.studies.jobs import (
     DONE,
@@ -48,6 +48,7 @@ from warp_lightning.utils.trainer import trainer_device, trainer_precision
 log = logging.getLogger(__name__)
 
 LAUNCHERS = ("basic", "submitit_local", "submitit_slurm", "joblib")
+JOB_FILE = "job.json"  # in a job's folder: the definition, numerics and `extra` its outputs were computed for
 
 
 def states(cfg) -> tuple[list[tuple[Job, str, str]], dict[str, dict]]:
@@ -60,11 +61,13 @@ def states(cfg) -> tuple[list[tuple[Job, str, str]], dict[str, dict]]:
         state, why = job_state(job, results, NUMERICS)
         folder = job_dir(cfg.work_dir, job)
         if state != DONE and folder.is_dir():
-            steps = sorted(p for p in folder.iterdir() if p.is_dir())
-            running = next(((step, pid) for step in steps if (pid := holder(step)) is not None), None)
-            if running:  # the lock file is written when its command claims the folder: how long it has run
-                since = (time.time() - (running[0] / RUN_LOCK).stat().st_mtime) / 60
-                state, why = RUNNING, f"its {running[0].name}: pid {running[1]}, {since:.0f} min so far"
+            steps = [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]  # the job's own lock, its commands'
+            held = [(step, pid) for step in steps if (pid := holder(step)) is not None]
+            if held:  # the lock file is written when its command claims the folder: how long it has run
+                since = (time.time() - (held[0][0] / RUN_LOCK).stat().st_mtime) / 60
+                now = [step.name for step, _ in held if step != folder]
+                state, why = RUNNING, (f"pid {held[0][1]}, {since:.0f} min so far"
+                                       + (f", in its {now[-1]}" if now else ""))
             else:
                 why = "; ".join(w for w in (why, f"cut in the middle: resumes from {folder}") if w)
         rows.append((job, state, why))
@@ -161,31 +164,53 @@ def reward_record(run_dir: Path) -> dict:
             "front": None}
 
 
+def claim_job(folder: Path, job: Job, extra: list[str]) -> None:
+    """Hold the job's folder while the job runs (another launch, or another node, lists it running and is refused),
+    and make sure what is already there was computed for the job as declared now (`JOB_FILE`): outputs of another
+    definition, numerics or `extra` would otherwise be skipped over as done and land under the current header."""
+    claim_run_dir(folder, key=f"job={job.name}")
+    here = {"definition": job.definition(), "numerics": NUMERICS, "extra": extra}
+    path = folder / JOB_FILE
+    if not path.exists():
+        atomic_write_json(path, here)
+        return
+    was = json.loads(path.read_text())
+    if was != here:
+        what = [k for k in ("definition", "numerics", "extra") if was.get(k) != here[k]]
+        release_run_dir(folder)
+        raise UserError(f"job={job.name}: {folder} holds outputs of this job with another {' and '.join(what)} "
+                        f"({', '.join(f'{k} {was.get(k)} there, {here[k]} now' for k in what)}); they cannot be "
+                        f"reused: delete the folder (`rm -r {folder}`) and run the job again")
+
+
 def run_job(cfg, job: Job) -> dict:
     """One job: train (skipped when finished, resumed when cut), front (skipped when written), the result."""
     folder = job_dir(cfg.work_dir, job)
     extra = [str(e) for e in cfg.extra or []]
     cmds = commands(job, cfg.work_dir, extra)
-    seconds = {}
-    if job.reward is not None:
-        if not (folder / "reward" / "metrics.json").exists():
-            seconds["reward"] = run_step(f"{job.name} reward", cmds["reward"])
-    else:
-        if not RunLayout(folder / "train").manifest.exists():
-            seconds["train"] = run_step(f"{job.name} train", cmds["train"])
-        if cmds["front"] is not None and not (folder / "front" / "front_prompts.csv").exists():
-            seconds["front"] = run_step(f"{job.name} front", cmds["front"])
-    earlier = folder / "seconds.json"  # the seconds of steps finished by an earlier attempt of this job
-    seconds = {**(json.loads(earlier.read_text()) if earlier.exists() else {}), **seconds}
-    atomic_write_json(earlier, seconds)
-    commit, dirty = git_commit()
-    record = {"study": job.study, "job": job.name, "arm": job.arm, "label": job.label, "seed": job.seed,
-              "warp_seed": job.warp_seed, "sweep": job.sweep, "definition": job.definition(), "numerics": NUMERICS,
-              "commit": commit, "dirty": dirty, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "threads": torch.get_num_threads(),  # what the job's commands inherit (OMP_NUM_THREADS, or the cores)
-              **(reward_record(folder / "reward") if job.reward is not None
-                 else train_record(folder, cmds["front"] is not None))}
-    path = write_result(result_path(cfg.results_dir, job), record)
+    claim_job(folder, job, extra)
+    try:
+        start, dirty_at_start = git_commit()
+        earlier = folder / "seconds.json"  # the seconds of each finished step, this attempt's and earlier ones'
+        seconds = json.loads(earlier.read_text()) if earlier.exists() else {}
+        done = {"reward": folder / "reward" / "metrics.json", "train": RunLayout(folder / "train").manifest,
+                "front": folder / "front" / "front_examples.csv"}  # each step's last output
+        for step, cmd in cmds.items():
+            if cmd is not None and not done[step].exists():
+                seconds[step] = run_step(f"{job.name} {step}", cmd)
+                atomic_write_json(earlier, seconds)  # a later step that fails does not lose this one's minutes
+        commit, dirty = git_commit()
+        record = {"study": job.study, "job": job.name, "arm": job.arm, "label": job.label, "seed": job.seed,
+                  "warp_seed": job.warp_seed, "sweep": job.sweep, "definition": job.definition(),
+                  "numerics": NUMERICS, "commit": start,
+                  "dirty": dirty or dirty_at_start or commit != start,  # edited, or committed to, while it ran
+                  "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "threads": torch.get_num_threads(),  # what the job's commands inherit (OMP_NUM_THREADS, or the cores)
+                  **(reward_record(folder / "reward") if job.reward is not None
+                     else train_record(folder, cmds["front"] is not None))}
+        path = write_result(result_path(cfg.results_dir, job), record)
+    finally:
+        release_run_dir(folder)
     log.info("%s: result written to %s (%.0f s)", job.name, path, sum(seconds.values()))
     if not cfg.keep_models:
         shutil.rmtree(folder, ignore_errors=True)

@@ -69,7 +69,7 @@ def study_jobs(study) -> list[Job]:
     """The jobs of a study config (conf/study/NAME.yaml), seed by seed, each seed's arms in the file's order: jobs
     run in this order, so that a study cut short has every arm at some seeds rather than some arms at all seeds."""
     jobs = []
-    arms = [(arm, a, int(a.get("seeds") or study.seeds)) for arm, a in study.arms.items()]
+    arms = [(arm, a, int(study.seeds if a.get("seeds") is None else a.seeds)) for arm, a in study.arms.items()]
     for s in range(max(n for _, _, n in arms)):
         for arm, a, seeds in arms:
             if s >= seeds:
@@ -90,6 +90,9 @@ def study_jobs(study) -> list[Job]:
 def check_declaration(study) -> None:
     """The study's declaration: arms with disjoint seed ranges, positive seeds and minutes."""
     check(int(study.seeds) >= 1, "study.seeds", study.seeds, "must be at least 1")
+    for arm, spec in study.arms.items():
+        check(spec.get("seeds") is None or int(spec.seeds) >= 1, f"study.arms.{arm}.seeds", spec.get("seeds"),
+              "must be at least 1 (or left out: the study's seeds)")
     check(int(study.seeds_needed) >= 1, "study.seeds_needed", study.seeds_needed, "must be at least 1")
     check(len(study.arms) >= 1, "study.arms", study.arms, "declare at least one arm")
     used: dict[int, str] = {}
@@ -125,6 +128,8 @@ def job_state(job: Job, results: dict[str, dict], numerics: int) -> tuple[str, s
         return STALE, f"numerics {found.get('numerics')}, the code's is {numerics}"
     if found.get("definition") != job.definition():
         return STALE, "its arm's declaration changed"
+    if found.get("label", job.label) != job.label:  # its front's curves are named by it: they would not pool
+        return STALE, f"its arm's label changed ({found.get('label')!r} then, {job.label!r} now)"
     return DONE, ""
 
 

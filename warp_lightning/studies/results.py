@@ -29,13 +29,13 @@ DIGITS = 6  # per-prompt values are rounded to this many decimals (a whole study
 
 
 def git_commit(repo: Path | None = None) -> tuple[str, bool]:
-    """(the commit of the code that ran, whether the tree had uncommitted changes); ("unknown", False) outside git."""
+    """(the commit of the code that ran, whether its code or configs had uncommitted changes, new files under them
+    included); ("unknown", False) outside git."""
     where = repo or Path(__file__).resolve().parent.parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "warp_lightning",
-                                "conf"], cwd=where, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "warp_lightning", "conf"], cwd=where, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
     return commit or "unknown", bool(dirty)
