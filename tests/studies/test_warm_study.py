@@ -215,7 +215,7 @@ def test_the_verdicts_table_names_the_warm_claims_readings(tmp_path):
     readme.write_text("<!-- study:verdicts -->\n<!-- /study:verdicts -->\n<!-- study:warm -->\n<!-- /study:warm -->\n")
     write_report(load(), landed((0.03, 0.02, 0.035)), tmp_path / "warm", readme=readme)
     rows = [line for line in readme.read_text().split("<!-- /study:verdicts -->")[0].splitlines() if "WARM" in line]
-    assert "| gap, own proxy: helps | gap, common proxy: helps |" in rows[0]
+    assert "| gap, own proxy (each its own scale): helps | gap, common proxy (one scale): helps |" in rows[0]
     assert "| judge at matched KL: holds | judge at eta = 1: holds |" in rows[1]
 
 

@@ -139,7 +139,8 @@ def claims(rows: list[dict], scores: dict | None = None) -> list[dict]:
                           f"helps when the interval lies below 0, does not narrow when it excludes a narrowing of "
                           f"{MARGIN:g} or more; first the arm's own proxy, then the common proxy (the single RM)",
                           [(f"{what} (gap: own proxy | common proxy)", gap)] if both else [], missing)
-    record["readings"] = ["gap, own proxy", "gap, common proxy"]  # what its two verdicts are (not proxy / judge)
+    # what its two verdicts are (not proxy / judge); the own proxies score on scales of their own (WARM flatter)
+    record["readings"] = ["gap, own proxy (each its own scale)", "gap, common proxy (one scale)"]
     if both:
         record["verdict"], record["verdict_judge"] = gap_verdict(gap["reward"]), gap_verdict(gap["judge"])
         record["evidence"] = _comparison_text(what, {"gap (own proxy)": gap["reward"],
