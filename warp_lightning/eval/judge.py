@@ -3,8 +3,8 @@
 The policy is trained against the reward model (a MiniLM transformer fine-tuned on Rotten Tomatoes snippets), so
 its reward measures how well the policy exploits that model as much as how positive the text is. The judge is
 built from other data and another model family: TF-IDF features and a logistic regression (scikit-learn),
-fitted on the train split of Pang & Lee's sentence polarity set (which the reward model never sees: the snippets
-are de-duplicated against it), with its accuracy on the held-out split. It is cheap (about a second to fit, no
+fitted on the train split of Pang & Lee's sentence polarity set (the reward model's snippets are de-duplicated
+against it: no snippet equals one of its sentences, though about 0.2% share an 8-word run with one), with its accuracy on the held-out split. It is cheap (about a second to fit, no
 file to cache: the same data and settings give the same judge) and never seen by training.
 """
 
