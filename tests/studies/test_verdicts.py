@@ -321,6 +321,18 @@ def test_the_chat_study_is_judged_by_warp_against_sft_paired_per_seed(tmp_path):
         "reward"].startswith("unresolved")
 
 
+def test_sft_against_warp_reads_the_iterations_own_merge_not_another_merge_of_the_same_runs():
+    """A front with `merges=[...]` has other SLERP curves of the same iteration (with `runs`): WARP's final policy is
+    the iteration's own merge, whichever comes last in the rows."""
+    from warp_lightning.studies import sft
+
+    own = [point("WARP i1", "liti", 0, 0.3 + 0.4 * eta, 8 * eta, eta=eta, iteration=1) for eta in (0.0, 1.0)]
+    other = [{**point("WARP slerp M2 reversed i1", "liti", 0, 0.2, 8 * eta, eta=eta, iteration=1), "runs": "2-1"}
+             for eta in (0.0, 1.0)]
+    last, final, start = sft.final_and_sft(own + other)
+    assert last == 1 and final[0]["curve"] == start[0]["curve"] == "WARP i1" and final[0]["reward_mean"] == 0.7
+
+
 def test_a_chat_prompt_is_shown_by_its_last_user_turn_and_any_other_prompt_as_it_is():
     chat = ("system\nYou are a helpful AI assistant named SmolLM\nuser\nHi\nassistant\nHello\n"
             "user\nWrite a one-sentence review of the film Arroz Con Mango.\nassistant\n")

@@ -87,7 +87,10 @@ def draw_front(ax, rows: list[dict], title: str = "reward vs KL: LITI fronts (et
     LITI fronts of SLERP merges are solid, of linear merges dashed; training curves of single RL runs dotted;
     points beyond theta_slerp (eta > 1, extrapolation) are hollow.
     """
-    for name in dict.fromkeys(r["curve"] for r in rows):
+    names = list(dict.fromkeys(r["curve"] for r in rows))
+    if len(names) > 10:  # the default cycle has 10 colours: beyond, two curves would share one
+        ax.set_prop_cycle(color=list(_pyplot().get_cmap("tab20").colors))
+    for name in names:
         pts = [r for r in rows if r["curve"] == name]
         if f"{metric}_mean" not in pts[0] or pts[0][f"{metric}_mean"] in ("", None):
             continue

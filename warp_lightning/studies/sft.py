@@ -11,7 +11,7 @@ its total) and on the held-out judge (what it was not trained against): *holds* 
 
 from __future__ import annotations
 
-from warp_lightning.eval.report import claim_record, compare_metrics, endpoint_difference
+from warp_lightning.eval.report import claim_record, compare_metrics, endpoint_difference, main_curves
 
 CLAIM = "WARP's final policy beats the SFT policy"
 
@@ -19,7 +19,7 @@ CLAIM = "WARP's final policy beats the SFT policy"
 def final_and_sft(rows: list[dict]) -> tuple[int, dict[int, dict], dict[int, dict]]:
     """(the last iteration, {seed: its eta = 1 point}, {seed: its eta = 0 point}) of the SLERP fronts, for the seeds
     that have both; (0, {}, {}) without a front."""
-    fronts = [r for r in rows if r["kind"] == "liti" and r["merge"] == "slerp"]
+    fronts = [r for r in main_curves(rows) if r["kind"] == "liti" and r["merge"] == "slerp"]  # not other merges
     if not fronts:
         return 0, {}, {}
     last = max(int(r["iteration"]) for r in fronts)
