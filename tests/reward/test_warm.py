@@ -102,8 +102,9 @@ def test_the_linear_probe_trains_the_head_alone(asset_cache, tmp_path):
     model, tokenizer, _, train_pairs, val_pairs = training.prepare(cfg)
     encoder = {k: v.clone() for k, v in model.base_model.state_dict().items()}
     head = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(model.base_model_prefix + ".")}
-    steps = warm.linear_probe(cfg, training.WARM_STAGE, model, tokenizer, train_pairs, val_pairs, tmp_path, "m")
-    assert steps == 2
+    steps, stop = warm.linear_probe(cfg, training.WARM_STAGE, model, tokenizer, train_pairs, val_pairs, tmp_path, "m")
+    assert steps == 2 and (tmp_path / "checkpoints" / "m_probe.ckpt").exists()  # kept until the probed model is saved
+    stop.done()
     assert all(torch.equal(encoder[k], v) for k, v in model.base_model.state_dict().items())
     assert any(not torch.equal(head[k], model.state_dict()[k]) for k in head)
     assert all(p.requires_grad for p in model.parameters())  # fine-tuning then trains everything
@@ -166,6 +167,34 @@ def test_every_member_fine_tunes_from_the_one_shared_probed_model(tmp_path):
         assert all(torch.equal(start[key], probed_state[key]) for key in probed_state if key in start)
     assert [m["lr"] for m in members] == [1e-5, 4e-5, 1e-4] and [m["dropout"] for m in members] == [0.05, 0.1, 0.05]
     assert all(not torch.equal(members[0]["model"].state_dict()[k], members[1]["model"].state_dict()[k]) for k in head)
+
+
+def test_saved_members_are_read_back_with_their_figures_and_refused_under_another_config(tmp_path):
+    """An interrupted ensemble run again reads back the members it saved (with their steps and offsets, as an
+    uninterrupted run reports them); run again with another config, it refuses them rather than average members of
+    two configs."""
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from warp_lightning import UserError
+
+    torch.manual_seed(0)
+    theta_init = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=16, num_labels=1))
+    args = ("reward_training.ensemble=2", "reward_training.probe_steps=2")
+    texts = Dataset.from_dict({"text": ["a", "b"]})
+
+    def train(cfg):
+        return warm.train_ensemble(cfg, RecordingStage().stage(), theta_init, NoTokenizer(), texts, [0] * 4, None,
+                                   tmp_path / "members", tmp_path)
+
+    first, probed = train(composed(*args))
+    again, probed_again = train(composed(*args))  # everything saved: read back, nothing trained
+    assert probed == probed_again == 3
+    assert [(m["steps"], m["bias_offset"]) for m in again] == [(m["steps"], m["bias_offset"]) for m in first]
+    with pytest.raises(UserError, match=r"reward_training.lr \(.*then, .* now\) differs from the run being resumed "
+                                        r"in .*members/probed"):
+        train(composed(*args, "reward_training.lr=0.5"))
 
 
 def test_minilm_rt_warm_varies_learning_rate_and_dropout_as_the_paper():

@@ -7,7 +7,7 @@ import torch
 from warp_lightning import UserError
 from warp_lightning.algo.state import WarpState
 from warp_lightning.runtime.resume import FORMAT, StopCheckpoint, read_checkpoint
-from warp_lightning.train.checkpoint import LOOP, load_loop, run_path, save_loop
+from warp_lightning.train.checkpoint import LOOP, RunCheckpoint, load_loop, run_path, save_loop
 from warp_lightning.train.commands import SFT, TRAIN
 
 CONFIG = {"warp": {"kl_coef": 0.1, "steps": 3}, "paths": {"output_dir": "a"}}
@@ -94,3 +94,17 @@ def test_a_run_checkpoint_of_another_run_is_not_resumed(tmp_path):
     assert stale.resume_from() is None and stale.resumed_at == 0
     ours = StopCheckpoint(path, tags={"iteration": 1, "run": 2})
     assert ours.resume_from() == path and ours.resumed_at == 2
+
+
+def test_a_run_checkpoint_compares_its_config_before_loop_pt_exists(tmp_path):
+    """Iteration 1's first run has no loop.pt to compare against: its own checkpoint keeps the config, and a resume
+    with another one (but for TRAIN.resume's keys) is refused instead of mixing the two."""
+    config = {"warp": {"kl_coef": 0.1, "checkpoint_every": 10}, "paths": {"root": "a"}}
+    path = run_path(tmp_path, 1)
+    torch.save({"warp": {"format": FORMAT, "iteration": 1, "run": 1, "step": 50, "config": config}}, path)
+    same = {**config, "paths": {"root": "b"}, "warp": {**config["warp"], "checkpoint_every": 5}}
+    assert RunCheckpoint(path, 10, 1, 1, config=same, may_change=TRAIN.resume).resume_from() == path
+    with pytest.raises(UserError, match=r"^warp.kl_coef \(0.1 then, 0.5 now\) differs"):
+        RunCheckpoint(path, 10, 1, 1, config={**config, "warp": {"kl_coef": 0.5, "checkpoint_every": 10}},
+                      may_change=TRAIN.resume).resume_from()
+

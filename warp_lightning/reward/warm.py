@@ -16,6 +16,7 @@ module).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from transformers import AutoModelForSequenceClassification
 from warp_lightning.algo.merging import linear
 from warp_lightning.reward.commands import REWARD
 from warp_lightning.reward.scorer import RewardModel
-from warp_lightning.runtime.resume import StopCheckpoint
+from warp_lightning.runtime.resume import StopCheckpoint, check_same_config
 from warp_lightning.utils.io import save_hf_folder
 from warp_lightning.utils.paths import cfg_output_dir
 from warp_lightning.utils.precision import autocast
@@ -38,6 +39,7 @@ from warp_lightning.utils.trainer import log_device, trainer_device, trainer_pre
 
 log = logging.getLogger(__name__)
 
+TRAINED = "warm_trained.json"  # in a member's (or the probed start's) folder: what trained it
 SEED_STRIDE = 1000  # member k trains with seed + 1000 k: apart from the seeds of neighbouring single runs
 
 
@@ -123,13 +125,40 @@ class PredictionAverage:
         return torch.stack([s(texts) for s in self.scorers]).mean(0)
 
 
-def linear_probe(cfg, stage: Stage, model, tokenizer, train_pairs, val_pairs, out_dir: Path, name: str) -> int:
+class Trained(NamedTuple):
+    """What trained a saved member (or the probed start), written into its folder with it (`save_hf_folder`'s
+    parts, one atomic write) and compared when an interrupted run reads it back: a folder of another config is
+    refused rather than averaged with members of this one; its steps and offset come back with it."""
+
+    config: dict  # the resolved config it trained with
+    figures: dict  # {"steps": ..., "bias_offset": ...}
+
+    def save_pretrained(self, folder) -> None:
+        (Path(folder) / TRAINED).write_text(json.dumps({"config": self.config, **self.figures}, sort_keys=True))
+
+
+def read_back(path: Path, config: dict) -> tuple[torch.nn.Module, dict]:
+    """A saved member or probed start (`path`) and its figures, once its config is checked against `config` (but
+    for REWARD.resume's keys); a folder saved before they kept their config is read back unchecked, said so."""
+    record = path / TRAINED
+    if record.exists():
+        saved = json.loads(record.read_text())
+        check_same_config(saved.pop("config"), config, path, REWARD.resume)
+    else:
+        saved = {}
+        log.warning("WARM: %s keeps no record of its config (saved by an earlier version): read back unchecked", path)
+    log.info("WARM: %s is saved; reading it back", path)
+    return AutoModelForSequenceClassification.from_pretrained(path), saved
+
+
+def linear_probe(cfg, stage: Stage, model, tokenizer, train_pairs, val_pairs, out_dir: Path,
+                 name: str) -> tuple[int, StopCheckpoint | None]:
     """Fit the score head alone (the encoder, `model.base_model`, frozen) for `probe_steps`, at `probe_lr` without
-    warm-up: the steps taken."""
+    warm-up: the steps taken, and the probe's checkpoint (to let go once the probed model is saved)."""
     tcfg = cfg.reward_training
     steps = probe_steps(tcfg.probe_steps, stage.steps(tcfg, len(train_pairs)))
     if steps == 0:
-        return 0
+        return 0, None
     pcfg = OmegaConf.merge(cfg, {"reward_training": {"max_steps": steps, "warmup_steps": 0, "lr": tcfg.probe_lr}})
     encoder = model.base_model.requires_grad_(False)
     try:
@@ -138,22 +167,23 @@ def linear_probe(cfg, stage: Stage, model, tokenizer, train_pairs, val_pairs, ou
         trainer = stage.fit(pcfg, model, tokenizer, train_pairs, val_pairs, out_dir, stop, f"{name}_probe")
     finally:
         encoder.requires_grad_(True)
-    stop.done()
-    return int(trainer.global_step)
+    return int(trainer.global_step), stop
 
 
 def probed_start(cfg, stage: Stage, theta_init, tokenizer, train_pairs, val_pairs, folder: Path,
                  out_dir: Path) -> tuple[torch.nn.Module, int | None]:
     """The one linear probe every member starts from (seed `reward_training.seed`), saved to `folder/probed` (read
     back when an interrupted run saved it): (the probed model, its probe steps; None when read back)."""
-    path = folder / "probed"
+    path, config = folder / "probed", OmegaConf.to_container(cfg, resolve=True)
     if (path / "config.json").exists():
-        log.info("WARM: the probed start %s is saved; reading it back", path)
-        return AutoModelForSequenceClassification.from_pretrained(path), None
+        model, saved = read_back(path, config)
+        return model, saved.get("steps")
     model = copy.deepcopy(theta_init)
     L.seed_everything(int(cfg.reward_training.seed), workers=True)
-    steps = linear_probe(cfg, stage, model, tokenizer, train_pairs, val_pairs, out_dir, f"{folder.name}_probed")
-    save_hf_folder(path, model, tokenizer)
+    steps, stop = linear_probe(cfg, stage, model, tokenizer, train_pairs, val_pairs, out_dir, f"{folder.name}_probed")
+    save_hf_folder(path, model, tokenizer, Trained(config, {"steps": steps}))
+    if stop is not None:
+        stop.done()  # only now: a kill before the save resumes the probe from its checkpoint
     return model, steps
 
 
@@ -165,10 +195,11 @@ def train_member(cfg, stage: Stage, start, tokenizer, train_texts, train_pairs, 
     tcfg, s = cfg.reward_training, member_settings(cfg.reward_training, k)
     path, name = folder / f"member_{k}", f"{folder.name}_member_{k}"
     info = {"seed": s.seed, "lr": s.lr, "dropout": s.dropout, "path": str(path)}
-    if (path / "config.json").exists():
-        log.info("WARM: %s is saved; reading it back", path)
-        return {**info, "model": AutoModelForSequenceClassification.from_pretrained(path)}
     mcfg = OmegaConf.merge(cfg, {"reward_training": {"seed": s.seed, "lr": s.lr}})
+    config = OmegaConf.to_container(mcfg, resolve=True)
+    if (path / "config.json").exists():
+        model, saved = read_back(path, config)
+        return {**info, "model": model, **saved}
     model = copy.deepcopy(start)
     set_dropout(model, s.dropout)
     L.seed_everything(s.seed, workers=True)  # the member's dropout noise
@@ -179,9 +210,10 @@ def train_member(cfg, stage: Stage, start, tokenizer, train_texts, train_pairs, 
     model = model.float().eval().to(device)
     with autocast(precision, device):
         offset = stage.center(model, tokenizer, list(train_texts["text"]), tcfg.max_length)
-    save_hf_folder(path, model.cpu(), tokenizer)
+    figures = {"steps": int(trainer.global_step), "bias_offset": offset}
+    save_hf_folder(path, model.cpu(), tokenizer, Trained(config, figures))
     stop.done()
-    return {**info, "model": model, "steps": int(trainer.global_step), "bias_offset": offset}
+    return {**info, "model": model, **figures}
 
 
 def train_ensemble(cfg, stage: Stage, theta_init, tokenizer, train_texts, train_pairs, val_pairs,

@@ -6,9 +6,12 @@ and one config comparison.
   streams) is written, and the command stops with `Preempted` (exit status 143 or 130); `every` > 0 also writes
   one every `every` steps. The same command with the same `hydra.run.dir` continues from it (`resume_from`).
   `train` keeps one per run (`checkpoints/run_M.ckpt`, train/checkpoint.py) and restores every random stream,
-  so its resumed runs are bit-identical; `sft` and `reward` keep `checkpoints/resume.ckpt` until their model is
-  saved, and reach the same number of steps, but not bit-identical weights: the data order of the interrupted
-  epoch is not restored.
+  so its resumed runs are bit-identical; `sft` and `reward` write `checkpoints/resume.ckpt` at a stop and when
+  their fit ends, and keep it until their model is saved (a stop or a kill after the fit, in the centring or the
+  evaluation, resumes at the last step with nothing to train again). A run resumed in the middle of its fit
+  reaches the same number of steps, but not bit-identical weights: the data order is not restored (the
+  interrupted epoch starts over from its first batch, so its first b batches are seen twice and its last b not at
+  all, and each later epoch takes the order the one before it had).
 - `read_checkpoint`: every checkpoint we wrote is read through it; one that cannot be read is one line.
 - `check_same_config`: a resume with another config is refused in one line, naming the first difference.
 - One command at a time in a run folder: `lock.claim_run_dir` (the CLI takes it).
@@ -130,8 +133,8 @@ class StopCheckpoint(L.Callback):
             check_same_config(warp.get("config", {}), self.config, self.path.parent.parent, self.may_change)
         self.resumed_at = int(warp["step"])
         log.info("resuming %sat step %d from %s%s", self.where, self.resumed_at, self.path, "" if self.exact else
-                 " (the interrupted epoch's data order starts over: close to, not bit-identical with, an "
-                 "uninterrupted run)")
+                 " (the interrupted epoch's data order starts over from its first batch: close to, not bit-identical "
+                 "with, an uninterrupted run)")
         if trainer is not None:
             trim_logs(trainer.logger, self.resumed_at)
         return self.path
@@ -152,6 +155,9 @@ class StopCheckpoint(L.Callback):
                 self._write(trainer)
                 raise Preempted(signals.requested() or signal.SIGTERM,
                                 f"at {self.where}step {self.stopped_at}, the last one", checkpoint=True)
+            if self.last_step:  # the fit is over: kept until the model is saved (`done`), so that a stop or a kill
+                self._pending = internals.dump_checkpoint(trainer)  # in what follows (centring, evaluation, the
+                self._write(trainer)  # save) resumes at the last step, with nothing to train again
 
     def done(self) -> None:
         """The model is saved: the checkpoint is no longer needed."""

@@ -48,11 +48,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class RunCheckpoint(StopCheckpoint):
     """The `StopCheckpoint` of run m of iteration i: every `every` steps, every random stream restored on resume,
-    and no checkpoint at the run's last step (the loop stops between runs instead, after loop.pt)."""
+    and no checkpoint at the run's last step (the loop stops between runs instead, after loop.pt). It keeps the
+    run's config and compares it on resume (`may_change` aside): before the first run ends there is no loop.pt to
+    compare against."""
 
-    def __init__(self, path: Path, every: int, iteration: int, run: int, every_rank: bool = False):
+    def __init__(self, path: Path, every: int, iteration: int, run: int, every_rank: bool = False,
+                 config: dict | None = None, may_change=frozenset()):
         super().__init__(path, every, {"iteration": iteration, "run": run}, exact=True, last_step=False,
-                         every_rank=every_rank)
+                         config=config, every_rank=every_rank, may_change=may_change)
 
 
 def save_loop(ckpt_dir: Path, state, done: tuple[int, int], runs: list[dict], config: dict) -> None:

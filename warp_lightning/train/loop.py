@@ -167,7 +167,8 @@ class WarpRecipe:
         callbacks = [MergeRuns(self.state, keep)]
         callbacks += [EMAAnchor(w.ema_rate)] if w.anchor == "ema" else []
         callbacks += [ProgressLog(w.log_every, f"iteration {i} run {m}", ("reward_mean", "kl_anchor", "completion_length"))]
-        checkpoints = ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m, every_rank=self.parallel)
+        checkpoints = ckpt.RunCheckpoint(ckpt.run_path(ckpt_dir, m), w.checkpoint_every, i, m, every_rank=self.parallel,
+                                         config=self.config, may_change=TRAIN.resume)
         callbacks.append(checkpoints)
         if w.snapshot_every:
             callbacks.append(Snapshots(w.snapshot_every, self.layout.run(i, m), self.tokenizer,
