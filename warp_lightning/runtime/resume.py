@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 
 from warp_lightning import Preempted, UserError
 from warp_lightning.runtime import internals, signals
-from warp_lightning.utils.commands import without
+from warp_lightning.utils.commands import first_difference, without
 from warp_lightning.utils.io import atomic_torch_save
 from warp_lightning.utils.loggers import trim_logs
 
@@ -54,14 +54,6 @@ def read_checkpoint(path: Path) -> dict:
     if saved.get("format", saved.get("warp", {}).get("format")) != FORMAT:
         raise UserError(f"checkpoint {path} has an unknown format; delete it to start that run again")
     return saved
-
-
-def first_difference(a, b, key: str) -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return first_difference(a.get(k), b.get(k), f"{key}.{k}")
-    return f"{key} ({a!r} then, {b!r} now)"
 
 
 def check_same_config(saved: dict, current: dict, run_dir: Path, may_change=frozenset()) -> None:

@@ -41,21 +41,12 @@ from warp_lightning.eval.stats import (
 from warp_lightning.studies import merges, sft, warm
 from warp_lightning.studies.jobs import DONE, job_state, study_jobs
 from warp_lightning.studies.results import NUMERICS, measured
-from warp_lightning.utils.commands import without
+from warp_lightning.utils.commands import first_difference, without
 from warp_lightning.utils.io import atomic_write_bytes, atomic_write_json
 
 # the settings an arm's jobs may run with different values: their seeds, their folders, the machine (bf16 and fp32
 # machines pool) and the logger; any other difference between two of its results' resolved configs refuses pooling
 MAY_DIFFER = ("warp.seed", "reward_training.seed", "save_to", "paths", "hydra", "trainer", "logger")
-
-
-def setting_difference(a, b, key: str = "") -> str | None:
-    """The first setting two resolved configs give different values, among the keys both have (a key that a later
-    version added, with its default, is not a difference); None when they agree."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return next((d for k in sorted(set(a) & set(b))
-                     if (d := setting_difference(a[k], b[k], f"{key}.{k}" if key else str(k)))), None)
-    return None if a == b else f"{key} ({a!r} against {b!r})"
 
 
 def check_settings(study, results: dict[str, dict]) -> None:
@@ -67,7 +58,7 @@ def check_settings(study, results: dict[str, dict]) -> None:
             continue
         config = without(r["config"], MAY_DIFFER)
         other, theirs = first.setdefault(r["arm"], (name, config))
-        found = setting_difference(theirs, config)
+        found = first_difference(theirs, config, "", shared_only=True, says="{a!r} against {b!r}")
         if found:
             raise UserError(f"cannot pool the results of study {study.name}: {other} and {name} (arm {r['arm']}) ran "
                             f"other settings: {found}; re-run the one that does not run the arm's settings now "

@@ -98,3 +98,16 @@ def without(config: dict, keys: Iterable[str]) -> dict:
             elif isinstance(out[head], dict):
                 out[head] = without(out[head], [rest])
     return out
+
+
+def first_difference(a, b, key: str, shared_only: bool = False, says: str = "{a!r} then, {b!r} now") -> str | None:
+    """The first dotted key under `key` where the plain configs `a` and `b` differ, with both values as `says` puts
+    them ("warp.steps (3 then, 4 now)"), None when they agree; `shared_only`: compare the keys both have (a key one
+    version added, with its default, is not a difference)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) & set(b)) if shared_only else sorted(set(a) | set(b))
+        found = next((d for k in keys if (d := first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else str(k),
+                                                                shared_only, says))), None)
+        if found or shared_only:
+            return found  # (else a key absent on one side and None on the other: the dicts as a whole, below)
+    return None if a == b else f"{key} ({says.format(a=a, b=b)})"
